@@ -1,0 +1,176 @@
+"""One measurement, run inside a worker process: build, warm up, time, probe memory, back off.
+
+Timing: warm-up steps are not timed (cuDNN picks its kernels, the allocator fills its cache);
+one synchronised step sizes the repeats so that each lasts at least `min_repeat_s`; each repeat is
+synchronised at its two ends and never inside, so the GPU runs ahead as it would in training.
+On the host path the DataLoader is inside the timed region: that is what pinning changes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import torch
+
+from bench import memory
+from bench.grid import Config
+from bench.nvml import PeakSampler
+from bench.oom import Attempt, failure_kind, halve, one_line, run_with_backoff, status_of
+from bench.row import Row
+from bench.stats import Measurement
+from lenet.data import TensorData, device_batches, host_batches
+from lenet.model import build_lenet
+from lenet.train import TrainStep
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every cell of a run shares."""
+
+    repeats: int = 5
+    min_repeat_s: float = 0.2
+    warmup_steps: int = 3
+    lr: float = 0.9  # the notebook's
+    seed: int = 0
+    max_steps_per_repeat: int = 100_000
+
+
+def _batches(config: Config, batch_size: int, data: TensorData, device: torch.device, seed: int):
+    if config.placement == "device":
+        return device_batches(data, batch_size, device, seed)
+    return host_batches(data, batch_size, device, config.num_workers, config.pin_memory, seed)
+
+
+def _timed_steps(step, batches, count: int, device: torch.device):
+    memory.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(count):
+        loss, _ = step(*next(batches))
+    memory.synchronize(device)
+    return time.perf_counter() - start, loss
+
+
+def measure(config: Config, batch_size: int, data: TensorData, settings: Settings) -> dict:
+    """Train `config` at `batch_size` and time it. Raises what training raises (an OOM included)."""
+    device = torch.device(config.device)
+    memory.reset_peaks(device)
+    net = build_lenet(seed=settings.seed).to(device)
+    step = TrainStep(net, settings.lr, config.dtype, config.channels_last)
+    batches = _batches(config, batch_size, data, device, settings.seed)
+    try:
+        first_loss, _ = step(*next(batches))
+        for _ in range(settings.warmup_steps - 1):
+            step(*next(batches))
+        one_step_s, _ = _timed_steps(step, batches, 1, device)
+        steps = min(settings.max_steps_per_repeat,
+                    max(1, math.ceil(settings.min_repeat_s / max(one_step_s, 1e-9))))
+        repeat_s = []
+        for _ in range(settings.repeats):
+            elapsed, last_loss = _timed_steps(step, batches, steps, device)
+            repeat_s.append(elapsed)
+    finally:
+        batches.close()  # stops the DataLoader's workers now, not at garbage collection
+    peaks = memory.read_peaks(device)
+    return {
+        "measurement": Measurement(tuple(repeat_s), steps, batch_size),
+        "peaks": peaks,
+        "loss_first": float(first_loss),
+        "loss_last": float(last_loss),
+    }
+
+
+def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:
+    """One training step at `batch_size`: a boundary-search trial."""
+    device = torch.device(config.device)
+    net = build_lenet(seed=settings.seed).to(device)
+    step = TrainStep(net, settings.lr, config.dtype, config.channels_last)
+    batches = _batches(config, batch_size, data, device, settings.seed)
+    try:
+        loss, _ = step(*next(batches))
+        float(loss)  # waits for the step, so an asynchronous failure surfaces here
+    finally:
+        batches.close()
+
+
+def run_trial(config: Config, batch_size: int, data: TensorData, settings: Settings) -> dict:
+    """A boundary trial's outcome (ok, oom, kernel_limit, error) and whether memory came back."""
+    device = torch.device(config.device)
+    baseline = memory.allocated_bytes(device)
+    failure = None
+    try:
+        single_step(config, batch_size, data, settings)
+    except Exception as exc:  # noqa: BLE001 - the outcome is the finding
+        failure = Attempt(batch_size, failure_kind(exc), one_line(exc))
+    memory.release(device)  # outside the except block, so the traceback no longer pins tensors
+    healthy = memory.allocated_bytes(device) <= baseline
+    return {"attempt": (failure or Attempt(batch_size, "ok")).as_dict(), "healthy": healthy}
+
+
+def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
+             floor: int = 1) -> tuple[Row, bool]:
+    """Measure one cell, halving the batch on OOM. Returns the row and whether memory came back
+    to where it was (if not, the worker should be replaced)."""
+    device = torch.device(config.device)
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    start = time.perf_counter()
+    baseline = memory.allocated_bytes(device)
+    baseline_rss = memory.rss_bytes()
+    sampler = PeakSampler(nvml.used_bytes) if nvml is not None else None
+    if sampler is not None:
+        sampler.__enter__()
+    try:
+        value, attempts = run_with_backoff(
+            lambda batch: measure(config, batch, data, settings), config.batch_size,
+            release=lambda: memory.release(device), policy=functools.partial(halve, floor=floor))
+    finally:
+        nvml_peak = sampler.stop() if sampler is not None else None
+    # this process's share as the driver sees it, the allocator's cache still held
+    process_used, process_note = _process_used_bytes(nvml)
+    memory.release(device)
+    healthy = memory.allocated_bytes(device) <= baseline
+    last: Attempt = attempts[-1]
+    row = Row(
+        key=config.key(), batch_size_requested=config.batch_size,
+        batch_size=last.batch_size if last.outcome == "ok" else None,
+        dtype=config.dtype, channels_last=config.channels_last, placement=config.placement,
+        pin_memory=config.pin_memory, num_workers=config.num_workers, device=config.device,
+        data_source=data.source, status=status_of(attempts),
+        error_kind=None if last.outcome == "ok" else last.outcome, error=last.error,
+        attempts=[a.as_dict() for a in attempts], started_at=started_at,
+    )
+    row.cpu_baseline_rss_bytes = baseline_rss
+    if sampler is not None:
+        row.nvml_peak_used_bytes = nvml_peak
+        row.nvml_process_used_bytes = process_used
+        row.nvml_note = sampler.error or process_note
+    if value is not None:
+        m: Measurement = value["measurement"]
+        row.examples_per_s = m.examples_per_s_median
+        row.examples_per_s_iqr = m.examples_per_s_iqr
+        row.noisy = m.noisy
+        row.step_ms_median = m.step_ms_median
+        row.repeats, row.steps_per_repeat = len(m.repeat_s), m.steps_per_repeat
+        row.repeat_s = list(m.repeat_s)
+        row.peak_allocated_bytes = value["peaks"].peak_allocated_bytes
+        row.peak_reserved_bytes = value["peaks"].peak_reserved_bytes
+        row.cpu_peak_rss_bytes = value["peaks"].cpu_peak_rss_bytes
+        row.loss_first, row.loss_last = value["loss_first"], value["loss_last"]
+    row.wall_s = time.perf_counter() - start
+    return row, healthy
+
+
+def _process_used_bytes(nvml) -> tuple[int | None, str | None]:
+    if nvml is None:
+        return None, None
+    processes = nvml.processes()
+    if processes is None:
+        return None, "per-process usage unavailable: the driver does not list processes here"
+    mine = [p.used_bytes for p in processes if p.pid == os.getpid()]
+    if not mine or mine[0] is None:
+        return None, "per-process usage unavailable: this process is not in the driver's list"
+    return mine[0], None

@@ -1,0 +1,189 @@
+"""Cells and grids: a frozen Config per cell, named grids built from blocks of crossed axes.
+
+    python -m bench.run --grid default --set batch_size=256,4096 --dry-run
+
+A grid is a list of blocks; each block crosses its axes, so the loader variants are measured
+where they matter without multiplying every precision by every loader setting. Cells that differ
+only in a setting with no effect (pin_memory or workers on device-resident data, pinning without
+CUDA) are normalised to one cell and run once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field, replace
+
+DTYPES = ("float32", "bfloat16", "float16")
+PLACEMENTS = ("host", "device")
+
+
+@dataclass(frozen=True)
+class Config:
+    batch_size: int
+    dtype: str = "float32"
+    channels_last: bool = False
+    placement: str = "device"  # host: a DataLoader feeds the device; device: the set lives there
+    pin_memory: bool = False
+    num_workers: int = 0
+    device: str = "cpu"
+
+    def normalised(self) -> Config:
+        """The same measurement with the settings that cannot matter set to their defaults."""
+        config = self
+        if config.placement == "device":
+            config = replace(config, pin_memory=False, num_workers=0)
+        if not config.device.startswith("cuda"):
+            config = replace(config, pin_memory=False)  # pinning only speeds copies to a GPU
+        return config
+
+    def key(self) -> str:
+        """A stable name, the same across runs: how resume and compare match cells."""
+        layout = "nhwc" if self.channels_last else "nchw"
+        loader = "device" if self.placement == "device" else (
+            f"host-w{self.num_workers}{'-pinned' if self.pin_memory else ''}")
+        return f"b{self.batch_size}-{self.dtype}-{layout}-{loader}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# What --set accepts, and how each value is read.
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+def _batch_size(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise ValueError(f"{text!r} is not a batch size; it must be a whole number, 1 or more")
+    return value
+
+
+def _num_workers(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a worker count; it must be a whole number, 0 or more")
+    return int(text)
+
+
+def _choice(valid: tuple[str, ...]):
+    def read(text: str) -> str:
+        if text not in valid:
+            raise ValueError(f"{text!r} is not valid; valid: {', '.join(valid)}")
+        return text
+    return read
+
+
+AXES = {
+    "batch_size": _batch_size,
+    "dtype": _choice(DTYPES),
+    "channels_last": _bool,
+    "placement": _choice(PLACEMENTS),
+    "pin_memory": _bool,
+    "num_workers": _num_workers,
+}
+
+
+@dataclass(frozen=True)
+class Block:
+    batch_size: tuple[int, ...]
+    dtype: tuple[str, ...] = ("float32",)
+    channels_last: tuple[bool, ...] = (False,)
+    placement: tuple[str, ...] = ("device",)
+    pin_memory: tuple[bool, ...] = (False,)
+    num_workers: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    blocks: tuple[Block, ...]
+    description: str
+    find_max_batch: bool = False
+    boundary_limit: int = 2**24  # the largest batch the boundary search tries
+    boundary_budget_s: float = 120.0  # all boundary searches together
+    repeats: int = 5
+    min_repeat_s: float = 0.2  # each repeat runs enough steps to last this long
+    warmup_steps: int = 3
+    overrides: dict = field(default_factory=dict)
+
+    def cells(self, device: str) -> list[Config]:
+        seen: dict[Config, None] = {}
+        for block in self.blocks:
+            axes = {name: self.overrides.get(name, getattr(block, name)) for name in AXES}
+            for values in itertools.product(*axes.values()):
+                config = Config(**dict(zip(axes, values)), device=device).normalised()
+                seen.setdefault(config, None)
+        return list(seen)
+
+
+_POWERS_OF_4 = (64, 256, 1024, 4096, 16384)
+_GPU_GRIDS = {
+    "smoke": Grid("smoke", (
+        Block((256, 1024), placement=("device", "host")),
+    ), "two batch sizes, float32, device-resident and host loader"),
+    "default": Grid("default", (
+        Block(_POWERS_OF_4, DTYPES, (False, True)),
+        Block(_POWERS_OF_4, placement=("host",), pin_memory=(False, True), num_workers=(0, 4)),
+    ), "batch 64 to 16,384 at every dtype and layout on device-resident data, and the host "
+       "loader with and without pinning and workers at float32", find_max_batch=True),
+    "full": Grid("full", (
+        Block(tuple(2**k for k in range(5, 17)), DTYPES, (False, True), PLACEMENTS,
+              (False, True), (0, 4)),
+    ), "batch 32 to 65,536, every axis crossed", find_max_batch=True, boundary_budget_s=600),
+}
+# Without a GPU the same grids shrink to what a laptop or CI core finishes in minutes.
+_CPU_GRIDS = {
+    "smoke": Grid("smoke", (
+        Block((64, 256), placement=("device", "host")),
+    ), "CPU-sized: two batch sizes, float32, device-resident and host loader",
+        min_repeat_s=0.2, warmup_steps=2),
+    "default": Grid("default", (
+        Block((64, 256, 1024), DTYPES, (False, True)),
+        Block((64, 256, 1024), placement=("host",), num_workers=(0, 2)),
+    ), "CPU-sized: batch 64 to 1,024 at every dtype and layout, and the host loader with 0 and "
+       "2 workers; boundary search up to batch 65,536 within 60 s", find_max_batch=True,
+        boundary_limit=2**16, boundary_budget_s=60, min_repeat_s=0.1, warmup_steps=2),
+    "full": Grid("full", (
+        Block(tuple(2**k for k in range(5, 13)), DTYPES, (False, True), PLACEMENTS, (False,),
+              (0, 2)),
+    ), "CPU-sized: batch 32 to 4,096, every axis crossed", find_max_batch=True,
+        boundary_limit=2**17, boundary_budget_s=300),
+}
+
+
+class GridError(ValueError):
+    """An unknown grid, axis or value; the message lists the valid ones."""
+
+
+def grid_names() -> list[str]:
+    return sorted(_GPU_GRIDS)
+
+
+def get_grid(name: str, on_gpu: bool, overrides: dict | None = None) -> Grid:
+    grids = _GPU_GRIDS if on_gpu else _CPU_GRIDS
+    if name not in grids:
+        raise GridError(f"unknown grid {name!r}; known: {', '.join(grid_names())}")
+    return replace(grids[name], overrides=dict(overrides or {}))
+
+
+def parse_set(items: list[str]) -> dict[str, tuple]:
+    """`["dtype=float32,bfloat16", "batch_size=256"]` -> {"dtype": (...), "batch_size": (256,)}."""
+    overrides: dict[str, tuple] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not text.strip():
+            raise GridError(f"--set {item!r}: write it as axis=v1,v2 (axes: {', '.join(AXES)})")
+        if name not in AXES:
+            raise GridError(f"--set: unknown axis {name!r}; axes: {', '.join(AXES)}")
+        try:
+            values = tuple(AXES[name](v.strip()) for v in text.split(","))
+        except ValueError as exc:
+            raise GridError(f"--set {name}: {exc}") from None
+        overrides[name] = tuple(dict.fromkeys(values))
+    return overrides

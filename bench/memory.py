@@ -1,0 +1,106 @@
+"""The memory a cell takes, as the allocator and the operating system see it.
+
+On a GPU: PyTorch's caching allocator, whose *allocated* bytes are live tensors and whose
+*reserved* bytes add the cache it keeps for reuse. NVML's device-wide figure (bench.nvml) adds the
+CUDA context, the libraries' workspaces and the driver's own reserve on top.
+On the CPU: the worker's peak resident set (VmHWM), reset before each attempt, labelled as such.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def rss_bytes() -> int | None:
+    kib = _status_kib("VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def vm_size_bytes() -> int | None:
+    kib = _status_kib("VmSize")
+    return None if kib is None else kib * 1024
+
+
+def cpu_peak_rss_bytes() -> int | None:
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib * 1024
+
+
+@dataclass(frozen=True)
+class AllocatorPeaks:
+    peak_allocated_bytes: int | None
+    peak_reserved_bytes: int | None
+    cpu_peak_rss_bytes: int | None
+
+
+def reset_peaks(device: torch.device) -> None:
+    """Start a new peak: the allocator's on a GPU, the resident set's high-water mark on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        _CLEAR_REFS.write_text("5")  # Linux: "5" resets VmHWM to the current RSS
+    except OSError:
+        pass  # not Linux, or not allowed: the peak is then the worker's lifetime peak
+
+
+def read_peaks(device: torch.device) -> AllocatorPeaks:
+    if device.type == "cuda":
+        return AllocatorPeaks(torch.cuda.max_memory_allocated(device),
+                              torch.cuda.max_memory_reserved(device), cpu_peak_rss_bytes())
+    return AllocatorPeaks(None, None, cpu_peak_rss_bytes())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def allocated_bytes(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def release(device: torch.device) -> None:
+    """Give memory back after a failure: collect dead tensors, then empty the allocator cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def apply_memory_cap(device: torch.device, cap_bytes: int) -> str:
+    """Make `cap_bytes` the most this process may use, so real OOMs happen at a smaller size.
+
+    GPU: the allocator's per-process fraction of the card. CPU: an address-space rlimit that leaves
+    the process what it already maps (torch's libraries map gigabytes) plus `cap_bytes`.
+    Returns how the cap was applied.
+    """
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        fraction = min(1.0, cap_bytes / total)
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        return f"allocator limited to {fraction:.4f} of the card"
+    import resource
+
+    current = vm_size_bytes()
+    if current is None:
+        raise RuntimeError("the CPU memory cap needs Linux's /proc/self/status")
+    limit = current + cap_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return f"address space limited to {limit} bytes (start-up mappings + cap)"

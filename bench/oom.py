@@ -1,0 +1,100 @@
+"""Out-of-memory: recognising it, and backing off from it. The predicate and the policy are apart.
+
+Only an OOM is retried at a smaller batch; anything else ends the cell as an error. A failure at a
+huge batch is not always an OOM: `RuntimeError: integer out of range` is a kernel's index limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+
+# RuntimeError texts that mean the allocator (or a library's own allocation) ran out of memory.
+OOM_MESSAGES = (
+    "CUDA out of memory",
+    "CUDA error: out of memory",
+    "CUBLAS_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_ALLOC_FAILED",
+    # cuDNN reports a workspace it cannot allocate this way (accelerate treats it as OOM too)
+    "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED",
+    "DefaultCPUAllocator: can't allocate memory",
+)
+# Texts of failures that come from a kernel's 32-bit indexing, however much memory is free.
+KERNEL_LIMIT_MESSAGES = (
+    "integer out of range",
+    "canUse32BitIndexMath",
+    "exceeds the maximum supported size",
+    "must be less than 2^31",
+)
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES)
+
+
+def failure_kind(exc: BaseException) -> str:
+    """`oom`, `kernel_limit` or `error`: the word a result row carries."""
+    if is_oom(exc):
+        return "oom"
+    if any(m in str(exc) for m in KERNEL_LIMIT_MESSAGES):
+        return "kernel_limit"
+    return "error"
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception as one line, with its type: what a row and a console can show."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def halve(batch_size: int, floor: int = 1) -> Iterator[int]:
+    """The default backoff: the batch asked for, then half of it, down to `floor`."""
+    while batch_size >= floor:
+        yield batch_size
+        batch_size //= 2
+
+
+@dataclass(frozen=True)
+class Attempt:
+    batch_size: int
+    outcome: str  # ok, oom, kernel_limit or error
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_with_backoff(attempt: Callable[[int], object], batch_size: int,
+                     release: Callable[[], None], policy=halve):
+    """Call `attempt(batch)` for each batch `policy` yields until one does not run out of memory.
+
+    Returns (value or None, attempts). Memory is released after every failure, outside the except
+    block: while it runs, the traceback pins the frames and the tensors they hold.
+    """
+    attempts: list[Attempt] = []
+    for batch in policy(batch_size):
+        failure = None
+        try:
+            value = attempt(batch)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded attempt
+            failure = Attempt(batch, failure_kind(exc), one_line(exc))
+        if failure is None:
+            attempts.append(Attempt(batch, "ok"))
+            return value, attempts
+        attempts.append(failure)
+        release()
+        if failure.outcome != "oom":
+            break
+    return None, attempts
+
+
+def status_of(attempts: list[Attempt]) -> str:
+    """ok, oom_backed_off (fitted at a smaller batch), oom (even the floor failed) or error."""
+    last = attempts[-1]
+    if last.outcome == "ok":
+        return "ok" if len(attempts) == 1 else "oom_backed_off"
+    return "oom" if last.outcome == "oom" else "error"

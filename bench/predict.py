@@ -1,0 +1,110 @@
+"""Predict the allocator's peak for a training step at any batch size, without a GPU.
+
+The model is derived from LeNet itself, not typed in: one training step runs on the CPU under a
+dispatch mode that sees every tensor each operator creates and, through weak references, when its
+storage dies, so it knows the bytes alive at every moment and their peak. Two small batches give a
+line, peak = fixed + per_sample * batch; the weights and, for device-resident data, the whole data
+set are added on top. The GPU's caching allocator rounds blocks up and keeps a cuDNN workspace,
+which this does not see, so the measured peak runs a little above the prediction.
+
+    python -c "from bench.predict import predict_peak_bytes as p; print(p(4096, 'float32'))"
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from lenet.data import TRAIN_SIZE
+from lenet.model import IMAGE_SHAPE, NUM_CLASSES, build_lenet
+from lenet.train import TrainStep
+
+_PROBE_BATCHES = (64, 128)
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of storages created under it that are still alive, and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._tracked: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live_bytes -= nbytes
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._tracked or storage.nbytes() == 0:
+            return  # a view of a storage already counted
+        self._tracked.add(key)
+        self.live_bytes += storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(storage, self._free, key, storage.nbytes())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self._track(value)
+        return out
+
+
+def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool) -> int:
+    """Peak bytes created during one training step (the batch included) on the CPU."""
+    net = build_lenet(seed=0)
+    step = TrainStep(net, lr=0.1, dtype=dtype, channels_last=channels_last)
+    images = torch.rand(batch_size, *IMAGE_SHAPE)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,))
+    step(images, labels)  # the first step creates lazily built state (GradScaler, autocast)
+    with LiveBytes() as tracker:
+        batch = images.clone(), labels.clone()  # the batch arrives on the device with the step
+        step(*batch)
+        del batch
+    return tracker.peak_bytes
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    fixed_bytes: int  # weights, and what a step allocates whatever the batch
+    per_sample_bytes: float  # saved activations, their gradients, the batch itself
+    dataset_bytes: int  # the data set, when it lives on the device
+
+    def peak_bytes(self, batch_size: int) -> int:
+        return int(self.fixed_bytes + self.dataset_bytes + self.per_sample_bytes * batch_size)
+
+    def max_batch(self, capacity_bytes: int) -> int:
+        room = capacity_bytes - self.fixed_bytes - self.dataset_bytes
+        return max(0, int(room // self.per_sample_bytes))
+
+
+@functools.cache
+def _step_line(dtype: str, channels_last: bool) -> tuple[int, float]:
+    small, large = _PROBE_BATCHES
+    peak_small = step_peak_bytes(small, dtype, channels_last)
+    peak_large = step_peak_bytes(large, dtype, channels_last)
+    per_sample = (peak_large - peak_small) / (large - small)
+    return int(peak_small - per_sample * small), per_sample
+
+
+def memory_model(dtype: str, channels_last: bool, placement: str,
+                 dataset_size: int = TRAIN_SIZE) -> MemoryModel:
+    step_fixed, per_sample = _step_line(dtype, channels_last)
+    weights = sum(p.numel() * p.element_size() for p in build_lenet().parameters())
+    image = torch.empty(IMAGE_SHAPE, dtype=torch.float32)
+    sample_bytes = image.numel() * image.element_size() + 8  # a float32 image and an int64 label
+    dataset = dataset_size * sample_bytes if placement == "device" else 0
+    return MemoryModel(weights + step_fixed, per_sample, dataset)
+
+
+def predict_peak_bytes(batch_size: int, dtype: str, channels_last: bool = False,
+                       placement: str = "device", dataset_size: int = TRAIN_SIZE) -> int:
+    return memory_model(dtype, channels_last, placement, dataset_size).peak_bytes(batch_size)

@@ -1,0 +1,39 @@
+"""A measurement keeps its raw repeat times and derives the rest: median, IQR, noisy or not."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+NOISY_IQR_FRACTION = 0.05  # a cell whose spread is over 5% of its median is flagged
+
+
+@dataclass(frozen=True)
+class Measurement:
+    repeat_s: tuple[float, ...]  # wall time of each repeat
+    steps_per_repeat: int
+    batch_size: int
+
+    @property
+    def examples_per_s(self) -> list[float]:
+        per_repeat = self.steps_per_repeat * self.batch_size
+        return [per_repeat / t for t in self.repeat_s]
+
+    @property
+    def examples_per_s_median(self) -> float:
+        return statistics.median(self.examples_per_s)
+
+    @property
+    def examples_per_s_iqr(self) -> float:
+        if len(self.repeat_s) < 2:
+            return 0.0
+        q1, _, q3 = statistics.quantiles(self.examples_per_s, n=4, method="inclusive")
+        return q3 - q1
+
+    @property
+    def step_ms_median(self) -> float:
+        return statistics.median(self.repeat_s) / self.steps_per_repeat * 1e3
+
+    @property
+    def noisy(self) -> bool:
+        return self.examples_per_s_iqr > NOISY_IQR_FRACTION * self.examples_per_s_median

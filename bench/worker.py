@@ -1,0 +1,151 @@
+"""Cells run in a spawned worker process; the parent only sends configs and writes results.
+
+A worker that dies (a signal, the OOM killer, a sticky CUDA error) costs the cell in flight, which
+the parent records as an error with the cause; the next cell gets a fresh worker. Workers ignore
+Ctrl-C: the parent decides how to stop.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import traceback
+from dataclasses import dataclass
+
+from bench.cell import Settings, run_cell, run_trial
+from bench.grid import Config
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to start: the data, the device, the cap."""
+
+    device: str
+    data: str  # fashion-mnist or synthetic
+    data_root: str | None
+    settings: Settings
+    memory_cap_bytes: int | None = None
+
+
+class WorkerDied(Exception):
+    """The worker process ended while it held a cell."""
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "the worker stopped answering"
+    if exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (the kernel's OOM killer sends this)" if name == "SIGKILL" else ""
+        return f"the worker was killed by {name}{hint}"
+    return f"the worker exited with status {exitcode}"
+
+
+def _serve(conn, spec: WorkerSpec) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    from bench import memory
+    from bench.nvml import NvmlReader, NvmlUnavailable
+    from lenet.data import real_tensors, synthetic_tensors
+
+    device = torch.device(spec.device)
+    nvml = None
+    try:
+        if spec.data == "synthetic":
+            data = synthetic_tensors()
+        else:
+            data = real_tensors(True, spec.data_root)
+        if spec.memory_cap_bytes is not None:
+            memory.apply_memory_cap(device, spec.memory_cap_bytes)
+        if device.type == "cuda":
+            torch.cuda.init()
+            try:
+                nvml = NvmlReader(device.index or 0)
+            except NvmlUnavailable:
+                nvml = None
+        conn.send(("ready", None))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what to do
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    handlers = {
+        "cell": lambda config: run_cell(config, data, spec.settings, nvml),
+        "trial": lambda config, batch: run_trial(config, batch, data, spec.settings),
+    }
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the parent is gone
+            break
+        if message is None:
+            break
+        name, args = message
+        try:
+            conn.send(("ok", handlers[name](*args)))
+        except Exception:  # noqa: BLE001 - a harness bug: the parent records it and goes on
+            conn.send(("error", traceback.format_exc(limit=5)))
+    if nvml is not None:
+        nvml.close()
+
+
+class Worker:
+    """A spawned process that runs cells one at a time."""
+
+    def __init__(self, spec: WorkerSpec, start_timeout_s: float = 300):
+        context = multiprocessing.get_context("spawn")  # a fresh CUDA state, never a fork of one
+        self._conn, child = context.Pipe()
+        # not a daemon: its DataLoader needs worker processes of its own. If the parent dies,
+        # the worker reads end-of-file on the pipe and exits.
+        self._process = context.Process(target=_serve, args=(child, spec))
+        self._process.start()
+        child.close()
+        kind, detail = self._receive(start_timeout_s)
+        if kind != "ready":
+            self.kill()
+            raise RuntimeError(f"the worker could not start: {detail}")
+
+    def _receive(self, timeout_s: float | None):
+        waited = 0.0
+        while not self._conn.poll(0.2):
+            waited += 0.2
+            if not self._process.is_alive():
+                self._process.join(5)
+                raise WorkerDied(_describe_exit(self._process.exitcode))
+            if timeout_s is not None and waited > timeout_s:
+                self.kill()
+                raise WorkerDied(f"no answer within {timeout_s:.0f} s; the worker was stopped")
+        try:
+            return self._conn.recv()
+        except (EOFError, ConnectionError):
+            self._process.join(5)
+            raise WorkerDied(_describe_exit(self._process.exitcode)) from None
+
+    def call(self, name: str, *args, timeout_s: float | None = None):
+        self._conn.send((name, args))
+        kind, payload = self._receive(timeout_s)
+        if kind == "error":
+            raise RuntimeError(payload)
+        return payload
+
+    def cell(self, config: Config):
+        return self.call("cell", config)
+
+    def trial(self, config: Config, batch_size: int) -> dict:
+        return self.call("trial", config, batch_size)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+            self._process.join(10)
+        except (BrokenPipeError, OSError):
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(5)

@@ -1,0 +1,59 @@
+import itertools
+
+from bench.boundary import Boundary, find_max_batch
+
+
+def _card(limit: int, kernel_limit: int | None = None):
+    tried = []
+
+    def trial(batch):
+        tried.append(batch)
+        if kernel_limit is not None and batch >= kernel_limit:
+            return {"batch_size": batch, "outcome": "kernel_limit",
+                    "error": "RuntimeError: integer out of range"}
+        outcome = "ok" if batch <= limit else "oom"
+        return {"batch_size": batch, "outcome": outcome, "error": None}
+
+    return trial, tried
+
+
+def _boundary():
+    return Boundary("float32-nchw", "float32", False, "device")
+
+
+def test_doubles_then_bisects_to_within_five_percent():
+    trial, tried = _card(limit=1000)
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**20, budget_s=60)
+    assert tried == [64, 128, 256, 512, 1024, 768, 896, 960, 992]
+    assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (992, 1024, "oom")
+
+
+def test_a_kernel_limit_is_named_as_such():
+    trial, _ = _card(limit=10**9, kernel_limit=2**21)
+    b = find_max_batch(trial, _boundary(), start=2**19, limit=2**24, budget_s=60)
+    assert b.stop_reason == "kernel_limit"
+    assert b.failure == "RuntimeError: integer out of range"
+    assert b.max_ok_batch >= 0.95 * 2**21 and b.first_failed_batch == 2**21
+
+
+def test_stops_at_the_batch_limit():
+    trial, tried = _card(limit=10**9)
+    b = find_max_batch(trial, _boundary(), start=64, limit=300, budget_s=60)
+    assert tried == [64, 128, 256, 300]
+    assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (300, None, "batch limit")
+
+
+def test_stops_when_the_time_budget_is_spent():
+    ticks = itertools.count()  # each clock reading is one second later
+    trial, tried = _card(limit=10**9)
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**30, budget_s=3.5,
+                       clock=lambda: float(next(ticks)))
+    assert tried == [64, 128, 256]
+    assert b.stop_reason == "time budget" and b.max_ok_batch == 256
+
+
+def test_a_first_trial_that_fails_bisects_downwards():
+    trial, tried = _card(limit=40)
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**20, budget_s=60)
+    assert tried[:3] == [64, 32, 48]
+    assert b.max_ok_batch == 40 and b.first_failed_batch == 42  # within 5% of 40

@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from bench.doctor import fits, report
+from bench.nvml import GpuProcess, MemoryInfo, NvmlUnavailable
+from conftest import run_module
+
+GiB = 2**30
+
+
+class FakeCard:
+    """A reader for a card whose memory and processes the test decides."""
+
+    def __init__(self, free_bytes, processes):
+        self.info = MemoryInfo(80 * GiB, GiB // 2, 80 * GiB - GiB // 2 - free_bytes, free_bytes)
+        self._processes = processes
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def memory(self):
+        return self.info
+
+    def processes(self):
+        return self._processes
+
+    def name(self):
+        return "NVIDIA H100 80GB HBM3"
+
+    def driver_version(self):
+        return "580.65.06"
+
+
+def test_a_card_held_by_other_processes_names_them():
+    card = FakeCard(GiB // 4, [GpuProcess(4242, 60 * GiB, "python"),
+                               GpuProcess(77, 19 * GiB, "jupyter-kernel")])
+    ok, message = fits(card, needed_bytes=10 * 2**20)
+    assert not ok
+    assert message == (
+        "does not fit: 778.0 MiB needed, only 256.0 MiB of 80.0 GiB free; other processes "
+        "hold the card: pid 4242 (python) holds 60.0 GiB, pid 77 (jupyter-kernel) holds 19.0 GiB;"
+        " stop them or use another GPU")
+
+
+def test_a_full_card_whose_processes_are_hidden():
+    ok, message = fits(FakeCard(GiB // 4, None), needed_bytes=10 * 2**20)
+    assert not ok and "processes NVML cannot name here" in message
+
+
+def test_a_free_card_fits():
+    ok, message = fits(FakeCard(70 * GiB, []), needed_bytes=10 * 2**20)
+    assert ok and message.startswith("fits: 778.0 MiB needed")
+
+
+def test_report_lists_the_card_and_its_processes():
+    card = FakeCard(GiB // 4, [GpuProcess(4242, 60 * GiB, "python")])
+    ok, lines = report(torch.device("cuda", 0), 10 * 2**20, reader_factory=lambda i: card)
+    assert not ok
+    assert "GPU: NVIDIA H100 80GB HBM3, driver 580.65.06" in lines
+    assert "process 4242 (python): 60.0 GiB" in lines
+    assert lines[-1].startswith("smallest cell: does not fit")
+
+
+def test_without_nvml_it_says_so_and_carries_on():
+    def missing(index):
+        raise NvmlUnavailable("NVML could not start: NVML Shared Library Not Found")
+
+    ok, lines = report(torch.device("cpu"), None, reader_factory=missing)
+    assert ok
+    assert lines[-1] == ("NVML: unavailable (NVML could not start: NVML Shared Library Not "
+                         "Found); NVML columns will read 'not measured'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only output")
+def test_doctor_command_on_a_machine_without_a_gpu():
+    result = run_module("bench.doctor")
+    assert result.returncode == 0, result.stderr
+    assert "device: cpu (no CUDA GPU is visible)" in result.stdout

@@ -1,0 +1,67 @@
+import pytest
+
+from bench.grid import Config, GridError, get_grid, parse_set
+
+
+def test_unknown_grid_lists_the_known_ones():
+    with pytest.raises(GridError, match=r"^unknown grid 'defualt'; known: default, full, smoke$"):
+        get_grid("defualt", on_gpu=True)
+
+
+def test_gpu_default_covers_every_dtype_layout_and_loader_variant():
+    cells = get_grid("default", on_gpu=True).cells("cuda:0")
+    batch_sizes = sorted({c.batch_size for c in cells})
+    assert batch_sizes[0] == 64 and batch_sizes[-1] >= 16384
+    assert {(c.dtype, c.channels_last) for c in cells} == {
+        (d, cl) for d in ("float32", "bfloat16", "float16") for cl in (False, True)}
+    host = {(c.pin_memory, c.num_workers) for c in cells if c.placement == "host"}
+    assert host == {(False, 0), (True, 0), (False, 4), (True, 4)}
+    # 5 batch sizes x (3 dtypes x 2 layouts on the device + 4 loader variants on the host)
+    assert len(cells) == 5 * (6 + 4)
+    assert len(set(cells)) == len(cells)
+
+
+def test_settings_without_effect_are_not_run_twice():
+    grid = get_grid("smoke", on_gpu=True, overrides={"pin_memory": (False, True),
+                                                     "num_workers": (0, 2)})
+    cells = grid.cells("cuda:0")
+    device_cells = [c for c in cells if c.placement == "device"]
+    # pinning and workers mean nothing when the data already lives on the device
+    assert device_cells == [Config(256, device="cuda:0"), Config(1024, device="cuda:0")]
+    assert len(cells) == 2 + 2 * 4
+
+
+def test_pinning_collapses_without_cuda():
+    cells = get_grid("smoke", on_gpu=False, overrides={"pin_memory": (False, True)}).cells("cpu")
+    assert not any(c.pin_memory for c in cells)
+    assert len(cells) == 4
+
+
+def test_set_overrides_an_axis_in_every_block():
+    overrides = parse_set(["batch_size=32,32,128", "dtype=bfloat16", "channels-last=true"])
+    assert overrides == {"batch_size": (32, 128), "dtype": ("bfloat16",),
+                         "channels_last": (True,)}
+    cells = get_grid("default", on_gpu=False, overrides=overrides).cells("cpu")
+    assert {c.batch_size for c in cells} == {32, 128}
+    assert {c.dtype for c in cells} == {"bfloat16"}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("colour=red", r"--set: unknown axis 'colour'; axes: batch_size, dtype, channels_last, "
+                   r"placement, pin_memory, num_workers"),
+    ("dtype=float64", r"--set dtype: 'float64' is not valid; valid: float32, bfloat16, float16"),
+    ("batch_size=0", r"--set batch_size: '0' is not a batch size; it must be a whole number, "
+                     r"1 or more"),
+    ("batch_size=-4", r"'-4' is not a batch size"),
+    ("pin_memory=maybe", r"--set pin_memory: 'maybe' is not true or false"),
+    ("placement", r"write it as axis=v1,v2"),
+])
+def test_bad_set_items_say_what_is_valid(item, message):
+    with pytest.raises(GridError, match=message):
+        parse_set([item])
+
+
+def test_cell_keys_are_stable_names():
+    assert Config(256).key() == "b256-float32-nchw-device"
+    assert Config(64, "float16", True, "host", True, 4, "cuda:0").key() == \
+        "b64-float16-nhwc-host-w4-pinned"

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from bench.oom import Attempt, failure_kind, halve, is_oom, run_with_backoff, status_of
+
+OOM_TEXTS = [
+    "CUDA out of memory. Tried to allocate 2.00 GiB",
+    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported",
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a "
+    "non-contiguous input.",
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 822083584 bytes.",
+]
+
+
+@pytest.mark.parametrize("text", OOM_TEXTS)
+def test_runtime_errors_that_mean_oom(text):
+    assert is_oom(RuntimeError(text))
+    assert failure_kind(RuntimeError(text)) == "oom"
+
+
+def test_oom_exception_types():
+    assert is_oom(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_oom(MemoryError())
+
+
+def test_kernel_limit_is_not_an_oom():
+    exc = RuntimeError("integer out of range")
+    assert not is_oom(exc)
+    assert failure_kind(exc) == "kernel_limit"
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("CUDA error: an illegal memory access was "
+                                              "encountered"), ValueError("out of memory")])
+def test_other_errors_are_errors(exc):
+    assert failure_kind(exc) == "error"
+
+
+def test_halving_stops_at_the_floor():
+    assert list(halve(1000, floor=100)) == [1000, 500, 250, 125]
+    assert list(halve(5)) == [5, 2, 1]
+
+
+def _fake_training(limit: int, other_error_at: int | None = None):
+    """Runs out of memory above `limit` examples, like a card of that size would."""
+    tried = []
+
+    def attempt(batch):
+        tried.append(batch)
+        if batch == other_error_at:
+            raise RuntimeError("integer out of range")
+        if batch > limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory at {batch}")
+        return f"trained at {batch}"
+
+    return attempt, tried
+
+
+def test_backoff_halves_until_it_fits_and_releases_between_attempts():
+    attempt, tried = _fake_training(limit=300)
+    releases = []
+    value, attempts = run_with_backoff(attempt, 2048, release=lambda: releases.append(len(tried)))
+    assert tried == [2048, 1024, 512, 256]
+    assert value == "trained at 256"
+    assert [(a.batch_size, a.outcome) for a in attempts] == [
+        (2048, "oom"), (1024, "oom"), (512, "oom"), (256, "ok")]
+    assert attempts[0].error == "OutOfMemoryError: CUDA out of memory at 2048"
+    assert releases == [1, 2, 3]  # after each failure, before the next try
+    assert status_of(attempts) == "oom_backed_off"
+
+
+def test_backoff_gives_up_at_the_floor():
+    attempt, tried = _fake_training(limit=0)
+    value, attempts = run_with_backoff(attempt, 8, release=lambda: None)
+    assert value is None and tried == [8, 4, 2, 1]
+    assert status_of(attempts) == "oom"
+
+
+def test_a_failure_that_is_not_an_oom_is_not_retried():
+    attempt, tried = _fake_training(limit=100, other_error_at=512)
+    value, attempts = run_with_backoff(attempt, 1024, release=lambda: None)
+    assert tried == [1024, 512]
+    assert attempts[-1] == Attempt(512, "kernel_limit", "RuntimeError: integer out of range")
+    assert status_of(attempts) == "error"
+
+
+def test_backoff_policy_is_injectable():
+    attempt, tried = _fake_training(limit=100)
+    run_with_backoff(attempt, 400, release=lambda: None, policy=lambda b: iter([b, b - 350]))
+    assert tried == [400, 50]
+
+
+def test_first_try_that_fits_is_plain_ok():
+    assert status_of([Attempt(64, "ok")]) == "ok"

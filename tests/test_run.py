@@ -1,0 +1,167 @@
+"""bench.run as a user runs it: the smoke grid end to end, bad input, a real OOM, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from bench.cell import Settings
+from bench.grid import Config
+from bench.run import Runner
+from bench.worker import Worker, WorkerSpec
+from conftest import ROOT, run_module
+
+SYNTHETIC = ["--data", "synthetic", "--no-report"]
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def test_smoke_grid_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = run_module("bench.run", "--grid", "smoke", "--out", str(out), *SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    rows = _rows(out)
+    assert [r["key"] for r in rows] == ["b64-float32-nchw-device", "b64-float32-nchw-host-w0",
+                                        "b256-float32-nchw-device", "b256-float32-nchw-host-w0"]
+    for row in rows:
+        assert row["status"] == "ok" and row["data_source"] == "synthetic"
+        assert row["examples_per_s"] > 0 and row["repeats"] == 5 and len(row["repeat_s"]) == 5
+        assert row["cpu_peak_rss_bytes"] >= row["cpu_baseline_rss_bytes"] > 0
+        assert row["loss_first"] == row["loss_first"]  # not NaN
+        assert row["nvml_peak_used_bytes"] is None and row["nvml_note"] == "no GPU"
+        assert row["predicted_peak_bytes"] > 0
+    assert set(json.loads((out / "env.json").read_text())) >= {
+        "gpu_name", "driver_version", "cuda_version", "torch_version", "torchvision_version",
+        "python_version", "host", "commit"}
+    assert "no GPU: grid 'smoke' runs CPU-sized settings" in result.stdout
+    assert "fastest cells:" in result.stdout
+
+
+def test_dry_run_json_lists_cells_with_predictions(tmp_path):
+    result = run_module("bench.run", "--grid", "smoke", "--dry-run", "--json",
+                        "--memory-cap", "100MiB", "--set", "batch_size=64,8192", *SYNTHETIC,
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout[result.stdout.index("["):])
+    by_key = {p["key"]: p for p in plan}
+    assert by_key["b64-float32-nchw-host-w0"]["fits"] is True
+    assert by_key["b8192-float32-nchw-host-w0"]["fits"] is False
+    assert by_key["b8192-float32-nchw-device"]["predicted_peak_bytes"] > 8192 * 50_000
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "defualt"], "unknown grid 'defualt'; known: default, full, smoke"),
+    (["--set", "colour=red"], "--set: unknown axis 'colour'; axes: batch_size, dtype"),
+    (["--set", "dtype=float64"], "'float64' is not valid; valid: float32, bfloat16, float16"),
+    (["--set", "batch_size=0"], "'0' is not a batch size"),
+    (["--memory-cap", "lots"], "'lots' is not a size; write it like 2GiB"),
+    (["--repeats", "3"], "--repeats 3: at least 5 are needed"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+    result = run_module("bench.run", *args, "--out", str(tmp_path / "run"), *SYNTHETIC)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"python -m bench.run: error: "
+                                                  f"{result.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where there is no GPU")
+def test_cuda_without_a_gpu(tmp_path):
+    result = run_module("bench.run", "--device", "cuda", "--out", str(tmp_path / "r"),
+                        *SYNTHETIC)
+    assert result.returncode == 2 and "needs a CUDA GPU, but none is visible" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_out_as_non_root(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = run_module("bench.run", "--grid", "smoke", "--out", str(locked / "r"), *SYNTHETIC)
+    assert result.returncode == 2 and "choose a writable --out" in result.stderr
+
+
+def test_unwritable_out(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_module("bench.run", "--grid", "smoke", "--out", str(blocker / "run"),
+                        *SYNTHETIC)
+    assert result.returncode == 2
+    assert "cannot write the run directory" in result.stderr and "writable --out" in result.stderr
+
+
+def test_resume_needs_a_run_directory(tmp_path):
+    result = run_module("bench.run", "--resume", str(tmp_path), *SYNTHETIC)
+    assert result.returncode == 2 and "is not a run directory (no plan.json)" in result.stderr
+
+
+def test_out_that_holds_a_run_is_refused(tmp_path):
+    out = tmp_path / "run"
+    args = ["bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+            "placement=device", "--out", str(out), *SYNTHETIC]
+    assert run_module(*args).returncode == 0
+    before = (out / "results.jsonl").read_text()
+    result = run_module(*args)
+    assert result.returncode == 2 and f"--resume {out}" in result.stderr
+    assert (out / "results.jsonl").read_text() == before
+
+
+def test_a_real_oom_under_a_memory_cap_backs_off(tmp_path):
+    """The CPU cap is an address-space rlimit: allocations past it fail for real."""
+    out = tmp_path / "capped"
+    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=16384", "--set",
+                        "placement=device", "--memory-cap", "512MiB", "--out", str(out),
+                        *SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    (row,) = _rows(out)
+    assert row["status"] == "oom_backed_off" and row["memory_cap_bytes"] == 512 * 2**20
+    tried = [a["batch_size"] for a in row["attempts"]]
+    assert tried == [16384 // 2**k for k in range(len(tried))]
+    assert [a["outcome"] for a in row["attempts"]] == ["oom"] * (len(tried) - 1) + ["ok"]
+    assert "DefaultCPUAllocator: can't allocate memory" in row["attempts"][0]["error"]
+    assert row["batch_size"] == tried[-1] and row["examples_per_s"] > 0
+
+
+def test_kill_9_loses_at_most_the_cell_in_flight_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
+           "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
+           *SYNTHETIC]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and results.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-grid
+    proc.wait()
+    killed_with = len(_rows(out))
+    assert 1 <= killed_with < 4
+    result = run_module("bench.run", "--resume", str(out), "--no-report")
+    assert result.returncode == 0, result.stderr
+    assert f"{killed_with} cells done, {4 - killed_with} to go" in result.stdout
+    keys = [r["key"] for r in _rows(out)]
+    assert sorted(keys) == sorted(f"b{b}-float32-nchw-device" for b in (32, 64, 128, 256))
+
+
+def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
+    spec = WorkerSpec("cpu", "synthetic", None, Settings(min_repeat_s=0.01, warmup_steps=1))
+    runner = Runner(spec, tmp_path, nvml_index=None)
+    runner.worker = Worker(spec)
+    os.kill(runner.worker.pid, signal.SIGKILL)
+    dead = runner.cell(Config(64), predicted=1)
+    assert (dead.status, dead.error_kind) == ("error", "worker_died")
+    assert dead.error == "the worker was killed by SIGKILL (the kernel's OOM killer sends this)"
+    alive = runner.cell(Config(64), predicted=1)
+    runner.retire_worker()
+    assert alive.status == "ok" and alive.examples_per_s > 0
