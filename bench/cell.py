@@ -73,10 +73,16 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
         for _ in range(settings.repeats):
             elapsed, last_loss = _timed_steps(step, batches, steps, device)
             repeat_s.append(elapsed)
+        peaks = memory.read_peaks(device)
+        tracked = None
+        if device.type == "cpu":  # after timing: tracking slows the step it watches
+            with memory.LiveBytes() as tracker:
+                step(*next(batches))
+            tracked = tracker.peak_bytes
     finally:
         batches.close()  # stops the DataLoader's workers now, not at garbage collection
-    peaks = memory.read_peaks(device)
     return {
+        "tracked_peak_bytes": tracked,
         "measurement": Measurement(tuple(repeat_s), steps, batch_size),
         "peaks": peaks,
         "loss_first": float(first_loss),
@@ -159,6 +165,7 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
         row.peak_allocated_bytes = value["peaks"].peak_allocated_bytes
         row.peak_reserved_bytes = value["peaks"].peak_reserved_bytes
         row.cpu_peak_rss_bytes = value["peaks"].cpu_peak_rss_bytes
+        row.tracked_peak_bytes = value["tracked_peak_bytes"]
         row.loss_first, row.loss_last = value["loss_first"], value["loss_last"]
     row.wall_s = time.perf_counter() - start
     return row, healthy

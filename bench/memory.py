@@ -3,16 +3,21 @@
 On a GPU: PyTorch's caching allocator, whose *allocated* bytes are live tensors and whose
 *reserved* bytes add the cache it keeps for reuse. NVML's device-wide figure (bench.nvml) adds the
 CUDA context, the libraries' workspaces and the driver's own reserve on top.
-On the CPU: the worker's peak resident set (VmHWM), reset before each attempt, labelled as such.
+On the CPU: the worker's peak resident set (VmHWM), reset before each attempt, which counts the
+libraries and whatever the C allocator kept from earlier cells; and, exact and repeatable, the
+peak of live tensor bytes over one step, tracked operator by operator (LiveBytes).
 """
 
 from __future__ import annotations
 
 import gc
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -104,3 +109,34 @@ def apply_memory_cap(device: torch.device, cap_bytes: int) -> str:
     limit = current + cap_bytes
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     return f"address space limited to {limit} bytes (start-up mappings + cap)"
+
+
+class LiveBytes(TorchDispatchMode):
+    """Counts the bytes of storages created under it that are still alive, and their peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self._tracked: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._tracked.discard(key)
+        self.live_bytes -= nbytes
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self._tracked or storage.nbytes() == 0:
+            return  # a view of a storage already counted
+        self._tracked.add(key)
+        self.live_bytes += storage.nbytes()
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+        weakref.finalize(storage, self._free, key, storage.nbytes())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self._track(value)
+        return out

@@ -13,49 +13,16 @@ which this does not see, so the measured peak runs a little above the prediction
 from __future__ import annotations
 
 import functools
-import weakref
 from dataclasses import dataclass
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from bench.memory import LiveBytes
 from lenet.data import TRAIN_SIZE
 from lenet.model import IMAGE_SHAPE, NUM_CLASSES, build_lenet
 from lenet.train import TrainStep
 
 _PROBE_BATCHES = (64, 128)
-
-
-class LiveBytes(TorchDispatchMode):
-    """Counts the bytes of storages created under it that are still alive, and their peak."""
-
-    def __init__(self):
-        super().__init__()
-        self.live_bytes = 0
-        self.peak_bytes = 0
-        self._tracked: set[int] = set()
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self._tracked.discard(key)
-        self.live_bytes -= nbytes
-
-    def _track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key = storage.data_ptr()
-        if key in self._tracked or storage.nbytes() == 0:
-            return  # a view of a storage already counted
-        self._tracked.add(key)
-        self.live_bytes += storage.nbytes()
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        weakref.finalize(storage, self._free, key, storage.nbytes())
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for value in tree_flatten(out)[0]:
-            if isinstance(value, torch.Tensor):
-                self._track(value)
-        return out
 
 
 def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool) -> int:

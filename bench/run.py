@@ -216,7 +216,7 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
     if done:
         lines.append("fastest cells:")
         for r in done[:5]:
-            peak = r.get("peak_allocated_bytes") or r.get("cpu_peak_rss_bytes")
+            peak = r.get("peak_allocated_bytes") or r.get("tracked_peak_bytes")
             lines.append(f"  {r['key']:<40} {r['examples_per_s']:>12,.0f} examples/s  "
                          f"step {r['step_ms_median']:.2f} ms  peak {format_bytes(peak)}"
                          f"{'  (noisy)' if r.get('noisy') else ''}")

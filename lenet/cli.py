@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 
 class UsageError(Exception):
     """Bad input a user can fix; the message says how."""
@@ -51,8 +49,10 @@ def positive_float(text: str) -> float:
     return value
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str):
     """`auto` is the first GPU when there is one, else the CPU; a GPU asked for must exist."""
+    import torch  # here, so that reports (which never imports torch) can share this module
+
     if spec == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:

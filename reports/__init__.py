@@ -1,0 +1,1 @@
+"""Reports: a run directory turned into tables, PNG plots and one HTML page. Measures nothing."""

@@ -1,0 +1,103 @@
+"""Plain words for the numbers: what limits the host path, whether half precision or
+channels_last pays, where the memory went, and what looks wrong."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bench.units import format_bytes
+from reports.frame import Run, notebook_cell
+from reports.plots import parts_of
+
+
+def _median_ratio(cells: pd.DataFrame, column: str, value, baseline, keys) -> float | None:
+    """The median, over matching cells, of examples/s at `value` divided by at `baseline`."""
+    trained = cells[cells["trained"] & cells["examples_per_s"].notna()]
+    a = trained[trained[column] == value].set_index(keys)["examples_per_s"]
+    b = trained[trained[column] == baseline].set_index(keys)["examples_per_s"]
+    both = a.index.intersection(b.index)
+    return None if both.empty else float((a[both] / b[both]).median())
+
+
+def speed_findings(cells: pd.DataFrame) -> list[str]:
+    lines = []
+    layout_keys = ["batch_size", "placement", "num_workers", "pin_memory", "dtype"]
+    for dtype in ("bfloat16", "float16"):
+        ratio = _median_ratio(cells, "dtype", dtype, "float32",
+                              ["batch_size", "placement", "num_workers", "pin_memory",
+                               "channels_last"])
+        if ratio is not None:
+            verdict = "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "no faster"
+            lines.append(f"{dtype} autocast runs at {ratio:.2f}x float32's speed (median over "
+                         f"matching cells): {verdict} for this small net.")
+    ratio = _median_ratio(cells, "channels_last", True, False, layout_keys)
+    if ratio is not None:
+        verdict = "a gain" if ratio > 1.05 else "a loss" if ratio < 0.95 else "no gain"
+        lines.append(f"channels_last runs at {ratio:.2f}x NCHW's speed: {verdict}.")
+    trained = cells[cells["trained"] & cells["examples_per_s"].notna()]
+    host = trained[trained["placement"] == "host"]
+    device = trained[trained["placement"] == "device"]
+    if not host.empty and not device.empty:
+        best_host = host.loc[host["examples_per_s"].idxmax()]
+        same = device[(device["batch_size"] == best_host["batch_size"])
+                      & (device["dtype"] == best_host["dtype"])
+                      & (device["channels_last"] == best_host["channels_last"])]
+        if not same.empty:
+            ceiling = same["examples_per_s"].max()
+            share = best_host["examples_per_s"] / ceiling
+            where = (f"{best_host['examples_per_s']:,.0f} examples/s ({best_host['loader']}, "
+                     f"batch {best_host['batch_size']:,}) against {ceiling:,.0f} on "
+                     f"device-resident data")
+            if share < 0.95:
+                lines.append(f"The loader caps the host path at {where}: {share:.0%} of what "
+                             f"the step alone can do.")
+            else:
+                lines.append(f"The loader costs nothing measurable here: {where}.")
+    return lines
+
+
+def memory_story(run: Run) -> list[str]:
+    cell = notebook_cell(run.cells)
+    if cell is None:
+        return []
+    parts = dict(parts_of(cell))
+    if "allocated (live tensors)" in parts:
+        line = (f"At the notebook's settings ({cell['key']}) the allocator held "
+                f"{format_bytes(cell['peak_allocated_bytes'])} of live tensors at its peak and "
+                f"reserved {format_bytes(cell['peak_reserved_bytes'])}")
+        if pd.notna(cell.get("nvml_peak_used_bytes")):
+            line += (f"; NVML saw {format_bytes(cell['nvml_peak_used_bytes'])} used on the card"
+                     f" ({format_bytes(cell['nvml_baseline_used_bytes'])} of it before the "
+                     f"worker started, {format_bytes(cell['context_bytes'])} for the CUDA "
+                     f"context and libraries) and the driver reserves "
+                     f"{format_bytes(cell['nvml_driver_reserved_bytes'])} more")
+        else:
+            line += "; NVML was not read on this machine"
+        return [line + "."]
+    if pd.notna(cell.get("tracked_peak_bytes")):
+        return [f"At the notebook's settings ({cell['key']}) one training step peaks at "
+                f"{format_bytes(cell['tracked_peak_bytes'])} of live tensors; the worker's "
+                f"resident set peaked at {format_bytes(cell['cpu_peak_rss_bytes'])}, most of it "
+                f"torch's libraries and the data set (a CPU run: no GPU memory was measured)."]
+    return []
+
+
+def warnings_about(cells: pd.DataFrame) -> list[str]:
+    lines = []
+    for _, row in cells.iterrows():
+        first, last = row.get("loss_first"), row.get("loss_last")
+        if not row["trained"] or first is None or pd.isna(first):
+            continue
+        if not (math.isfinite(first) and math.isfinite(last)):
+            lines.append(f"{row['key']}: the loss became {last} (diverged): its speed is not "
+                         f"a training speed.")
+        elif abs(last - first) < 1e-6:
+            lines.append(f"{row['key']}: the loss never moved from {first:.4f}.")
+    noisy = cells[cells.get("noisy", pd.Series(False, index=cells.index)).fillna(False)
+                  .astype(bool)]
+    if not noisy.empty:
+        lines.append(f"{len(noisy)} of {len(cells)} cells are noisy (IQR over 5% of the "
+                     f"median): treat their differences with care.")
+    return lines

@@ -1,0 +1,182 @@
+"""The report page: one self-contained HTML file beside its PNGs. Opens from disk, no network;
+every text that came from a result is escaped."""
+
+from __future__ import annotations
+
+from html import escape
+
+import pandas as pd
+
+from bench.units import format_bytes
+from reports import findings
+from reports.frame import Run, fastest, largest_batch_per_dtype, notebook_cell
+
+SMALL_CARD_BYTES = 8 * 2**30  # "a smaller card" where no cap says otherwise
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.8em; }
+td, th { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+tr.oom_backed_off { background: #fff4d6; } tr.oom, tr.error { background: #fde0e0; }
+tr.fail { background: #fde0e0; } td.noisy { color: #a05a00; }
+.facts td { text-align: left; } .warn { color: #a00000; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+"""
+
+
+def _e(value) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "not measured"
+    return escape(str(value))
+
+
+def _speed(value) -> str:
+    return "not measured" if value is None or pd.isna(value) else f"{value:,.0f}"
+
+
+def _bytes(value) -> str:
+    return "not measured" if value is None or pd.isna(value) else escape(format_bytes(value))
+
+
+def header(run: Run) -> str:
+    env, plan = run.env, run.plan
+    data = plan.get("data") or ", ".join(sorted(set(run.cells.get("data_source", []))))
+    wall = run.cells["wall_s"].sum() if "wall_s" in run.cells else None
+    facts = [
+        ("device", env.get("gpu_name") or f"CPU: {env.get('cpu', 'unknown')}"),
+        ("driver", env.get("driver_version")), ("CUDA", env.get("cuda_version")),
+        ("torch", env.get("torch_version")), ("torchvision", env.get("torchvision_version")),
+        ("data", f"{data}{' (synthetic: speed and memory only, not accuracy)' if data == 'synthetic' else ''}"),  # noqa: E501
+        ("grid", f"{plan.get('grid', '?')}: {plan.get('grid_description', '')}"),
+        ("memory cap", _bytes(plan.get("memory_cap_bytes")) if plan.get("memory_cap_bytes")
+         else "none"),
+        ("when", env.get("created_at")),
+        ("how long", f"{wall:,.0f} s measuring cells" if wall else None),
+        ("commit", env.get("commit")), ("host", env.get("host")),
+    ]
+    rows = "".join(f"<tr><th>{escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    return f"<table class='facts'>{rows}</table>"
+
+
+def answers(run: Run) -> list[str]:
+    cells = run.cells
+    lines = []
+    best = fastest(cells)
+    if best is None:
+        return ["No cell trained: see the table for each cell's error."]
+    lines.append(f"Fastest: <b>{escape(best['key'])}</b> at {_speed(best['examples_per_s'])} "
+                 f"examples/s, needing {_bytes(best['footprint_bytes'])}.")
+    small = run.plan.get("memory_cap_bytes") or SMALL_CARD_BYTES
+    fits = fastest(cells, small)
+    if fits is not None and fits["key"] != best["key"]:
+        lines.append(f"Fastest within {_bytes(small)}: <b>{escape(fits['key'])}</b> at "
+                     f"{_speed(fits['examples_per_s'])} examples/s.")
+    elif fits is not None:
+        lines.append(f"It fits a card of {_bytes(small)} as well.")
+    nb = notebook_cell(cells)
+    if nb is not None:
+        lines.append(f"The notebook's settings ({escape(nb['key'])}) reach "
+                     f"{_speed(nb['examples_per_s'])} examples/s: the fastest cell is "
+                     f"<b>{best['examples_per_s'] / nb['examples_per_s']:.1f}x</b> faster.")
+    else:
+        lines.append("The run has no cell with the notebook's settings (b256, float32, "
+                     "host loader, no pinning) to compare with.")
+    for dtype, (batch, reason) in largest_batch_per_dtype(run).items():
+        batch_words = "none" if pd.isna(batch) else f"{int(batch):,}"
+        lines.append(f"Largest batch at {escape(str(dtype))}: {batch_words} "
+                     f"({escape(str(reason))}).")
+    return lines
+
+
+TABLE_COLUMNS = [
+    ("key", "cell", _e), ("status", "status", _e), ("batch_size", "batch", _e),
+    ("examples_per_s", "examples/s", _speed), ("examples_per_s_iqr", "IQR", _speed),
+    ("step_ms_median", "step ms", lambda v: _e(None if pd.isna(v) else f"{v:.2f}")),
+    ("peak_allocated_bytes", "allocated", _bytes), ("peak_reserved_bytes", "reserved", _bytes),
+    ("nvml_peak_used_bytes", "NVML used", _bytes), ("tracked_peak_bytes", "tensors (CPU)",
+                                                    _bytes),
+    ("cpu_peak_rss_bytes", "worker RSS", _bytes), ("predicted_peak_bytes", "predicted", _bytes),
+    ("loss_last", "last loss", lambda v: _e(None if pd.isna(v) else f"{v:.3f}")),
+    ("error", "error", lambda v: "" if v is None or pd.isna(v) else escape(str(v))),
+]
+
+
+def cells_table(cells: pd.DataFrame) -> str:
+    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in TABLE_COLUMNS)
+    body = []
+    for _, row in cells.iterrows():
+        tds = []
+        for column, _, show in TABLE_COLUMNS:
+            value = row.get(column)
+            noisy = column == "examples_per_s" and bool(row.get("noisy"))
+            tds.append(f"<td{' class=noisy title=noisy' if noisy else ''}>{show(value)}"
+                       f"{' (noisy)' if noisy else ''}</td>")
+        body.append(f"<tr class='{escape(str(row['status']))}'>{''.join(tds)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def boundaries_table(run: Run) -> str:
+    if run.boundaries.empty:
+        return "<p>No boundary search in this run.</p>"
+    rows = "".join(
+        f"<tr><td>{_e(b['key'])}</td><td>{_e(b.get('max_ok_batch'))}</td>"
+        f"<td>{_e(b.get('first_failed_batch'))}</td><td>{_e(b.get('stop_reason'))}</td>"
+        f"<td>{_e(b.get('predicted_max_batch'))}</td><td>{len(b.get('trials') or [])}</td>"
+        f"<td>{'' if b.get('failure') is None else escape(str(b.get('failure')))}</td></tr>"
+        for _, b in run.boundaries.iterrows())
+    return ("<table><tr><th>dtype, layout</th><th>largest batch that trained</th>"
+            "<th>smallest that failed</th><th>why it stopped</th><th>predicted largest</th>"
+            f"<th>trials</th><th>failure</th></tr>{rows}</table>")
+
+
+def comparison_table(changes, only_base, only_new) -> str:
+    rows = []
+    for c in changes:
+        speed, name = c.ratio("examples_per_s"), c.memory_field
+        memory = c.ratio(name) if name else None
+        rows.append(
+            f"<tr class='{'fail' if c.failures else ''}'><td>{escape(c.key)}</td>"
+            f"<td>{_speed(c.base.get('examples_per_s'))}</td>"
+            f"<td>{_speed(c.new.get('examples_per_s'))}</td>"
+            f"<td>{'n/a' if speed is None else f'{speed:+.1%}'}</td>"
+            f"<td>{_bytes(c.base.get(name)) if name else 'not measured'}</td>"
+            f"<td>{_bytes(c.new.get(name)) if name else 'not measured'}</td>"
+            f"<td>{'n/a' if memory is None else f'{memory:+.1%}'}</td>"
+            f"<td>{'<br>'.join(escape(f) for f in c.failures)}</td></tr>")
+    extra = "".join(f"<li>only in the base run: {escape(k)}</li>" for k in only_base)
+    extra += "".join(f"<li>only in the new run: {escape(k)}</li>" for k in only_new)
+    return ("<table><tr><th>cell</th><th>examples/s base</th><th>new</th><th>change</th>"
+            "<th>peak base</th><th>new</th><th>change</th><th>regression</th></tr>"
+            f"{''.join(rows)}</table><ul>{extra}</ul>")
+
+
+def page(run: Run, images: list[tuple[str, str]], missing: list[str],
+         comparison: str | None = None, base_name: str | None = None) -> str:
+    device = run.env.get("gpu_name") or "CPU"
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>LeNet bench: {escape(device)}</title><style>{CSS}</style></head><body>",
+             f"<h1>LeNet training bench on {escape(device)}</h1>", header(run)]
+    for warning in run.warnings:
+        parts.append(f"<p class='warn'>{escape(warning)}</p>")
+    if run.plan.get("data_notice"):
+        parts.append(f"<p class='warn'>{escape(run.plan['data_notice'])}</p>")
+    if comparison is not None:
+        parts += [f"<h2>Against {escape(base_name or 'the base run')}: worst first</h2>",
+                  comparison]
+    parts.append("<h2>The answer</h2><ul>" + "".join(f"<li>{line}</li>" for line in answers(run))
+                 + "</ul>")
+    words = (findings.speed_findings(run.cells) + findings.memory_story(run)
+             + findings.warnings_about(run.cells))
+    if words:
+        parts.append("<h2>What the numbers say</h2><ul>"
+                     + "".join(f"<li>{escape(w)}</li>" for w in words) + "</ul>")
+    if images:
+        parts.append("<h2>Plots</h2>")
+        parts += [f"<p><img src='{escape(name)}' alt='{escape(alt)}'></p>"
+                  for name, alt in images]
+    parts += [f"<p>{escape(line)}</p>" for line in missing]
+    parts += ["<h2>Every cell</h2>", cells_table(run.cells),
+              "<h2>OOM boundary</h2>", boundaries_table(run), "</body></html>"]
+    return "\n".join(parts)

@@ -1,0 +1,196 @@
+"""The report's PNGs. Each function takes a Run (or its cells), writes one file, returns its name,
+or returns None when the run has nothing to draw for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display is needed or wanted
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+
+from reports.frame import Run, notebook_cell, pareto  # noqa: E402
+
+MiB = 2**20
+DPI = 110
+
+
+def _save(fig, folder: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=DPI)
+    plt.close(fig)
+    return name
+
+
+def _log2_batches(ax, batches) -> None:
+    """A log2 batch axis with a labelled tick at every other power of two in range."""
+    ax.set_xscale("log", base=2)
+    low, high = int(min(batches)).bit_length() - 1, int(max(batches) - 1).bit_length()
+    step = 1 if high - low <= 8 else 2
+    ticks = [2**k for k in range(low, high + 1, step)]
+    ax.set_xticks(ticks, [f"{b:,}" for b in ticks], rotation=45, ha="right")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("batch size")
+
+
+def _legend_below(ax, ncol: int = 2) -> None:
+    ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+              frameon=False)
+
+
+def _predicted_line(cells: pd.DataFrame, up_to: float) -> tuple[list, list] | None:
+    """The prediction is a line in batch size: extend it from the cells to `up_to`."""
+    points = cells[["batch_size", "predicted_peak_bytes"]].dropna().drop_duplicates()
+    if len(points) < 2:
+        return None
+    (b0, p0), (b1, p1) = points.iloc[0], points.iloc[-1]
+    per_sample = (p1 - p0) / (b1 - b0)
+    batches = [2**k for k in range(int(b0).bit_length() - 1, int(up_to).bit_length() + 1)]
+    return batches, [(p0 + per_sample * (b - b0)) / MiB for b in batches]
+
+
+def throughput(run: Run, folder: Path) -> str | None:
+    cells = run.cells[run.cells["trained"] & run.cells["examples_per_s"].notna()]
+    if cells.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for (loader, dtype, layout), group in cells.groupby(["loader", "dtype", "layout"]):
+        group = group.sort_values("batch_size")
+        style = "-" if loader == "device-resident" else "--"
+        ax.errorbar(group["batch_size"], group["examples_per_s"], yerr=group["examples_per_s_iqr"]
+                    / 2, fmt=style + "o", markersize=4, capsize=2,
+                    label=f"{dtype}, {layout}, {loader}")
+    _log2_batches(ax, cells["batch_size"])
+    ax.set_ylabel("examples/s (median; bars: IQR)")
+    ax.set_title(f"Training throughput on {_device_words(run)}")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    _legend_below(ax)
+    return _save(fig, folder, "throughput.png")
+
+
+def memory(run: Run, folder: Path) -> str | None:
+    """Peak memory of float32 NCHW cells against batch size, with capacity and the boundary."""
+    cells = run.cells[run.cells["trained"] & (run.cells["dtype"] == "float32")
+                      & ~run.cells["channels_last"].astype(bool)]
+    if cells.empty:
+        return None
+    # On a GPU the device-resident cells reach furthest; on the CPU the host cells are the ones
+    # whose tracked tensors and prediction count the same things (no resident data set).
+    placement = "device" if run.on_gpu else "host"
+    if not (cells["placement"] == placement).any():
+        placement = cells["placement"].iloc[0]
+    cells = cells[cells["placement"] == placement].sort_values("batch_size")
+    fig, ax = plt.subplots(figsize=(8, 6))
+    boundary = _boundary(run)
+    series = [("peak_allocated_bytes", "allocator: allocated"),
+              ("peak_reserved_bytes", "allocator: reserved"),
+              ("nvml_peak_used_bytes", "NVML: device used"),
+              ("tracked_peak_bytes", "tensors tracked in one step (CPU)"),
+              ("predicted_peak_bytes", "predicted allocator peak")]
+    for column, label in series[:-1]:
+        values = cells[column]
+        if values.notna().any():
+            ax.plot(cells["batch_size"], values / MiB, "-o", markersize=4, label=label)
+    predicted = _predicted_line(cells, max(boundary or 0, cells["batch_size"].max()) * 2)
+    if predicted:
+        ax.plot(*predicted, ":", color="gray", label=series[-1][1])
+    if run.capacity_bytes:
+        words = "memory cap" if run.plan.get("memory_cap_bytes") else "card capacity"
+        ax.axhline(run.capacity_bytes / MiB, color="red", linewidth=1, label=words)
+    if boundary:
+        ax.axvline(boundary, color="black", linestyle="--", linewidth=1,
+                   label=f"largest batch that trained: {boundary:,}")
+    _log2_batches(ax, predicted[0] if predicted else cells["batch_size"])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_ylabel("MiB (log scale)")
+    ax.set_title(f"Peak memory, float32 NCHW, {placement} data")
+    ax.grid(True, alpha=0.3)
+    _legend_below(ax)
+    return _save(fig, folder, "memory.png")
+
+
+def _boundary(run: Run) -> int | None:
+    b = run.boundaries
+    if b.empty:
+        return None
+    match = b[(b["dtype"] == "float32") & ~b["channels_last"].astype(bool)]
+    value = match["max_ok_batch"].dropna()
+    return int(value.iloc[0]) if not value.empty else None
+
+
+def memory_parts(run: Run, folder: Path) -> str | None:
+    """Where one cell's memory went, as a stacked bar: the notebook's cell where there is one."""
+    cell = notebook_cell(run.cells)
+    if cell is None:
+        trained = run.cells[run.cells["trained"]]
+        if trained.empty:
+            return None
+        cell = trained.iloc[0]
+    parts = parts_of(cell)
+    if not parts:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 4.8))
+    bottom = 0.0
+    for label, value in parts:
+        ax.bar([cell["key"]], [value / MiB], bottom=bottom, label=f"{label}: {value / MiB:,.0f}")
+        bottom += value / MiB
+    ax.set_ylabel("MiB")
+    ax.set_title("Memory parts of one cell", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.08))
+    return _save(fig, folder, "memory_parts.png")
+
+
+def parts_of(cell: pd.Series) -> list[tuple[str, float]]:
+    """The stacked parts, bottom first; NVML parts only where NVML was read. A CPU run has none:
+    its resident set is not a sum of parts (the C allocator reuses what earlier steps freed)."""
+    if pd.notna(cell.get("peak_allocated_bytes")):
+        parts = [("allocated (live tensors)", cell["peak_allocated_bytes"]),
+                 ("cache slack (reserved - allocated)", cell["cache_slack_bytes"])]
+        if pd.notna(cell.get("nvml_peak_used_bytes")):
+            parts += [("CUDA context and libraries", cell["context_bytes"]),
+                      ("used before the worker started", cell["nvml_baseline_used_bytes"]),
+                      ("driver reserve", cell["nvml_driver_reserved_bytes"])]
+        return [(label, float(v)) for label, v in parts if pd.notna(v)]
+    return []
+
+
+def tradeoff(run: Run, folder: Path) -> str | None:
+    cells = run.cells[run.cells["trained"] & run.cells["examples_per_s"].notna()
+                      & run.cells["footprint_bytes"].notna()]
+    if cells.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for dtype, group in cells.groupby("dtype"):
+        ax.scatter(group["footprint_bytes"] / MiB, group["examples_per_s"], s=18, label=dtype)
+    front = pareto(cells)
+    ax.plot(front["footprint_bytes"] / MiB, front["examples_per_s"], "k-", linewidth=1,
+            label="best trade-offs")
+    for _, row in front.iterrows():
+        ax.annotate(row["key"], (row["footprint_bytes"] / MiB, row["examples_per_s"]),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("memory the cell needed, MiB (log scale)")
+    ax.set_ylabel("examples/s")
+    ax.set_title("Speed against memory")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.grid(True, alpha=0.3)
+    _legend_below(ax, ncol=4)
+    return _save(fig, folder, "tradeoff.png")
+
+
+def _device_words(run: Run) -> str:
+    return run.env.get("gpu_name") or f"the CPU ({run.env.get('cpu', 'unknown')})"
+
+
+# Each plot by the file it writes.
+ALL = {"throughput.png": throughput, "memory.png": memory, "memory_parts.png": memory_parts,
+       "tradeoff.png": tradeoff}

@@ -1,0 +1,203 @@
+"""Pages built from crafted results files: every status, a CPU run, a torn file, one cell."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+from bench.row import Row
+from conftest import ROOT, run_module
+from reports.__main__ import write_report
+from reports.frame import load_run, pareto
+
+MiB = 2**20
+HOSTILE = "<script>alert('x')</script> & \"quotes\""
+
+
+def _gpu_row(batch, dtype="float32", status="ok", placement="device", workers=0, **extra):
+    loader = "device" if placement == "device" else f"host-w{workers}"
+    row = Row(key=f"b{batch}-{dtype}-nchw-{loader}",
+              batch_size_requested=batch, batch_size=batch, dtype=dtype, channels_last=False,
+              placement=placement, pin_memory=False, num_workers=workers, device="cuda:0",
+              data_source="fashion-mnist", status=status,
+              attempts=[{"batch_size": batch, "outcome": "ok", "error": None}],
+              examples_per_s=1000.0 * batch ** 0.5, examples_per_s_iqr=5.0, noisy=False,
+              step_ms_median=1.0, repeats=5, steps_per_repeat=10, repeat_s=[0.1] * 5,
+              peak_allocated_bytes=57 * 1024 * batch + 2 * MiB,
+              peak_reserved_bytes=57 * 1024 * batch + 20 * MiB,
+              nvml_total_bytes=80 * 1024 * MiB, nvml_driver_reserved_bytes=615 * MiB,
+              nvml_baseline_used_bytes=10 * MiB,
+              nvml_peak_used_bytes=57 * 1024 * batch + 20 * MiB + 617 * MiB + 10 * MiB,
+              predicted_peak_bytes=58 * 1024 * batch + 2 * MiB, loss_first=2.3, loss_last=1.9,
+              wall_s=2.0)
+    for name, value in extra.items():
+        setattr(row, name, value)
+    return row.as_dict()
+
+
+def _make_run(path, rows, device="cuda:0", boundaries=(), env=None, torn=False):
+    path.mkdir(parents=True)
+    (path / "env.json").write_text(json.dumps(env or {
+        "gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "580.65.06",
+        "cuda_version": "13.0", "torch_version": "2.14.1", "gpu_total_bytes": 80 * 1024 * MiB,
+        "created_at": "2026-11-27T10:00:00+00:00", "commit": "abc123"}))
+    (path / "plan.json").write_text(json.dumps({"grid": "default", "device": device,
+                                                "data": "fashion-mnist"}))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if torn:
+        text += '{"key": "b9-flo'
+    (path / "results.jsonl").write_text(text)
+    (path / "boundaries.jsonl").write_text("".join(json.dumps(b) + "\n" for b in boundaries))
+    return path
+
+
+def _every_status_run(tmp_path):
+    rows = [_gpu_row(b) for b in (64, 256, 1024, 4096)]
+    rows.append(_gpu_row(256, placement="host", workers=4, examples_per_s=9000.0))
+    rows.append(_gpu_row(16384, status="oom_backed_off", batch_size=8192,
+                         attempts=[{"batch_size": 16384, "outcome": "oom", "error": "CUDA oom"},
+                                   {"batch_size": 8192, "outcome": "ok", "error": None}]))
+    rows.append(_gpu_row(65536, dtype="bfloat16", status="oom", batch_size=None,
+                         examples_per_s=None, error="OutOfMemoryError: " + HOSTILE))
+    rows.append(_gpu_row(4096, dtype="float16", status="error", batch_size=None,
+                         examples_per_s=None, error_kind="kernel_limit",
+                         error="RuntimeError: integer out of range"))
+    rows.append(_gpu_row(1024, dtype="float16", loss_last=float("nan")))
+    boundaries = [{"key": "float32-nchw", "dtype": "float32", "channels_last": False,
+                   "placement": "device", "max_ok_batch": 1048576,
+                   "first_failed_batch": 2097152, "stop_reason": "kernel_limit",
+                   "failure": "RuntimeError: integer out of range", "trials": [],
+                   "predicted_max_batch": 1400000}]
+    return _make_run(tmp_path / "gpu", rows, boundaries=boundaries)
+
+
+def _check_pngs(folder, expected):
+    for name in expected:
+        pixels = matplotlib.image.imread(folder / name)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 200
+        assert pixels.std() > 0.05, f"{name} is blank"
+
+
+def test_every_status_gives_a_page_with_escaped_text(tmp_path):
+    run_dir = _every_status_run(tmp_path)
+    index = write_report(run_dir)
+    page = index.read_text()
+    assert HOSTILE not in page and "&lt;script&gt;" in page
+    for status in ("oom_backed_off", "<tr class='oom'>", "<tr class='error'>"):
+        assert status in page
+    assert "integer out of range" in page
+    assert "the loss became nan (diverged)" in page
+    assert "Largest batch at float32: 1,048,576 (kernel_limit)" in page
+    assert "The notebook's settings (b256-float32-nchw-host-w4)" in page
+    _check_pngs(index.parent, ["throughput.png", "memory.png", "memory_parts.png",
+                               "tradeoff.png"])
+    for name in ("throughput.png", "memory.png", "memory_parts.png", "tradeoff.png"):
+        assert f"src='{name}'" in page
+
+
+def test_a_cpu_run_shows_not_measured_never_zero(tmp_path):
+    rows = [_gpu_row(b, peak_allocated_bytes=None, peak_reserved_bytes=None,
+                     nvml_total_bytes=None, nvml_driver_reserved_bytes=None,
+                     nvml_baseline_used_bytes=None, nvml_peak_used_bytes=None,
+                     nvml_note="no GPU", device="cpu", cpu_peak_rss_bytes=900 * MiB,
+                     cpu_baseline_rss_bytes=880 * MiB, tracked_peak_bytes=b * 57 * 1024,
+                     placement=placement)
+            for b in (64, 256) for placement in ("device", "host")]
+    run_dir = _make_run(tmp_path / "cpu", rows, device="cpu",
+                        env={"cpu": "AMD EPYC", "torch_version": "2.14.1"})
+    page = write_report(run_dir).read_text()
+    assert "not measured" in page
+    assert "<td>0 B</td>" not in page
+    assert ("At the notebook&#x27;s settings (b256-float32-nchw-host-w0) one training step peaks "
+            "at 14.2 MiB of live tensors; the worker&#x27;s resident set peaked at 900.0 MiB")\
+        in page
+    assert "a CPU run: no GPU memory was measured" in page
+
+
+def test_a_torn_file_is_read_up_to_the_tear_with_a_warning(tmp_path):
+    run_dir = _make_run(tmp_path / "torn", [_gpu_row(64), _gpu_row(256)], torn=True)
+    run = load_run(run_dir)
+    assert len(run.cells) == 2
+    assert run.warnings == [f"{run_dir}/results.jsonl: skipped a torn last line (the run was "
+                            f"stopped mid-write) at line 3"]
+    assert "skipped a torn last line" in write_report(run_dir).read_text()
+
+
+def test_a_single_cell_and_an_all_failed_run(tmp_path):
+    single = _make_run(tmp_path / "one", [_gpu_row(64)])
+    assert "Fastest: <b>b64-float32-nchw-device</b>" in write_report(single).read_text()
+    failed = _make_run(tmp_path / "failed", [_gpu_row(64, status="error", examples_per_s=None,
+                                                      error="boom")])
+    assert "No cell trained" in write_report(failed).read_text()
+
+
+def test_pareto_keeps_only_cells_nothing_beats(tmp_path):
+    run = load_run(_every_status_run(tmp_path))
+    front = pareto(run.cells)
+    # bigger batches are faster and bigger: every trained float32 device cell is a trade-off
+    assert list(front["batch_size"])[:4] == [64, 256, 1024, 4096]
+    assert front["examples_per_s"].is_monotonic_increasing
+
+
+def test_comparison_page_puts_the_worst_first(tmp_path):
+    base = _make_run(tmp_path / "base", [_gpu_row(64), _gpu_row(256)])
+    new = _make_run(tmp_path / "new", [_gpu_row(64), _gpu_row(256, examples_per_s=100.0)])
+    result = run_module("reports", str(base), str(new))
+    assert result.returncode == 0, result.stderr
+    page = (new / "compare" / "index.html").read_text()
+    assert page.index("b256-float32-nchw-device") < page.index("b64-float32-nchw-device")
+    assert "examples_per_s fell from 16,000 to 100" in page
+
+
+def test_not_a_run_is_one_line(tmp_path):
+    result = run_module("reports", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"python -m reports: error: {tmp_path} holds no "
+                                     f"results.jsonl; run python -m bench.run --out {tmp_path} "
+                                     f"first")
+
+
+def test_reports_never_imports_torch(tmp_path):
+    run_dir = _every_status_run(tmp_path)
+    code = ("import sys; from reports.__main__ import write_report; from pathlib import Path; "
+            f"write_report(Path({str(run_dir)!r})); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const images = [...document.images].map(i => [i.getAttribute('src'), i.naturalWidth,
+                                                i.naturalHeight, i.complete]);
+  document.body.setAttribute('data-images', JSON.stringify(images));
+});
+</script></body>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_page_renders_in_chromium_with_every_image_loaded(tmp_path):
+    index = write_report(_every_status_run(tmp_path))
+    probe = index.with_name("probe.html")
+    probe.write_text(index.read_text().replace("</body>", PROBE))
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--allow-file-access-from-files", "--virtual-time-budget=5000"]
+    dom = subprocess.run(flags + ["--enable-logging=stderr", "--v=0", "--dump-dom",
+                                  probe.as_uri()], capture_output=True, text=True, timeout=120)
+    start = dom.stdout.index("data-images=\"") + len("data-images=\"")
+    images = json.loads(dom.stdout[start:dom.stdout.index("\"", start)].replace("&quot;", "\""))
+    assert sorted(src for src, *_ in images) == sorted(
+        ["throughput.png", "memory.png", "memory_parts.png", "tradeoff.png"])
+    for src, width, height, complete in images:
+        assert complete and width > 200 and height > 200, src
+    console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line]
+    assert console == []
+    shot = tmp_path / "page.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1280,2400", index.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (2400, 1280) and pixels.std() > 0.05
