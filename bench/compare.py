@@ -63,13 +63,13 @@ def _percent(text: str) -> float:
 
 
 def _from_pytest_benchmark(path: Path) -> Side:
-    """pytest-benchmark's JSON: each benchmark's time turned into examples/s where it says its
-    batch size (extra_info), its peak memory taken from extra_info."""
+    """pytest-benchmark's JSON: each benchmark's time turned into examples/s where its extra_info
+    says how many examples a round trains (else rounds/s), its peak memory from extra_info."""
     data = json.loads(path.read_text())
     rows = {}
     for bench in data.get("benchmarks", []):
         stats, extra = bench["stats"], bench.get("extra_info", {})
-        examples = extra.get("batch_size", 1)
+        examples = extra.get("examples_per_round", 1)
         median, iqr = stats["median"], stats.get("iqr", 0.0)
         rows[bench["fullname"]] = {
             "key": bench["fullname"], "status": "ok",

@@ -1,0 +1,56 @@
+"""The LeNet training step under pytest-benchmark: a CI gate on time, with peak memory recorded.
+
+    pytest tests/benchmarks --benchmark-autosave
+    pytest tests/benchmarks --benchmark-compare --benchmark-compare-fail=median:10%
+
+Each round runs a fixed number of steps and ends with a device synchronize, so on a GPU the time
+is the work's and not the launch queue's; pedantic mode with warm-up rounds, because
+calibration would time a few asynchronous launches. Peak memory goes into extra_info, where
+`python -m bench.compare` can gate it.
+"""
+
+import pytest
+import torch
+
+from bench import memory
+from lenet.data import synthetic_tensors
+from lenet.model import build_lenet
+from lenet.train import TrainStep
+
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param(
+    "cuda:0", id="cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA GPU"))]
+SETTINGS = [  # batch, dtype, channels_last
+    (64, "float32", False),
+    (256, "float32", False),
+    (256, "bfloat16", False),
+    (256, "float32", True),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch_size, dtype, channels_last", SETTINGS)
+def test_train_step(benchmark, device, batch_size, dtype, channels_last):
+    device = torch.device(device)
+    data = synthetic_tensors(batch_size, seed=0)
+    images, labels = data.images.to(device), data.labels.to(device)
+    step = TrainStep(build_lenet(seed=0).to(device), lr=0.9, dtype=dtype,
+                     channels_last=channels_last)
+    steps_per_round = 5 if device.type == "cpu" else 50
+
+    def steps():
+        for _ in range(steps_per_round):
+            step(images, labels)
+        memory.synchronize(device)  # inside the timed target: the round ends when the GPU does
+
+    memory.reset_peaks(device)
+    benchmark.pedantic(steps, rounds=10, iterations=1, warmup_rounds=2)
+    peaks = memory.read_peaks(device)
+    with memory.LiveBytes() as tracker:
+        step(images, labels)
+    # bench.compare turns a round's time into examples/s with examples_per_round
+    benchmark.extra_info.update(
+        batch_size=batch_size, examples_per_round=batch_size * steps_per_round, dtype=dtype,
+        channels_last=channels_last,
+        device=str(device), peak_allocated_bytes=peaks.peak_allocated_bytes,
+        peak_reserved_bytes=peaks.peak_reserved_bytes, tracked_peak_bytes=tracker.peak_bytes)
