@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import store
 from bench.units import format_bytes
-from lenet.cli import OneLineParser, UsageError, fail
+from lenet.cli import OneLineParser, UsageError, fail, percentage
 
 PROG = "python -m bench.compare"
 # Which memory figure gates: the allocator's where it was measured, else the tracked tensor peak.
@@ -48,18 +48,6 @@ class CellChange:
     @property
     def memory_field(self) -> str | None:
         return next((f for f in MEMORY_FIELDS if self.base.get(f) and self.new.get(f)), None)
-
-
-def _percent(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text.rstrip("%")) / 100
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 5%") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must not be negative")
-    return value
 
 
 def _from_pytest_benchmark(path: Path) -> Side:
@@ -175,8 +163,8 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path, help="the run (or pytest-benchmark JSON) to beat")
     parser.add_argument("new", type=Path, help="the candidate")
-    parser.add_argument("--max-slowdown", type=_percent, default=0.05, metavar="PCT")
-    parser.add_argument("--max-memory-growth", type=_percent, default=0.05, metavar="PCT")
+    parser.add_argument("--max-slowdown", type=percentage, default=0.05, metavar="PCT")
+    parser.add_argument("--max-memory-growth", type=percentage, default=0.05, metavar="PCT")
     parser.add_argument("--force", action="store_true",
                         help="compare runs from different GPUs or torch versions")
     args = parser.parse_args(argv)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import run_module
+from helpers import run_module
 
 GATE = ["--max-slowdown", "5%", "--max-memory-growth", "5%"]
 

@@ -3,7 +3,7 @@ import gzip
 import pytest
 import torch
 
-from conftest import needs_real_data
+from helpers import needs_real_data
 from lenet.data import (
     MD5,
     DataError,

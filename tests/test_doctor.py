@@ -3,7 +3,7 @@ import torch
 
 from bench.doctor import fits, report
 from bench.nvml import GpuProcess, MemoryInfo, NvmlUnavailable
-from conftest import run_module
+from helpers import run_module
 
 GiB = 2**30
 

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from bench.nvml import NvmlReader, PeakSampler, nvml_index
-from conftest import needs_gpu
+from helpers import needs_gpu
 
 
 class FakeReader:

@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 
 from bench.row import Row
-from conftest import ROOT, run_module
+from helpers import ROOT, run_module
 from reports.__main__ import write_report
 from reports.frame import load_run, pareto
 

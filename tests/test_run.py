@@ -14,7 +14,7 @@ from bench.cell import Settings
 from bench.grid import Config
 from bench.run import Runner
 from bench.worker import Worker, WorkerSpec
-from conftest import ROOT, run_module
+from helpers import ROOT, run_module
 
 SYNTHETIC = ["--data", "synthetic", "--no-report"]
 
@@ -165,3 +165,24 @@ def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
     alive = runner.cell(Config(64), predicted=1)
     runner.retire_worker()
     assert alive.status == "ok" and alive.examples_per_s > 0
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
+           "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
+           *SYNTHETIC]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and results.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"carry on with: python -m bench.run --resume {out}" in stderr
+    assert "Traceback" not in stderr
+    rows = _rows(out)  # every line whole
+    assert 1 <= len(rows) < 4

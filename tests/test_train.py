@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from conftest import needs_real_data, run_module
+from helpers import needs_real_data, run_module
 from lenet.data import synthetic_tensors
 from lenet.model import build_lenet
 from lenet.train import TrainStep
