@@ -59,6 +59,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     """Train `config` at `batch_size` and time it. Raises what training raises (an OOM included)."""
     device = torch.device(config.device)
     memory.reset_peaks(device)
+    start_rss = memory.rss_bytes()  # read at the reset, so the peak can never be below it
     net = build_lenet(seed=settings.seed).to(device)
     step = TrainStep(net, settings.lr, config.dtype, config.channels_last)
     batches = _batches(config, batch_size, data, device, settings.seed)
@@ -82,6 +83,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     finally:
         batches.close()  # stops the DataLoader's workers now, not at garbage collection
     return {
+        "start_rss_bytes": start_rss,
         "tracked_peak_bytes": tracked,
         "measurement": Measurement(tuple(repeat_s), steps, batch_size),
         "peaks": peaks,
@@ -125,7 +127,6 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     baseline = memory.allocated_bytes(device)
-    baseline_rss = memory.rss_bytes()
     sampler = PeakSampler(nvml.used_bytes) if nvml is not None else None
     if sampler is not None:
         sampler.__enter__()
@@ -149,7 +150,6 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
         error_kind=None if last.outcome == "ok" else last.outcome, error=last.error,
         attempts=[a.as_dict() for a in attempts], started_at=started_at,
     )
-    row.cpu_baseline_rss_bytes = baseline_rss
     if sampler is not None:
         row.nvml_peak_used_bytes = nvml_peak
         row.nvml_process_used_bytes = process_used
@@ -166,6 +166,7 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
         row.peak_reserved_bytes = value["peaks"].peak_reserved_bytes
         row.cpu_peak_rss_bytes = value["peaks"].cpu_peak_rss_bytes
         row.tracked_peak_bytes = value["tracked_peak_bytes"]
+        row.cpu_baseline_rss_bytes = value["start_rss_bytes"]
         row.loss_first, row.loss_last = value["loss_first"], value["loss_last"]
     row.wall_s = time.perf_counter() - start
     return row, healthy

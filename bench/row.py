@@ -42,7 +42,7 @@ class Row:
     nvml_process_used_bytes: int | None = None
     nvml_note: str | None = None  # why an NVML figure is missing
     cpu_peak_rss_bytes: int | None = None  # the worker's peak resident set: libraries included
-    cpu_baseline_rss_bytes: int | None = None  # its resident set when the cell began
+    cpu_baseline_rss_bytes: int | None = None  # its resident set as the measured attempt began
     tracked_peak_bytes: int | None = None  # CPU: live tensor bytes over one step, op by op
     predicted_peak_bytes: int | None = None
     memory_cap_bytes: int | None = None

@@ -127,8 +127,8 @@ def _print_plan(plan: list[dict], capacity_words: str, as_json: bool) -> None:
 class Runner:
     """Feeds cells to a worker, replacing it when it dies or holds on to memory."""
 
-    def __init__(self, spec: WorkerSpec, run_dir: Path, nvml_index: int | None):
-        self.spec, self.run_dir, self.nvml_index = spec, run_dir, nvml_index
+    def __init__(self, spec: WorkerSpec, nvml_index: int | None):
+        self.spec, self.nvml_index = spec, nvml_index
         self.worker: Worker | None = None
         self.nvml_before: dict = {}
 
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return _run(args, parser)
+        return _run(args)
     except (UsageError, GridError, DataError, store.RunDirError) as exc:
         fail(PROG, str(exc))
 
@@ -263,7 +263,7 @@ def _new_plan(args) -> tuple[dict, list[Config]]:
     return plan, cells
 
 
-def _run(args, parser) -> int:
+def _run(args) -> int:
     if args.resume is not None:
         if args.out is not None:
             raise UsageError("--resume continues a run where it is; drop --out")
@@ -302,7 +302,7 @@ def _run(args, parser) -> int:
         print(f"resuming {run_dir}: {len(done)} cells done, {len(todo)} to go")
     spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
                       Settings(**plan["settings"]), plan["memory_cap_bytes"])
-    runner = Runner(spec, run_dir, device.index or 0 if device.type == "cuda" else None)
+    runner = Runner(spec, device.index or 0 if device.type == "cuda" else None)
     start = time.monotonic()
     try:
         with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:

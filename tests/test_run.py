@@ -131,18 +131,24 @@ def test_a_real_oom_under_a_memory_cap_backs_off(tmp_path):
     assert row["batch_size"] == tried[-1] and row["examples_per_s"] > 0
 
 
-def test_kill_9_loses_at_most_the_cell_in_flight_and_resume_finishes(tmp_path):
-    out = tmp_path / "run"
+def _start_and_wait_for_a_row(out, **popen):
+    """Start a four-cell grid writing to `out`; return once its first row is on disk."""
     cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
            "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
            *SYNTHETIC]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, **popen)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
     while not (results.exists() and results.read_text().count("\n") >= 1):
         assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
         time.sleep(0.05)
+    return proc
+
+
+def test_kill_9_loses_at_most_the_cell_in_flight_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    proc = _start_and_wait_for_a_row(out, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-grid
     proc.wait()
     killed_with = len(_rows(out))
@@ -156,7 +162,7 @@ def test_kill_9_loses_at_most_the_cell_in_flight_and_resume_finishes(tmp_path):
 
 def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
     spec = WorkerSpec("cpu", "synthetic", None, Settings(min_repeat_s=0.01, warmup_steps=1))
-    runner = Runner(spec, tmp_path, nvml_index=None)
+    runner = Runner(spec, nvml_index=None)
     runner.worker = Worker(spec)
     os.kill(runner.worker.pid, signal.SIGKILL)
     dead = runner.cell(Config(64), predicted=1)
@@ -169,16 +175,8 @@ def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
-           "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
-           *SYNTHETIC]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 120
-    while not (results.exists() and results.read_text().count("\n") >= 1):
-        assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
-        time.sleep(0.05)
+    proc = _start_and_wait_for_a_row(out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
