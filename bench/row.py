@@ -21,7 +21,7 @@ class Row:
     device: str
     data_source: str  # fashion-mnist or synthetic
     status: str  # one of STATUSES
-    error_kind: str | None = None  # oom, kernel_limit, error, worker_died
+    error_kind: str | None = None  # oom, kernel_limit, error, worker_died, timeout
     error: str | None = None
     attempts: list = field(default_factory=list)  # [{batch_size, outcome, error}]
     # speed: the median over repeats, with the spread

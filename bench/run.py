@@ -30,7 +30,14 @@ from bench.predict import memory_model
 from bench.row import Row
 from bench.units import format_bytes, parse_bytes
 from bench.worker import Worker, WorkerDied, WorkerSpec
-from lenet.cli import OneLineParser, UsageError, fail, positive_int, resolve_device
+from lenet.cli import (
+    OneLineParser,
+    UsageError,
+    fail,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 from lenet.data import DataError, fashion_mnist_root
 
 PROG = "python -m bench.run"
@@ -54,6 +61,8 @@ def _parser() -> OneLineParser:
                    help="real Fashion-MNIST, synthetic, or real where installed (auto)")
     p.add_argument("--data-root", help="a folder holding Fashion-MNIST's IDX files")
     p.add_argument("--repeats", type=positive_int, help="timed repeats per cell (at least 5)")
+    p.add_argument("--cell-timeout", type=positive_float, default=900, metavar="SECONDS",
+                   help="stop a cell (and its worker) that runs longer than this (default 900)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -127,8 +136,8 @@ def _print_plan(plan: list[dict], capacity_words: str, as_json: bool) -> None:
 class Runner:
     """Feeds cells to a worker, replacing it when it dies or holds on to memory."""
 
-    def __init__(self, spec: WorkerSpec, nvml_index: int | None):
-        self.spec, self.nvml_index = spec, nvml_index
+    def __init__(self, spec: WorkerSpec, nvml_index: int | None, timeout_s: float | None = None):
+        self.spec, self.nvml_index, self.timeout_s = spec, nvml_index, timeout_s
         self.worker: Worker | None = None
         self.nvml_before: dict = {}
 
@@ -158,10 +167,10 @@ class Runner:
 
     def cell(self, config: Config, predicted: int) -> Row:
         try:
-            row, healthy = self._ensure_worker().cell(config)
+            row, healthy = self._ensure_worker().cell(config, self.timeout_s)
         except WorkerDied as exc:
             self.worker = None
-            row, healthy = _failed_row(config, self.spec.data, "worker_died", str(exc)), True
+            row, healthy = _failed_row(config, self.spec.data, exc.kind, str(exc)), True
         except RuntimeError as exc:
             self.retire_worker()
             row, healthy = _failed_row(config, self.spec.data, "error", str(exc)), True
@@ -177,7 +186,7 @@ class Runner:
 
     def trial(self, config: Config, batch_size: int) -> dict:
         try:
-            result = self._ensure_worker().trial(config, batch_size)
+            result = self._ensure_worker().trial(config, batch_size, self.timeout_s)
         except WorkerDied as exc:
             self.worker = None
             return {"batch_size": batch_size, "outcome": "error", "error": str(exc)}
@@ -254,7 +263,7 @@ def _new_plan(args) -> tuple[dict, list[Config]]:
     plan = {
         "grid": grid.name, "grid_description": grid.description, "overrides": grid.overrides,
         "device": str(device), "data": data, "data_notice": notice, "data_root": args.data_root,
-        "memory_cap_bytes": args.memory_cap,
+        "memory_cap_bytes": args.memory_cap, "cell_timeout_s": args.cell_timeout,
         "find_max_batch": grid.find_max_batch if args.find_max_batch is None
         else args.find_max_batch,
         "boundary_limit": grid.boundary_limit, "boundary_budget_s": grid.boundary_budget_s,
@@ -302,7 +311,8 @@ def _run(args) -> int:
         print(f"resuming {run_dir}: {len(done)} cells done, {len(todo)} to go")
     spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
                       Settings(**plan["settings"]), plan["memory_cap_bytes"])
-    runner = Runner(spec, device.index or 0 if device.type == "cuda" else None)
+    runner = Runner(spec, device.index or 0 if device.type == "cuda" else None,
+                    plan.get("cell_timeout_s"))
     start = time.monotonic()
     try:
         with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:

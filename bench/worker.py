@@ -30,6 +30,14 @@ class WorkerSpec:
 class WorkerDied(Exception):
     """The worker process ended while it held a cell."""
 
+    kind = "worker_died"
+
+
+class WorkerTimedOut(WorkerDied):
+    """The worker held a cell past its time limit and was stopped."""
+
+    kind = "timeout"
+
 
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
@@ -118,7 +126,7 @@ class Worker:
                 raise WorkerDied(_describe_exit(self._process.exitcode))
             if timeout_s is not None and waited > timeout_s:
                 self.kill()
-                raise WorkerDied(f"no answer within {timeout_s:.0f} s; the worker was stopped")
+                raise WorkerTimedOut(f"no answer within {timeout_s:g} s; the worker was stopped")
         try:
             return self._conn.recv()
         except (EOFError, ConnectionError):
@@ -132,11 +140,11 @@ class Worker:
             raise RuntimeError(payload)
         return payload
 
-    def cell(self, config: Config):
-        return self.call("cell", config)
+    def cell(self, config: Config, timeout_s: float | None = None):
+        return self.call("cell", config, timeout_s=timeout_s)
 
-    def trial(self, config: Config, batch_size: int) -> dict:
-        return self.call("trial", config, batch_size)
+    def trial(self, config: Config, batch_size: int, timeout_s: float | None = None) -> dict:
+        return self.call("trial", config, batch_size, timeout_s=timeout_s)
 
     @property
     def pid(self) -> int | None:

@@ -184,3 +184,16 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert "Traceback" not in stderr
     rows = _rows(out)  # every line whole
     assert 1 <= len(rows) < 4
+
+
+def test_a_cell_past_its_time_limit_costs_one_row(tmp_path):
+    out = tmp_path / "slow"
+    # b16384 takes over 7 s here (eight steps of about 0.9 s); b64 about 1.5 s
+    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=16384,64", "--set",
+                        "placement=device", "--cell-timeout", "4", "--out", str(out),
+                        *SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    slow, fast = _rows(out)
+    assert (slow["status"], slow["error_kind"]) == ("error", "timeout")
+    assert slow["error"] == "no answer within 4 s; the worker was stopped"
+    assert (fast["key"], fast["status"]) == ("b64-float32-nchw-device", "ok")  # a fresh worker

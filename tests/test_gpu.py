@@ -1,0 +1,43 @@
+"""What only a GPU can show: allocator peaks against the prediction, a real CUDA OOM under the
+cap and the memory coming back. Skipped, with the reason, where there is no GPU; the same logic
+runs on the CPU in test_oom.py, test_predict.py and test_run.py."""
+
+import torch
+
+from bench.cell import Settings, run_cell
+from bench.grid import Config
+from bench.nvml import NvmlReader
+from bench.predict import predict_peak_bytes
+from bench.worker import Worker, WorkerSpec
+from helpers import needs_gpu
+from lenet.data import synthetic_tensors
+
+pytestmark = needs_gpu
+QUICK = Settings(min_repeat_s=0.05, warmup_steps=2)
+
+
+def test_allocator_peaks_and_nvml_fill_the_row():
+    data = synthetic_tensors()
+    with NvmlReader(0) as reader:
+        row, healthy = run_cell(Config(4096, device="cuda:0"), data, QUICK, reader)
+    assert row.status == "ok" and healthy
+    assert row.peak_reserved_bytes >= row.peak_allocated_bytes > 0
+    assert row.nvml_peak_used_bytes > row.peak_reserved_bytes
+    predicted = predict_peak_bytes(4096, "float32", False, "device")
+    # the prediction leaves out library workspaces: it may fall short, never far over
+    assert 0.6 * row.peak_allocated_bytes < predicted < 1.1 * row.peak_allocated_bytes
+    assert torch.cuda.memory_allocated() <= data.images.numel() * 4 + 2**20
+
+
+def test_a_2gib_cap_makes_a_real_oom_and_backs_off():
+    """On an H200 with a 2 GiB cap, b65,536 ran out of memory and b32,768 fitted."""
+    spec = WorkerSpec("cuda:0", "synthetic", None, QUICK, memory_cap_bytes=2 * 2**30)
+    worker = Worker(spec)
+    try:
+        row, healthy = worker.cell(Config(65536, device="cuda:0"))
+    finally:
+        worker.close()
+    assert row.status == "oom_backed_off" and healthy
+    assert [a["batch_size"] for a in row.attempts][:2] == [65536, 32768]
+    assert row.attempts[0]["outcome"] == "oom"
+    assert row.peak_reserved_bytes <= 2 * 2**30
