@@ -97,7 +97,7 @@ TABLE_COLUMNS = [
     ("peak_allocated_bytes", "allocated", _bytes), ("peak_reserved_bytes", "reserved", _bytes),
     ("nvml_peak_used_bytes", "NVML used", _bytes), ("tracked_peak_bytes", "tensors (CPU)",
                                                     _bytes),
-    ("cpu_peak_rss_bytes", "worker RSS", _bytes), ("predicted_peak_bytes", "predicted", _bytes),
+    ("cpu_peak_rss_bytes", "worker RSS", _bytes), ("predicted_peak_bytes", "predicted (batch asked)", _bytes),
     ("loss_last", "last loss", lambda v: _e(None if pd.isna(v) else f"{v:.3f}")),
     ("error", "error", lambda v: "" if v is None or pd.isna(v) else escape(str(v))),
 ]

@@ -42,8 +42,10 @@ def _legend_below(ax, ncol: int = 2) -> None:
 
 
 def _predicted_line(cells: pd.DataFrame, up_to: float) -> tuple[list, list] | None:
-    """The prediction is a line in batch size: extend it from the cells to `up_to`."""
-    points = cells[["batch_size", "predicted_peak_bytes"]].dropna().drop_duplicates()
+    """The prediction is a line in batch size: extend it from the cells to `up_to`. A row's
+    prediction is for the batch it asked for, which a backed-off cell did not get."""
+    points = (cells[["batch_size_requested", "predicted_peak_bytes"]].dropna()
+              .drop_duplicates("batch_size_requested").sort_values("batch_size_requested"))
     if len(points) < 2:
         return None
     (b0, p0), (b1, p1) = points.iloc[0], points.iloc[-1]

@@ -60,6 +60,12 @@ def _every_status_run(tmp_path):
     rows.append(_gpu_row(16384, status="oom_backed_off", batch_size=8192,
                          attempts=[{"batch_size": 16384, "outcome": "oom", "error": "CUDA oom"},
                                    {"batch_size": 8192, "outcome": "ok", "error": None}]))
+    # a second cell that backed off to the same batch, with the prediction for the one it asked
+    rows.append(_gpu_row(32768, status="oom_backed_off", batch_size=8192,
+                         predicted_peak_bytes=58 * 1024 * 32768 + 2 * MiB,
+                         attempts=[{"batch_size": 32768, "outcome": "oom", "error": "CUDA oom"},
+                                   {"batch_size": 16384, "outcome": "oom", "error": "CUDA oom"},
+                                   {"batch_size": 8192, "outcome": "ok", "error": None}]))
     rows.append(_gpu_row(65536, dtype="bfloat16", status="oom", batch_size=None,
                          examples_per_s=None, error="OutOfMemoryError: " + HOSTILE))
     rows.append(_gpu_row(4096, dtype="float16", status="error", batch_size=None,
@@ -201,3 +207,14 @@ def test_page_renders_in_chromium_with_every_image_loaded(tmp_path):
                    capture_output=True, timeout=120, check=True)
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (2400, 1280) and pixels.std() > 0.05
+
+
+def test_cells_that_backed_off_to_the_same_batch(tmp_path):
+    """The 2 GiB cap check's shape: b32768 and b65536 both trained at 16384."""
+    rows = [_gpu_row(asked, status="oom_backed_off", batch_size=16384,
+                     predicted_peak_bytes=58 * 1024 * asked,
+                     attempts=[{"batch_size": asked, "outcome": "oom", "error": "CUDA oom"},
+                               {"batch_size": 16384, "outcome": "ok", "error": None}])
+            for asked in (32768, 65536)]
+    index = write_report(_make_run(tmp_path / "cap", rows))
+    _check_pngs(index.parent, ["memory.png"])
