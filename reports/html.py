@@ -91,13 +91,18 @@ def answers(run: Run) -> list[str]:
 
 
 TABLE_COLUMNS = [
-    ("key", "cell", _e), ("status", "status", _e), ("batch_size", "batch", _e),
-    ("examples_per_s", "examples/s", _speed), ("examples_per_s_iqr", "IQR", _speed),
+    ("key", "cell", _e),
+    ("status", "status", _e),
+    ("batch_size", "batch", _e),
+    ("examples_per_s", "examples/s", _speed),
+    ("examples_per_s_iqr", "IQR", _speed),
     ("step_ms_median", "step ms", lambda v: _e(None if pd.isna(v) else f"{v:.2f}")),
-    ("peak_allocated_bytes", "allocated", _bytes), ("peak_reserved_bytes", "reserved", _bytes),
-    ("nvml_peak_used_bytes", "NVML used", _bytes), ("tracked_peak_bytes", "tensors (CPU)",
-                                                    _bytes),
-    ("cpu_peak_rss_bytes", "worker RSS", _bytes), ("predicted_peak_bytes", "predicted (batch asked)", _bytes),
+    ("peak_allocated_bytes", "allocated", _bytes),
+    ("peak_reserved_bytes", "reserved", _bytes),
+    ("nvml_peak_used_bytes", "NVML used", _bytes),
+    ("tracked_peak_bytes", "tensors (CPU)", _bytes),
+    ("cpu_peak_rss_bytes", "worker RSS", _bytes),
+    ("predicted_peak_bytes", "predicted (batch asked)", _bytes),
     ("loss_last", "last loss", lambda v: _e(None if pd.isna(v) else f"{v:.3f}")),
     ("error", "error", lambda v: "" if v is None or pd.isna(v) else escape(str(v))),
 ]
