@@ -49,6 +49,15 @@ class CellChange:
     def memory_field(self) -> str | None:
         return next((f for f in MEMORY_FIELDS if self.base.get(f) and self.new.get(f)), None)
 
+    def display(self) -> tuple[str, ...]:
+        """The cell, examples/s base, new, change, peak memory base, new, change: as text."""
+        name = self.memory_field
+        memory = (format_bytes(self.base[name]), format_bytes(self.new[name]),
+                  _pct(self.ratio(name))) if name else ("not measured",) * 2 + ("n/a",)
+        return (self.key, _num(self.base.get("examples_per_s")),
+                _num(self.new.get("examples_per_s")), _pct(self.ratio("examples_per_s")),
+                *memory)
+
 
 def _from_pytest_benchmark(path: Path) -> Side:
     """pytest-benchmark's JSON: each benchmark's time turned into examples/s where its extra_info
@@ -137,17 +146,9 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float) ->
 
 
 def table_lines(changes: list[CellChange]) -> list[str]:
-    lines = [f"{'cell':<42} {'examples/s base':>16} {'new':>12} {'change':>8}   "
-             f"{'peak base':>11} {'new':>11} {'change':>8}"]
-    for c in changes:
-        speed, name = c.ratio("examples_per_s"), c.memory_field
-        memory = c.ratio(name) if name else None
-        lines.append(
-            f"{c.key:<42} {_num(c.base.get('examples_per_s')):>16} "
-            f"{_num(c.new.get('examples_per_s')):>12} {_pct(speed):>8}   "
-            f"{format_bytes(c.base.get(name)) if name else 'n/a':>11} "
-            f"{format_bytes(c.new.get(name)) if name else 'n/a':>11} {_pct(memory):>8}"
-            f"{'  FAIL' if c.failures else ''}")
+    row = "{:<42} {:>16} {:>12} {:>8}   {:>12} {:>12} {:>8}"
+    lines = [row.format("cell", "examples/s base", "new", "change", "peak base", "new", "change")]
+    lines += [row.format(*c.display()) + ("  FAIL" if c.failures else "") for c in changes]
     return lines
 
 

@@ -139,17 +139,9 @@ def boundaries_table(run: Run) -> str:
 def comparison_table(changes, only_base, only_new) -> str:
     rows = []
     for c in changes:
-        speed, name = c.ratio("examples_per_s"), c.memory_field
-        memory = c.ratio(name) if name else None
-        rows.append(
-            f"<tr class='{'fail' if c.failures else ''}'><td>{escape(c.key)}</td>"
-            f"<td>{_speed(c.base.get('examples_per_s'))}</td>"
-            f"<td>{_speed(c.new.get('examples_per_s'))}</td>"
-            f"<td>{'n/a' if speed is None else f'{speed:+.1%}'}</td>"
-            f"<td>{_bytes(c.base.get(name)) if name else 'not measured'}</td>"
-            f"<td>{_bytes(c.new.get(name)) if name else 'not measured'}</td>"
-            f"<td>{'n/a' if memory is None else f'{memory:+.1%}'}</td>"
-            f"<td>{'<br>'.join(escape(f) for f in c.failures)}</td></tr>")
+        cells = "".join(f"<td>{escape(text)}</td>" for text in c.display())
+        rows.append(f"<tr class='{'fail' if c.failures else ''}'>{cells}"
+                    f"<td>{'<br>'.join(escape(f) for f in c.failures)}</td></tr>")
     extra = "".join(f"<li>only in the base run: {escape(k)}</li>" for k in only_base)
     extra += "".join(f"<li>only in the new run: {escape(k)}</li>" for k in only_new)
     return ("<table><tr><th>cell</th><th>examples/s base</th><th>new</th><th>change</th>"
