@@ -71,9 +71,9 @@ def _from_pytest_benchmark(path: Path) -> Side:
         rows[bench["fullname"]] = {
             "key": bench["fullname"], "status": "ok",
             "examples_per_s": examples / median,
-            # the IQR of the times, carried over to examples/s around the median
-            "examples_per_s_iqr": examples / max(median - iqr / 2, 1e-12)
-            - examples / (median + iqr / 2),
+            # the times' IQR as the same fraction of the rate (first order: stays finite even
+            # when a noisy run's IQR exceeds its median)
+            "examples_per_s_iqr": examples / median * iqr / median,
             "peak_allocated_bytes": extra.get("peak_allocated_bytes"),
             "tracked_peak_bytes": extra.get("tracked_peak_bytes"),
         }
