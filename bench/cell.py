@@ -141,12 +141,9 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
     memory.release(device)
     healthy = memory.allocated_bytes(device) <= baseline
     last: Attempt = attempts[-1]
-    row = Row(
-        key=config.key(), batch_size_requested=config.batch_size,
+    row = Row.for_config(
+        config, data.source, status_of(attempts),
         batch_size=last.batch_size if last.outcome == "ok" else None,
-        dtype=config.dtype, channels_last=config.channels_last, placement=config.placement,
-        pin_memory=config.pin_memory, num_workers=config.num_workers, device=config.device,
-        data_source=data.source, status=status_of(attempts),
         error_kind=None if last.outcome == "ok" else last.outcome, error=last.error,
         attempts=[a.as_dict() for a in attempts], started_at=started_at,
     )

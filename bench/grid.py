@@ -36,9 +36,13 @@ class Config:
             config = replace(config, pin_memory=False)  # pinning only speeds copies to a GPU
         return config
 
+    @property
+    def layout(self) -> str:
+        return "nhwc" if self.channels_last else "nchw"
+
     def key(self) -> str:
         """A stable name, the same across runs: how resume and compare match cells."""
-        layout = "nhwc" if self.channels_last else "nchw"
+        layout = self.layout
         loader = "device" if self.placement == "device" else (
             f"host-w{self.num_workers}{'-pinned' if self.pin_memory else ''}")
         return f"b{self.batch_size}-{self.dtype}-{layout}-{loader}"

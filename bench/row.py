@@ -52,6 +52,15 @@ class Row:
     started_at: str | None = None
     wall_s: float | None = None
 
+    @classmethod
+    def for_config(cls, config, data_source: str, status: str, **fields) -> Row:
+        """A row for `config` (a bench.grid.Config) with its settings copied in."""
+        return cls(key=config.key(), batch_size_requested=config.batch_size, dtype=config.dtype,
+                   channels_last=config.channels_last, placement=config.placement,
+                   pin_memory=config.pin_memory, num_workers=config.num_workers,
+                   device=config.device, data_source=data_source, status=status,
+                   batch_size=fields.pop("batch_size", None), **fields)
+
     def as_dict(self) -> dict:
         return asdict(self)
 

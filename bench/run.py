@@ -196,12 +196,9 @@ class Runner:
 
 
 def _failed_row(config: Config, data: str, kind: str, error: str) -> Row:
-    return Row(key=config.key(), batch_size_requested=config.batch_size, batch_size=None,
-               dtype=config.dtype, channels_last=config.channels_last,
-               placement=config.placement, pin_memory=config.pin_memory,
-               num_workers=config.num_workers, device=config.device, data_source=data,
-               status="error", error_kind=kind, error=error[-2000:],
-               attempts=[{"batch_size": config.batch_size, "outcome": kind, "error": error}])
+    return Row.for_config(config, data, "error", error_kind=kind, error=error[-2000:],
+                          attempts=[{"batch_size": config.batch_size, "outcome": kind,
+                                     "error": error}])
 
 
 def _boundary_configs(cells: list[Config]) -> list[Config]:
@@ -215,7 +212,7 @@ def _boundary_configs(cells: list[Config]) -> list[Config]:
 
 
 def _boundary_key(config: Config) -> str:
-    return f"{config.dtype}-{'nhwc' if config.channels_last else 'nchw'}"
+    return f"{config.dtype}-{config.layout}"
 
 
 def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
