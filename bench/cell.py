@@ -40,10 +40,17 @@ class Settings:
     max_steps_per_repeat: int = 100_000
 
 
-def _batches(config: Config, batch_size: int, data: TensorData, device: torch.device, seed: int):
+def _prepare(config: Config, batch_size: int, data: TensorData, settings: Settings):
+    """A fresh LeNet's training step on the device, and the batches that feed it."""
+    device = torch.device(config.device)
+    net = build_lenet(seed=settings.seed).to(device)
+    step = TrainStep(net, settings.lr, config.dtype, config.channels_last)
     if config.placement == "device":
-        return device_batches(data, batch_size, device, seed)
-    return host_batches(data, batch_size, device, config.num_workers, config.pin_memory, seed)
+        batches = device_batches(data, batch_size, device, settings.seed)
+    else:
+        batches = host_batches(data, batch_size, device, config.num_workers, config.pin_memory,
+                               settings.seed)
+    return step, batches
 
 
 def _timed_steps(step, batches, count: int, device: torch.device):
@@ -60,9 +67,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     device = torch.device(config.device)
     memory.reset_peaks(device)
     start_rss = memory.rss_bytes()  # read at the reset, so the peak can never be below it
-    net = build_lenet(seed=settings.seed).to(device)
-    step = TrainStep(net, settings.lr, config.dtype, config.channels_last)
-    batches = _batches(config, batch_size, data, device, settings.seed)
+    step, batches = _prepare(config, batch_size, data, settings)
     try:
         first_loss, _ = step(*next(batches))
         for _ in range(settings.warmup_steps - 1):
@@ -94,10 +99,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
 
 def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:
     """One training step at `batch_size`: a boundary-search trial."""
-    device = torch.device(config.device)
-    net = build_lenet(seed=settings.seed).to(device)
-    step = TrainStep(net, settings.lr, config.dtype, config.channels_last)
-    batches = _batches(config, batch_size, data, device, settings.seed)
+    step, batches = _prepare(config, batch_size, data, settings)
     try:
         loss, _ = step(*next(batches))
         float(loss)  # waits for the step, so an asynchronous failure surfaces here

@@ -95,10 +95,8 @@ def main(argv=None) -> int:
         cells = get_grid(args.grid, device.type == "cuda").cells(str(device))
     except (UsageError, GridError) as exc:
         fail(parser.prog, str(exc))
-    smallest = min(cells, key=lambda c: predict_peak_bytes(c.batch_size, c.dtype,
-                                                           c.channels_last, c.placement))
-    needed = predict_peak_bytes(smallest.batch_size, smallest.dtype, smallest.channels_last,
-                                smallest.placement)
+    needed = min(predict_peak_bytes(c.batch_size, c.dtype, c.channels_last, c.placement)
+                 for c in cells)
     ok, lines = report(device, needed)
     print("\n".join(lines))
     return 0 if ok else 1

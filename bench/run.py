@@ -320,7 +320,6 @@ def _run(args) -> int:
         if plan["find_max_batch"]:
             _search_boundaries(runner, cells, plan, capacity, boundaries_path)
     except KeyboardInterrupt:
-        runner.retire_worker()
         print(f"\ninterrupted: every finished cell is saved in {results}; "
               f"carry on with: {PROG} --resume {run_dir}", file=sys.stderr)
         return 130

@@ -12,7 +12,7 @@ import signal
 import traceback
 from dataclasses import dataclass
 
-from bench.cell import Settings, run_cell, run_trial
+from bench.cell import Settings, run_cell, run_trial, single_step
 from bench.grid import Config
 
 
@@ -71,10 +71,8 @@ def _serve(conn, spec: WorkerSpec) -> None:
             try:
                 nvml = NvmlReader(device.index or 0)
             except NvmlUnavailable:
-                nvml = None
+                pass  # NVML columns stay empty, with the reason from the parent's snapshot
         # one small step first, so the first cell does not pay for library start-up
-        from bench.cell import single_step
-
         single_step(Config(64, device=spec.device), 64, data, spec.settings)
         memory.release(device)
         conn.send(("ready", None))
