@@ -66,7 +66,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     """Train `config` at `batch_size` and time it. Raises what training raises (an OOM included)."""
     device = torch.device(config.device)
     memory.reset_peaks(device)
-    start_rss = memory.rss_bytes()  # read at the reset, so the peak can never be below it
+    start_rss = memory.rss_bytes()  # read at the reset: where this attempt starts from
     step, batches = _prepare(config, batch_size, data, settings)
     try:
         first_loss, _ = step(*next(batches))
@@ -163,7 +163,11 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
         row.repeat_s = list(m.repeat_s)
         row.peak_allocated_bytes = value["peaks"].peak_allocated_bytes
         row.peak_reserved_bytes = value["peaks"].peak_reserved_bytes
-        row.cpu_peak_rss_bytes = value["peaks"].cpu_peak_rss_bytes
+        # Linux keeps RSS in per-thread counters it folds in lazily, so a high-water mark read
+        # later can land a few pages under the RSS read at the reset: the peak is at least that
+        peak_rss = value["peaks"].cpu_peak_rss_bytes
+        row.cpu_peak_rss_bytes = None if peak_rss is None else max(peak_rss,
+                                                                   value["start_rss_bytes"] or 0)
         row.tracked_peak_bytes = value["tracked_peak_bytes"]
         row.cpu_baseline_rss_bytes = value["start_rss_bytes"]
         row.loss_first, row.loss_last = value["loss_first"], value["loss_last"]
