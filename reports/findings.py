@@ -8,13 +8,18 @@ import math
 import pandas as pd
 
 from bench.units import format_bytes
-from reports.frame import Run, notebook_cell
+from reports.frame import Run, notebook_cell, timed
 from reports.plots import parts_of
 
+# The settings that make a cell; cells alike in all but one are compared on that one.
+SETTINGS = ["batch_size", "dtype", "channels_last", "placement", "num_workers", "pin_memory"]
 
-def _median_ratio(cells: pd.DataFrame, column: str, value, baseline, keys) -> float | None:
-    """The median, over matching cells, of examples/s at `value` divided by at `baseline`."""
-    trained = cells[cells["trained"] & cells["examples_per_s"].notna()]
+
+def _median_ratio(cells: pd.DataFrame, column: str, value, baseline) -> float | None:
+    """The median, over cells alike in every other setting, of examples/s at `value` divided by
+    examples/s at `baseline`."""
+    keys = [name for name in SETTINGS if name != column]
+    trained = timed(cells)
     a = trained[trained[column] == value].set_index(keys)["examples_per_s"]
     b = trained[trained[column] == baseline].set_index(keys)["examples_per_s"]
     both = a.index.intersection(b.index)
@@ -23,20 +28,17 @@ def _median_ratio(cells: pd.DataFrame, column: str, value, baseline, keys) -> fl
 
 def speed_findings(cells: pd.DataFrame) -> list[str]:
     lines = []
-    layout_keys = ["batch_size", "placement", "num_workers", "pin_memory", "dtype"]
     for dtype in ("bfloat16", "float16"):
-        ratio = _median_ratio(cells, "dtype", dtype, "float32",
-                              ["batch_size", "placement", "num_workers", "pin_memory",
-                               "channels_last"])
+        ratio = _median_ratio(cells, "dtype", dtype, "float32")
         if ratio is not None:
             verdict = "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "no faster"
             lines.append(f"{dtype} autocast runs at {ratio:.2f}x float32's speed (median over "
                          f"matching cells): {verdict} for this small net.")
-    ratio = _median_ratio(cells, "channels_last", True, False, layout_keys)
+    ratio = _median_ratio(cells, "channels_last", True, False)
     if ratio is not None:
         verdict = "a gain" if ratio > 1.05 else "a loss" if ratio < 0.95 else "no gain"
         lines.append(f"channels_last runs at {ratio:.2f}x NCHW's speed: {verdict}.")
-    trained = cells[cells["trained"] & cells["examples_per_s"].notna()]
+    trained = timed(cells)
     host = trained[trained["placement"] == "host"]
     device = trained[trained["placement"] == "device"]
     if not host.empty and not device.empty:

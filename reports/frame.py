@@ -107,8 +107,13 @@ def notebook_cell(cells: pd.DataFrame) -> pd.Series | None:
     return match.sort_values("num_workers", ascending=False).iloc[0]
 
 
+def timed(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells that trained and have a speed: what rankings and speed plots draw on."""
+    return cells[cells["trained"] & cells["examples_per_s"].notna()]
+
+
 def fastest(cells: pd.DataFrame, max_footprint_bytes: float | None = None) -> pd.Series | None:
-    trained = cells[cells["trained"] & cells["examples_per_s"].notna()]
+    trained = timed(cells)
     if max_footprint_bytes is not None:
         trained = trained[trained["footprint_bytes"] <= max_footprint_bytes]
     return None if trained.empty else trained.loc[trained["examples_per_s"].idxmax()]
@@ -126,8 +131,7 @@ def largest_batch_per_dtype(run: Run) -> dict:
 
 def pareto(cells: pd.DataFrame) -> pd.DataFrame:
     """Cells no other cell beats on both speed and memory: the best trade-offs."""
-    trained = cells[cells["trained"] & cells["examples_per_s"].notna()
-                    & cells["footprint_bytes"].notna()].sort_values(
+    trained = timed(cells).dropna(subset=["footprint_bytes"]).sort_values(
         ["footprint_bytes", "examples_per_s"], ascending=[True, False])
     best, front = -1.0, []
     for index, row in trained.iterrows():

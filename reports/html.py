@@ -36,6 +36,11 @@ def _speed(value) -> str:
     return "not measured" if value is None or pd.isna(value) else f"{value:,.0f}"
 
 
+def _fixed(digits: int):
+    """A formatter for a number with `digits` decimals, 'not measured' where it is missing."""
+    return lambda value: _e(None if pd.isna(value) else f"{value:.{digits}f}")
+
+
 def _bytes(value) -> str:
     return "not measured" if value is None or pd.isna(value) else escape(format_bytes(value))
 
@@ -96,14 +101,14 @@ TABLE_COLUMNS = [
     ("batch_size", "batch", _e),
     ("examples_per_s", "examples/s", _speed),
     ("examples_per_s_iqr", "IQR", _speed),
-    ("step_ms_median", "step ms", lambda v: _e(None if pd.isna(v) else f"{v:.2f}")),
+    ("step_ms_median", "step ms", _fixed(2)),
     ("peak_allocated_bytes", "allocated", _bytes),
     ("peak_reserved_bytes", "reserved", _bytes),
     ("nvml_peak_used_bytes", "NVML used", _bytes),
     ("tracked_peak_bytes", "tensors (CPU)", _bytes),
     ("cpu_peak_rss_bytes", "worker RSS", _bytes),
     ("predicted_peak_bytes", "predicted (batch asked)", _bytes),
-    ("loss_last", "last loss", lambda v: _e(None if pd.isna(v) else f"{v:.3f}")),
+    ("loss_last", "last loss", _fixed(3)),
     ("error", "error", lambda v: "" if v is None or pd.isna(v) else escape(str(v))),
 ]
 

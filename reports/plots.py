@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-from reports.frame import Run, notebook_cell, pareto  # noqa: E402
+from reports.frame import Run, notebook_cell, pareto, timed  # noqa: E402
 
 MiB = 2**20
 DPI = 110
@@ -55,7 +55,7 @@ def _predicted_line(cells: pd.DataFrame, up_to: float) -> tuple[list, list] | No
 
 
 def throughput(run: Run, folder: Path) -> str | None:
-    cells = run.cells[run.cells["trained"] & run.cells["examples_per_s"].notna()]
+    cells = timed(run.cells)
     if cells.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 6))
@@ -164,8 +164,7 @@ def parts_of(cell: pd.Series) -> list[tuple[str, float]]:
 
 
 def tradeoff(run: Run, folder: Path) -> str | None:
-    cells = run.cells[run.cells["trained"] & run.cells["examples_per_s"].notna()
-                      & run.cells["footprint_bytes"].notna()]
+    cells = timed(run.cells).dropna(subset=["footprint_bytes"])
     if cells.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 5.5))
