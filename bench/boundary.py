@@ -11,6 +11,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+# Trial outcomes that depend on the batch's size, so bisecting narrows them down. The kernel's
+# OOM killer ends a worker with SIGKILL: on the CPU that is running out of memory too.
+SIZE_LIMITS = ("oom", "kernel_limit", "worker_died")
+
 
 @dataclass
 class Boundary:
@@ -57,6 +61,8 @@ def find_max_batch(trial: Callable[[int], dict], boundary: Boundary, start: int,
             boundary.stop_reason = "batch limit"
             return boundary
         batch = min(batch * 2, limit)
+    if boundary.stop_reason not in SIZE_LIMITS:
+        return boundary  # an error or a timeout: a smaller batch would not say where memory ends
     low, high = boundary.max_ok_batch or 0, boundary.first_failed_batch
     while high - low > max(1, tolerance * low):  # narrow
         if clock() > deadline:

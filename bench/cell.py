@@ -110,14 +110,14 @@ def single_step(config: Config, batch_size: int, data: TensorData, settings: Set
 def run_trial(config: Config, batch_size: int, data: TensorData, settings: Settings) -> dict:
     """A boundary trial's outcome (ok, oom, kernel_limit, error) and whether memory came back."""
     device = torch.device(config.device)
-    baseline = memory.allocated_bytes(device)
+    baseline = memory.settled_bytes(device)
     failure = None
     try:
         single_step(config, batch_size, data, settings)
     except Exception as exc:  # noqa: BLE001 - the outcome is the finding
         failure = Attempt(batch_size, failure_kind(exc), one_line(exc))
-    memory.release(device)  # outside the except block, so the traceback no longer pins tensors
-    healthy = memory.allocated_bytes(device) <= baseline
+    # released outside the except block, so the traceback no longer pins tensors
+    healthy = memory.settled_bytes(device) <= baseline
     return {"attempt": (failure or Attempt(batch_size, "ok")).as_dict(), "healthy": healthy}
 
 
@@ -128,7 +128,7 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
     device = torch.device(config.device)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    baseline = memory.allocated_bytes(device)
+    baseline = memory.settled_bytes(device)
     sampler = PeakSampler(nvml.used_bytes) if nvml is not None else None
     if sampler is not None:
         sampler.__enter__()
@@ -140,8 +140,7 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
         nvml_peak = sampler.stop() if sampler is not None else None
     # this process's share as the driver sees it, the allocator's cache still held
     process_used, process_note = _process_used_bytes(nvml)
-    memory.release(device)
-    healthy = memory.allocated_bytes(device) <= baseline
+    healthy = memory.settled_bytes(device) <= baseline
     last: Attempt = attempts[-1]
     row = Row.for_config(
         config, data.source, status_of(attempts),

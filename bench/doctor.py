@@ -73,11 +73,15 @@ def report(device: torch.device, needed_bytes: int | None, reader_factory=NvmlRe
         lines.append(f"NVML: unavailable ({exc}); NVML columns will read 'not measured'")
         return True, lines
     with reader:
-        lines.append(f"GPU: {reader.name()}, driver {reader.driver_version()}")
-        lines += memory_lines(reader.memory()) + process_lines(reader.processes())
-        if device.type != "cuda" or needed_bytes is None:
+        try:
+            lines.append(f"GPU: {reader.name()}, driver {reader.driver_version()}")
+            lines += memory_lines(reader.memory()) + process_lines(reader.processes())
+            if device.type != "cuda" or needed_bytes is None:
+                return True, lines
+            ok, verdict = fits(reader, needed_bytes)
+        except NvmlUnavailable as exc:
+            lines.append(f"NVML: unavailable ({exc}); NVML columns will read 'not measured'")
             return True, lines
-        ok, verdict = fits(reader, needed_bytes)
         lines.append(f"smallest cell: {verdict}")
         return ok, lines
 

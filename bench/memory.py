@@ -55,9 +55,17 @@ class AllocatorPeaks:
     cpu_peak_rss_bytes: int | None
 
 
+def _start_cuda() -> None:
+    """torch.cuda's peak calls do no lazy start: called first in a process, the allocator raises
+    'Invalid device argument 0: did you call init?'. Starting CUDA twice is a no-op."""
+    torch.cuda.init()
+
+
 def reset_peaks(device: torch.device) -> None:
-    """Start a new peak: the allocator's on a GPU, the resident set's high-water mark on the CPU."""
+    """Start a new peak: the allocator's on a GPU, the resident set's high-water mark on the CPU.
+    Safe to call first in a process."""
     if device.type == "cuda":
+        _start_cuda()
         torch.cuda.reset_peak_memory_stats(device)
         return
     try:
@@ -68,6 +76,7 @@ def reset_peaks(device: torch.device) -> None:
 
 def read_peaks(device: torch.device) -> AllocatorPeaks:
     if device.type == "cuda":
+        _start_cuda()
         return AllocatorPeaks(torch.cuda.max_memory_allocated(device),
                               torch.cuda.max_memory_reserved(device), cpu_peak_rss_bytes())
     return AllocatorPeaks(None, None, cpu_peak_rss_bytes())
@@ -83,10 +92,21 @@ def allocated_bytes(device: torch.device) -> int:
 
 
 def release(device: torch.device) -> None:
-    """Give memory back after a failure: collect dead tensors, then empty the allocator cache."""
+    """Give memory back after a failure: collect dead tensors, drop the cuBLAS workspaces, then
+    empty the allocator cache."""
     gc.collect()
     if device.type == "cuda":
+        # cuBLAS and cuBLASLt keep their workspaces (32 MiB each on sm90) in the caching allocator
+        # as live blocks that empty_cache() leaves alone; the next matmul makes them again
+        torch._C._cuda_clearCublasWorkspaces()
         torch.cuda.empty_cache()
+
+
+def settled_bytes(device: torch.device) -> int:
+    """Allocated bytes once dead tensors and library workspaces are released: what a process
+    holds between cells. Memory "came back" when this is no higher after a cell than before."""
+    release(device)
+    return allocated_bytes(device)
 
 
 def apply_memory_cap(device: torch.device, cap_bytes: int) -> str:

@@ -29,20 +29,75 @@ class GpuProcess:
 
 
 class NvmlUnavailable(Exception):
-    """No NVML library, no driver or no such GPU; the message says which."""
+    """No NVML library, no driver, no such GPU, or a call that failed; the message says which.
+    Every NVML failure is this one exception, so a caller degrades to a note with one except."""
 
 
-def nvml_index(cuda_index: int) -> int:
-    """NVML numbers every GPU on the host; CUDA only the visible ones. Map one to the other."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    ids = [v.strip() for v in visible.split(",") if v.strip()]
-    if ids and all(v.isdigit() for v in ids) and cuda_index < len(ids):
-        return int(ids[cuda_index])
-    return cuda_index
+@dataclass(frozen=True)
+class NvmlDevice:
+    index: int  # NVML's: every GPU on the host, in PCI bus order
+    uuid: str  # GPU-xxxxxxxx-..., the same in NVML, CUDA and nvidia-smi
+    name: str
+
+
+def _bare_uuid(uuid: str) -> str:
+    return uuid.strip().lower().removeprefix("gpu-")
+
+
+def nvml_index_for(cuda_index: int, devices: list[NvmlDevice], visible: str | None,
+                   order: str | None, cuda_uuid: str | None = None) -> int:
+    """The NVML index of the GPU that CUDA calls `cuda_index`.
+
+    NVML numbers every GPU on the host in PCI bus order; CUDA numbers the visible ones
+    (CUDA_VISIBLE_DEVICES: indices or UUIDs) in CUDA_DEVICE_ORDER, fastest first by default.
+    Where CUDA is already started its own UUID for the device (`cuda_uuid`) settles it.
+    """
+    def by_uuid(uuid: str) -> int:
+        wanted = _bare_uuid(uuid)
+        found = [d.index for d in devices if _bare_uuid(d.uuid).startswith(wanted)]
+        if len(found) != 1:
+            raise NvmlUnavailable(f"NVML has {'no' if not found else 'more than one'} GPU whose "
+                                  f"UUID starts {uuid!r}")
+        return found[0]
+
+    if cuda_uuid is not None:
+        return by_uuid(cuda_uuid)
+    entries = None if visible is None else [v.strip() for v in visible.split(",") if v.strip()]
+    if entries is not None and cuda_index >= len(entries):
+        raise NvmlUnavailable(f"CUDA_VISIBLE_DEVICES={visible!r} shows no GPU {cuda_index}")
+    entry = str(cuda_index) if entries is None else entries[cuda_index]
+    if entry.upper().startswith("MIG-"):
+        raise NvmlUnavailable(f"GPU {cuda_index} is a MIG instance ({entry}); NVML's memory "
+                              f"figures here would be the whole card's")
+    if not entry.isdigit():
+        return by_uuid(entry)
+    # Fastest first orders equal cards by PCI bus, as NVML does; unequal ones may differ.
+    if (order or "FASTEST_FIRST") != "PCI_BUS_ID" and len({d.name for d in devices}) > 1:
+        raise NvmlUnavailable("the GPUs differ and CUDA_DEVICE_ORDER is not PCI_BUS_ID, so "
+                              "CUDA's numbering may not be NVML's; set CUDA_DEVICE_ORDER="
+                              "PCI_BUS_ID or name the GPU by UUID in CUDA_VISIBLE_DEVICES")
+    if int(entry) >= len(devices):
+        raise NvmlUnavailable(f"NVML sees {len(devices)} GPU(s), none with index {entry}")
+    return int(entry)
+
+
+def _cuda_uuid(cuda_index: int) -> str | None:
+    """CUDA's UUID for the device, where this process has started CUDA (never starts it: the
+    parent takes its NVML baseline before any CUDA context exists)."""
+    import torch
+
+    if not torch.cuda.is_initialized():
+        return None
+    return str(torch.cuda.get_device_properties(cuda_index).uuid)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class NvmlReader:
-    """One GPU through pynvml. Close it (or use `with`): NVML is shut down each time."""
+    """One GPU through pynvml. Close it (or use `with`): NVML is shut down each time.
+    Each method raises NvmlUnavailable, and nothing else, when NVML fails."""
 
     def __init__(self, cuda_index: int = 0):
         try:
@@ -50,15 +105,31 @@ class NvmlReader:
         except ImportError as exc:
             raise NvmlUnavailable(f"nvidia-ml-py is not installed ({exc})") from None
         self._nvml = pynvml
+        self._call("NVML could not start", pynvml.nvmlInit)
         try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as exc:
-            raise NvmlUnavailable(f"NVML could not start: {exc}") from None
+            devices = [self._device(i) for i in range(self._call("no GPU count",
+                                                                 pynvml.nvmlDeviceGetCount))]
+            index = nvml_index_for(cuda_index, devices, os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                   os.environ.get("CUDA_DEVICE_ORDER"), _cuda_uuid(cuda_index))
+            self._handle = self._call(f"NVML has no GPU {index}",
+                                      pynvml.nvmlDeviceGetHandleByIndex, index)
+        except NvmlUnavailable:
+            self.close()
+            raise
+        self.device = devices[index]
+
+    def _call(self, what: str, function, *args):
         try:
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(cuda_index))
-        except pynvml.NVMLError as exc:
-            pynvml.nvmlShutdown()
-            raise NvmlUnavailable(f"NVML has no GPU {cuda_index}: {exc}") from None
+            return function(*args)
+        # the process list's struct can mismatch the library: not an NVMLError subclass
+        except (self._nvml.NVMLError, self._nvml.NVMLLibraryMismatchError) as exc:
+            raise NvmlUnavailable(f"{what}: {exc}") from None
+
+    def _device(self, index: int) -> NvmlDevice:
+        handle = self._call(f"NVML has no GPU {index}", self._nvml.nvmlDeviceGetHandleByIndex,
+                            index)
+        return NvmlDevice(index, _text(self._call("no UUID", self._nvml.nvmlDeviceGetUUID, handle)),
+                          _text(self._call("no name", self._nvml.nvmlDeviceGetName, handle)))
 
     def __enter__(self) -> NvmlReader:
         return self
@@ -67,10 +138,14 @@ class NvmlReader:
         self.close()
 
     def close(self) -> None:
-        self._nvml.nvmlShutdown()
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError:
+            pass  # nothing left to release
 
     def memory(self) -> MemoryInfo:
-        info = self._nvml.nvmlDeviceGetMemoryInfo(self._handle, version=self._nvml.nvmlMemory_v2)
+        info = self._call("memory not readable", self._nvml.nvmlDeviceGetMemoryInfo,
+                          self._handle, self._nvml.nvmlMemory_v2)
         return MemoryInfo(info.total, info.reserved, info.used, info.free)
 
     def used_bytes(self) -> int:
@@ -79,26 +154,24 @@ class NvmlReader:
     def processes(self) -> list[GpuProcess] | None:
         """Compute processes on the GPU, or None where the driver hides them (most containers)."""
         try:
-            found = self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
-        except self._nvml.NVMLError:
+            found = self._call("no process list",
+                               self._nvml.nvmlDeviceGetComputeRunningProcesses, self._handle)
+        except NvmlUnavailable:
             return None
         processes = []
         for p in found:
             try:
-                name = self._nvml.nvmlSystemGetProcessName(p.pid)
-                name = name.decode() if isinstance(name, bytes) else name
-            except self._nvml.NVMLError:
+                name = _text(self._call("", self._nvml.nvmlSystemGetProcessName, p.pid))
+            except NvmlUnavailable:
                 name = "?"
             processes.append(GpuProcess(p.pid, p.usedGpuMemory, name))
         return processes
 
     def name(self) -> str:
-        name = self._nvml.nvmlDeviceGetName(self._handle)
-        return name.decode() if isinstance(name, bytes) else name
+        return self.device.name
 
     def driver_version(self) -> str:
-        version = self._nvml.nvmlSystemGetDriverVersion()
-        return version.decode() if isinstance(version, bytes) else version
+        return _text(self._call("no driver version", self._nvml.nvmlSystemGetDriverVersion))
 
 
 class PeakSampler:

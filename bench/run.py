@@ -24,6 +24,7 @@ from bench import env as run_env
 from bench import store
 from bench.boundary import Boundary, find_max_batch
 from bench.cell import Settings
+from bench.doctor import CONTEXT_ALLOWANCE_BYTES, report
 from bench.grid import Config, GridError, get_grid, grid_names, parse_set
 from bench.nvml import NvmlReader, NvmlUnavailable
 from bench.predict import memory_model
@@ -57,6 +58,8 @@ def _parser() -> OneLineParser:
     p.add_argument("--find-max-batch", action="store_true", default=None,
                    help="search the OOM boundary per dtype and layout (on in default and full)")
     p.add_argument("--no-find-max-batch", dest="find_max_batch", action="store_false")
+    p.add_argument("--boundary-budget", type=positive_float, metavar="SECONDS",
+                   help="time for all boundary searches together (default: the grid's)")
     p.add_argument("--data", choices=("auto", "real", "synthetic"), default="auto",
                    help="real Fashion-MNIST, synthetic, or real where installed (auto)")
     p.add_argument("--data-root", help="a folder holding Fashion-MNIST's IDX files")
@@ -120,33 +123,44 @@ def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
     return rows
 
 
-def _print_plan(plan: list[dict], capacity_words: str, as_json: bool) -> None:
+def plan_boundaries(cells: list[Config], capacity: int | None) -> list[dict]:
+    """The predicted OOM boundary per dtype and layout, on device-resident data."""
+    return [{"key": _boundary_key(c), "predicted_max_batch": None if capacity is None else
+             memory_model(c.dtype, c.channels_last, "device").max_batch(capacity)}
+            for c in _boundary_configs(cells)]
+
+
+def _print_plan(plan: dict, as_json: bool) -> None:
     if as_json:
         import json
 
         print(json.dumps(plan, indent=1))
         return
-    print(f"{len(plan)} cells; 'fits' is the predicted allocator peak against {capacity_words}")
-    for row in plan:
+    print(f"{len(plan['cells'])} cells on {plan['device']}; 'fits' is the predicted allocator "
+          f"peak against {plan['capacity']}")
+    for row in plan["cells"]:
         verdict = {True: "fits", False: "DOES NOT FIT", None: "?"}[row["fits"]]
         print(f"  {row['key']:<40} predicted {format_bytes(row['predicted_peak_bytes']):>10}"
               f"  {verdict}")
+    print(f"predicted OOM boundary (largest batch) against {plan['capacity']}:")
+    for b in plan["boundaries"]:
+        print(f"  {b['key']:<18} {b['predicted_max_batch'] or '?':>10}")
 
 
 class Runner:
     """Feeds cells to a worker, replacing it when it dies or holds on to memory."""
 
-    def __init__(self, spec: WorkerSpec, nvml_index: int | None, timeout_s: float | None = None):
-        self.spec, self.nvml_index, self.timeout_s = spec, nvml_index, timeout_s
+    def __init__(self, spec: WorkerSpec, cuda_index: int | None, timeout_s: float | None = None):
+        self.spec, self.cuda_index, self.timeout_s = spec, cuda_index, timeout_s
         self.worker: Worker | None = None
         self.nvml_before: dict = {}
 
     def _nvml_snapshot(self) -> dict:
         """Device-wide memory before the worker's CUDA context exists: the baseline."""
-        if self.nvml_index is None:
+        if self.cuda_index is None:
             return {"nvml_note": "no GPU"}
         try:
-            with NvmlReader(self.nvml_index) as reader:
+            with NvmlReader(self.cuda_index) as reader:
                 info = reader.memory()
         except NvmlUnavailable as exc:
             return {"nvml_note": str(exc)}
@@ -185,11 +199,15 @@ class Runner:
         return row
 
     def trial(self, config: Config, batch_size: int) -> dict:
+        """One boundary trial; a trial that fails for any reason is a finding, never a crash."""
         try:
             result = self._ensure_worker().trial(config, batch_size, self.timeout_s)
         except WorkerDied as exc:
             self.worker = None
-            return {"batch_size": batch_size, "outcome": "error", "error": str(exc)}
+            return {"batch_size": batch_size, "outcome": exc.kind, "error": str(exc)}
+        except RuntimeError as exc:  # a worker that could not start, or a handler that raised
+            self.retire_worker()
+            return {"batch_size": batch_size, "outcome": "error", "error": str(exc)[-2000:]}
         if not result["healthy"] or result["attempt"]["outcome"] == "error":
             self.retire_worker()
         return result["attempt"]
@@ -248,8 +266,26 @@ def main(argv=None) -> int:
         fail(PROG, str(exc))
 
 
+def _plan_device(args) -> tuple[torch.device, str | None]:
+    """The device, and a notice when a dry run plans for a GPU that is not here."""
+    wants_cuda = args.device.startswith("cuda")
+    if not (args.dry_run and wants_cuda and not torch.cuda.is_available()):
+        return resolve_device(args.device), None
+    if args.memory_cap is None:
+        raise UsageError(f"--dry-run --device {args.device} plans for a GPU that is not here: "
+                         f"give its memory with --memory-cap, e.g. --memory-cap 80GiB")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {args.device!r}; use auto, cpu or cuda:N") from None
+    return torch.device("cuda", device.index or 0), (
+        f"planning for a GPU that is not here, with {format_bytes(args.memory_cap)} for the "
+        f"allocator (--memory-cap); a real card also needs about "
+        f"{format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA context")
+
+
 def _new_plan(args) -> tuple[dict, list[Config]]:
-    device = resolve_device(args.device)
+    device, device_notice = _plan_device(args)
     grid = get_grid(args.grid, device.type == "cuda", parse_set(args.set))
     if args.repeats is not None and args.repeats < 5:
         raise UsageError(f"--repeats {args.repeats}: at least 5 are needed for a median and IQR")
@@ -259,11 +295,13 @@ def _new_plan(args) -> tuple[dict, list[Config]]:
     data, notice = _resolve_data(args.data, args.data_root)
     plan = {
         "grid": grid.name, "grid_description": grid.description, "overrides": grid.overrides,
-        "device": str(device), "data": data, "data_notice": notice, "data_root": args.data_root,
+        "device": str(device), "device_notice": device_notice, "data": data,
+        "data_notice": notice, "data_root": args.data_root,
         "memory_cap_bytes": args.memory_cap, "cell_timeout_s": args.cell_timeout,
         "find_max_batch": grid.find_max_batch if args.find_max_batch is None
         else args.find_max_batch,
-        "boundary_limit": grid.boundary_limit, "boundary_budget_s": grid.boundary_budget_s,
+        "boundary_limit": grid.boundary_limit,
+        "boundary_budget_s": args.boundary_budget or grid.boundary_budget_s,
         "settings": asdict(settings), "cells": [c.as_dict() for c in cells],
     }
     return plan, cells
@@ -281,18 +319,22 @@ def _run(args) -> int:
         plan, cells = _new_plan(args)
         run_dir = args.out or store.default_run_dir()
     device = torch.device(plan["device"])
+    # notices go to standard error: under --json, standard output is the JSON alone
     if device.type == "cpu" and args.resume is None:
-        print(f"no GPU: grid '{plan['grid']}' runs CPU-sized settings ({plan['grid_description']})")
-    if plan.get("data_notice"):
-        print(plan["data_notice"])
+        why = "no GPU" if not torch.cuda.is_available() else "--device cpu"
+        print(f"{why}: grid '{plan['grid']}' runs CPU-sized settings "
+              f"({plan['grid_description']})", file=sys.stderr)
+    for notice in (plan.get("device_notice"), plan.get("data_notice")):
+        if notice:
+            print(notice, file=sys.stderr)
     capacity, capacity_words = _capacity_bytes(device, plan["memory_cap_bytes"])
     planned = plan_rows(cells, capacity)
     if args.dry_run:
-        _print_plan(planned, capacity_words, args.json)
+        _print_plan({"device": str(device), "capacity_bytes": capacity,
+                     "capacity": capacity_words, "cells": planned,
+                     "boundaries": plan_boundaries(cells, capacity)}, args.json)
         return 0
     if device.type == "cuda":
-        from bench.doctor import report
-
         ok, lines = report(device, min(p["predicted_peak_bytes"] for p in planned))
         if not ok:
             raise UsageError(lines[-1].removeprefix("smallest cell: "))

@@ -57,3 +57,19 @@ def test_a_first_trial_that_fails_bisects_downwards():
     b = find_max_batch(trial, _boundary(), start=64, limit=2**20, budget_s=60)
     assert tried[:3] == [64, 32, 48]
     assert b.max_ok_batch == 40 and b.first_failed_batch == 42  # within 5% of 40
+
+
+def test_a_failure_that_is_not_about_size_ends_the_search_at_once():
+    """A worker that cannot start or a timeout says nothing about where memory runs out."""
+    tried = []
+
+    def trial(batch):
+        tried.append(batch)
+        outcome = "ok" if batch < 256 else "error"
+        return {"batch_size": batch, "outcome": outcome,
+                "error": None if outcome == "ok" else "RuntimeError: the worker could not start"}
+
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**20, budget_s=60)
+    assert tried == [64, 128, 256]
+    assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (128, 256, "error")
+    assert b.failure == "RuntimeError: the worker could not start"

@@ -14,7 +14,7 @@ GATE = ["--max-slowdown", "5%", "--max-memory-growth", "5%"]
 def base_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gate") / "base"
     result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64,128", "--set",
-                        "placement=device", "--data", "synthetic", "--no-report",
+                        "placement=device", "--device", "cpu", "--data", "synthetic", "--no-report",
                         "--no-find-max-batch", "--out", str(out))
     assert result.returncode == 0, result.stderr
     return out
@@ -152,7 +152,7 @@ def test_two_runs_of_the_same_code_pass_the_gate(base_run, tmp_path):
     repeats to the byte) at 5%; --max-slowdown 100% turns the speed check off."""
     candidate = tmp_path / "candidate"
     result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64,128", "--set",
-                        "placement=device", "--data", "synthetic", "--no-report",
+                        "placement=device", "--device", "cpu", "--data", "synthetic", "--no-report",
                         "--no-find-max-batch", "--out", str(candidate))
     assert result.returncode == 0, result.stderr
     result = run_module("bench.compare", str(base_run), str(candidate), "--max-slowdown", "100%",

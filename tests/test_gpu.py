@@ -2,6 +2,12 @@
 cap and the memory coming back. Skipped, with the reason, where there is no GPU; the same logic
 runs on the CPU in test_oom.py, test_predict.py and test_run.py."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import torch
 
 from bench.cell import Settings, run_cell
@@ -9,7 +15,7 @@ from bench.grid import Config
 from bench.nvml import NvmlReader
 from bench.predict import predict_peak_bytes
 from bench.worker import Worker, WorkerSpec
-from helpers import needs_gpu
+from helpers import ROOT, needs_gpu
 from lenet.data import synthetic_tensors
 
 pytestmark = needs_gpu
@@ -41,3 +47,53 @@ def test_a_2gib_cap_makes_a_real_oom_and_backs_off():
     assert [a["batch_size"] for a in row.attempts][:2] == [65536, 32768]
     assert row.attempts[0]["outcome"] == "oom"
     assert row.peak_reserved_bytes <= 2 * 2**30
+
+
+def _fresh_process(code: str):
+    """Run `code` in a new interpreter (nothing has started CUDA) and return the JSON it prints."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_memory_probes_are_safe_to_call_first_in_a_process():
+    peaks = _fresh_process("""
+        import json, torch
+        from bench import memory
+        device = torch.device("cuda:0")
+        memory.reset_peaks(device)  # before anything else has started CUDA
+        print(json.dumps(memory.read_peaks(device).peak_allocated_bytes))
+    """)
+    assert peaks == 0
+
+
+def test_the_first_cell_of_a_fresh_process_gives_its_memory_back():
+    """cuBLAS workspaces outlive a cell unless released: the first cell must still read healthy."""
+    result = _fresh_process("""
+        import json
+        from bench.cell import Settings, run_cell
+        from bench.grid import Config
+        from lenet.data import synthetic_tensors
+        row, healthy = run_cell(Config(1024, device="cuda:0"), synthetic_tensors(),
+                                Settings(min_repeat_s=0.05, warmup_steps=2))
+        print(json.dumps({"status": row.status, "healthy": healthy}))
+    """)
+    assert result == {"status": "ok", "healthy": True}
+
+
+def test_nvml_reads_the_card_cuda_uses_by_its_uuid():
+    torch.cuda.init()
+    uuid = str(torch.cuda.get_device_properties(0).uuid)
+    with NvmlReader(0) as reader:
+        assert reader.device.uuid.lower().removeprefix("gpu-") == uuid.lower()
+    # a parent that has not started CUDA finds the same card through CUDA_VISIBLE_DEVICES
+    found = _fresh_process(f"""
+        import json, os
+        os.environ["CUDA_VISIBLE_DEVICES"] = "GPU-{uuid}"
+        from bench.nvml import NvmlReader
+        with NvmlReader(0) as reader:
+            print(json.dumps(reader.device.uuid))
+    """)
+    assert found.lower().removeprefix("gpu-") == uuid.lower()

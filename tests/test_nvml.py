@@ -1,9 +1,10 @@
+import re
 import threading
 import time
 
 import pytest
 
-from bench.nvml import NvmlReader, PeakSampler, nvml_index
+from bench.nvml import NvmlDevice, NvmlReader, NvmlUnavailable, PeakSampler, nvml_index_for
 from helpers import needs_gpu
 
 
@@ -60,11 +61,105 @@ def test_stop_returns_within_one_period():
     assert not any(t.name == "nvml-sampler" for t in threading.enumerate())
 
 
-def test_cuda_visible_devices_maps_to_nvml_indices(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert nvml_index(0) == 2 and nvml_index(1) == 3
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert nvml_index(1) == 1
+H100_A = NvmlDevice(0, "GPU-aaaa1111-0000-0000-0000-000000000000", "NVIDIA H100 80GB HBM3")
+H100_B = NvmlDevice(1, "GPU-bbbb2222-0000-0000-0000-000000000000", "NVIDIA H100 80GB HBM3")
+L4 = NvmlDevice(2, "GPU-cccc3333-0000-0000-0000-000000000000", "NVIDIA L4")
+SAME = [H100_A, H100_B]
+MIXED = [H100_A, H100_B, L4]
+
+
+@pytest.mark.parametrize("cuda_index, devices, visible, order, expected", [
+    (1, SAME, None, None, 1),  # nothing hidden: CUDA's numbering is NVML's
+    (0, SAME, "1", None, 1),  # equal cards: fastest first keeps PCI bus order
+    (1, MIXED, "2,0", "PCI_BUS_ID", 0),
+    (0, MIXED, "GPU-bbbb2222-0000-0000-0000-000000000000", None, 1),  # as Slurm sets it
+    (0, MIXED, "GPU-cccc3333", None, 2),  # a unique prefix, as CUDA accepts
+    (1, MIXED, "GPU-cccc3333,GPU-aaaa1111", None, 0),
+])
+def test_cuda_devices_map_to_nvml_indices(cuda_index, devices, visible, order, expected):
+    assert nvml_index_for(cuda_index, devices, visible, order) == expected
+
+
+def test_the_uuid_of_a_started_cuda_device_settles_it():
+    # torch prints the UUID without NVML's "GPU-" prefix
+    assert nvml_index_for(0, MIXED, "0", None, "cccc3333-0000-0000-0000-000000000000") == 2
+
+
+@pytest.mark.parametrize("cuda_index, devices, visible, order, message", [
+    (0, MIXED, "1", None, "set CUDA_DEVICE_ORDER=PCI_BUS_ID or name the GPU by UUID"),
+    (0, MIXED, "GPU-dddd", None, "NVML has no GPU whose UUID starts 'GPU-dddd'"),
+    (0, MIXED, "GPU-", None, "NVML has more than one GPU whose UUID starts 'GPU-'"),
+    (1, SAME, "0", None, "CUDA_VISIBLE_DEVICES='0' shows no GPU 1"),
+    (0, SAME, "MIG-1234", None, "is a MIG instance (MIG-1234)"),
+    (0, SAME, "5", None, "NVML sees 2 GPU(s), none with index 5"),
+])
+def test_a_mapping_it_cannot_be_sure_of_is_refused_with_the_fix(cuda_index, devices, visible,
+                                                                 order, message):
+    with pytest.raises(NvmlUnavailable, match=re.escape(message)):
+        nvml_index_for(cuda_index, devices, visible, order)
+
+
+class FakeNvmlLibrary:
+    """The seam under NvmlReader: pynvml's functions for one card, some of them failing."""
+
+    def __init__(self, monkeypatch, failing=()):
+        import pynvml
+
+        def fails(name, error):
+            def call(*args, **kwargs):
+                raise error
+            monkeypatch.setattr(pynvml, name, call)
+
+        monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+        monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: None)
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 1)
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: f"handle{i}")
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: H100_A.uuid)
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: H100_A.name)
+        monkeypatch.setattr(pynvml, "nvmlSystemGetDriverVersion", lambda: "580.159.04")
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        lost = pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        for name in failing:
+            if name == "nvmlDeviceGetComputeRunningProcesses":
+                fails(name, pynvml.NVMLLibraryMismatchError("Unversioned function called"))
+            else:
+                fails(name, lost)
+
+
+def test_a_failing_nvml_call_is_nvml_unavailable_with_the_reason(monkeypatch):
+    FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetMemoryInfo"])
+    with NvmlReader(0) as reader:
+        assert reader.name() == "NVIDIA H100 80GB HBM3"
+        with pytest.raises(NvmlUnavailable, match="memory not readable: GPU is lost"):
+            reader.memory()
+
+
+def test_a_process_list_the_library_cannot_read_is_not_available(monkeypatch):
+    FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetComputeRunningProcesses"])
+    with NvmlReader(0) as reader:
+        assert reader.processes() is None
+
+
+def test_a_run_notes_an_nvml_failure_instead_of_crashing(monkeypatch):
+    from bench.cell import Settings
+    from bench.run import Runner
+    from bench.worker import WorkerSpec
+
+    FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetMemoryInfo"])
+    runner = Runner(WorkerSpec("cuda:0", "synthetic", None, Settings()), cuda_index=0)
+    assert runner._nvml_snapshot() == {"nvml_note": "memory not readable: GPU is lost"}
+
+
+def test_the_doctor_notes_an_nvml_failure_instead_of_crashing(monkeypatch):
+    import torch
+
+    from bench.doctor import report
+
+    FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetMemoryInfo"])
+    ok, lines = report(torch.device("cpu"), None)
+    assert ok
+    assert lines[-1] == ("NVML: unavailable (memory not readable: GPU is lost); NVML columns "
+                         "will read 'not measured'")
 
 
 @needs_gpu

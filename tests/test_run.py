@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from bench.cell import Settings
 from bench.grid import Config
@@ -16,7 +15,9 @@ from bench.run import Runner
 from bench.worker import Worker, WorkerSpec
 from helpers import ROOT, run_module
 
-SYNTHETIC = ["--data", "synthetic", "--no-report"]
+# tests that mean the CPU say so, so the suite passes where a GPU is visible too
+SYNTHETIC = ["--device", "cpu", "--data", "synthetic", "--no-report"]
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # a machine without a GPU, wherever the test runs
 
 
 def _rows(run_dir):
@@ -40,21 +41,50 @@ def test_smoke_grid_end_to_end(tmp_path):
     assert set(json.loads((out / "env.json").read_text())) >= {
         "gpu_name", "driver_version", "cuda_version", "torch_version", "torchvision_version",
         "python_version", "host", "commit"}
-    assert "no GPU: grid 'smoke' runs CPU-sized settings" in result.stdout
+    assert "grid 'smoke' runs CPU-sized settings" in result.stderr
     assert "fastest cells:" in result.stdout
 
 
 def test_dry_run_json_lists_cells_with_predictions(tmp_path):
     result = run_module("bench.run", "--grid", "smoke", "--dry-run", "--json",
                         "--memory-cap", "100MiB", "--set", "batch_size=64,8192", *SYNTHETIC,
-                        cwd=tmp_path)
+                        cwd=tmp_path, env=NO_GPU)
     assert result.returncode == 0, result.stderr
-    plan = json.loads(result.stdout[result.stdout.index("["):])
-    by_key = {p["key"]: p for p in plan}
+    plan = json.loads(result.stdout)  # standard output is the JSON alone; notices go to stderr
+    assert "no GPU: grid 'smoke' runs CPU-sized settings" in result.stderr
+    by_key = {p["key"]: p for p in plan["cells"]}
     assert by_key["b64-float32-nchw-host-w0"]["fits"] is True
     assert by_key["b8192-float32-nchw-host-w0"]["fits"] is False
     assert by_key["b8192-float32-nchw-device"]["predicted_peak_bytes"] > 8192 * 50_000
+    assert plan["capacity_bytes"] == 100 * 2**20
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_dry_run_plans_for_a_gpu_that_is_not_here(tmp_path):
+    result = run_module("bench.run", "--dry-run", "--json", "--device", "cuda",
+                        "--memory-cap", "80GiB", cwd=tmp_path, env=NO_GPU)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert "planning for a GPU that is not here, with 80.0 GiB" in result.stderr
+    assert plan["device"] == "cuda:0" and plan["capacity_bytes"] == 80 * 2**30
+    assert len(plan["cells"]) == 50  # the GPU's default grid, not the CPU's
+    assert all(c["fits"] for c in plan["cells"])  # b16,384 of LeNet is under 1 GiB
+    boundaries = {b["key"]: b["predicted_max_batch"] for b in plan["boundaries"]}
+    assert set(boundaries) == {f"{d}-{layout}" for d in ("float32", "bfloat16", "float16")
+                               for layout in ("nchw", "nhwc")}
+    # about 57 KiB a sample at float32 (DESIGN.md measured b1,048,576 in 59.7 GiB)
+    assert 1_000_000 < boundaries["float32-nchw"] < 2_000_000
+    text = run_module("bench.run", "--dry-run", "--device", "cuda", "--memory-cap", "24GiB",
+                      cwd=tmp_path, env=NO_GPU)
+    assert text.returncode == 0, text.stderr
+    assert "predicted OOM boundary (largest batch) against the 24.0 GiB cap:" in text.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_for_a_gpu_that_is_not_here_needs_its_size(tmp_path):
+    result = run_module("bench.run", "--dry-run", "--device", "cuda", cwd=tmp_path, env=NO_GPU)
+    assert result.returncode == 2
+    assert "give its memory with --memory-cap, e.g. --memory-cap 80GiB" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -74,10 +104,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where there is no GPU")
 def test_cuda_without_a_gpu(tmp_path):
     result = run_module("bench.run", "--device", "cuda", "--out", str(tmp_path / "r"),
-                        *SYNTHETIC)
+                        "--data", "synthetic", env=NO_GPU)
     assert result.returncode == 2 and "needs a CUDA GPU, but none is visible" in result.stderr
     assert not (tmp_path / "r").exists()
 
@@ -162,7 +191,7 @@ def test_kill_9_loses_at_most_the_cell_in_flight_and_resume_finishes(tmp_path):
 
 def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
     spec = WorkerSpec("cpu", "synthetic", None, Settings(min_repeat_s=0.01, warmup_steps=1))
-    runner = Runner(spec, nvml_index=None)
+    runner = Runner(spec, cuda_index=None)
     runner.worker = Worker(spec)
     os.kill(runner.worker.pid, signal.SIGKILL)
     dead = runner.cell(Config(64), predicted=1)
@@ -197,3 +226,23 @@ def test_a_cell_past_its_time_limit_costs_one_row(tmp_path):
     assert (slow["status"], slow["error_kind"]) == ("error", "timeout")
     assert slow["error"] == "no answer within 4 s; the worker was stopped"
     assert (fast["key"], fast["status"]) == ("b64-float32-nchw-device", "ok")  # a fresh worker
+
+
+def test_a_boundary_trial_whose_worker_cannot_start_is_a_finding():
+    spec = WorkerSpec("cpu", "synthetic", None, Settings(min_repeat_s=0.01, warmup_steps=1),
+                      memory_cap_bytes=8 * 2**20)
+    attempt = Runner(spec, cuda_index=None).trial(Config(64), 64)
+    assert attempt["outcome"] == "error"
+    assert "the worker could not start" in attempt["error"]
+
+
+def test_a_boundary_search_that_cannot_start_a_worker_still_ends_in_a_summary(tmp_path):
+    out = tmp_path / "run"
+    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+                        "placement=device", "--memory-cap", "8MiB", "--find-max-batch",
+                        "--out", str(out), *SYNTHETIC)
+    assert "Traceback" not in result.stderr
+    (boundary,) = [json.loads(line) for line in (out / "boundaries.jsonl").read_text().splitlines()]
+    assert boundary["stop_reason"] == "error" and boundary["max_ok_batch"] is None
+    assert "the worker could not start" in boundary["failure"]
+    assert "OOM boundary" in result.stdout
