@@ -62,6 +62,33 @@ def _timed_steps(step, batches, count: int, device: torch.device):
     return time.perf_counter() - start, loss
 
 
+# DataLoader's default: each worker keeps two batches in flight
+PREFETCH_PER_WORKER = 2
+
+
+def warmup_steps_for(config: Config, settings: Settings) -> int:
+    """Untimed steps before the first repeat. Workers start slowly and then hand over the
+    batches they queued meanwhile: the warm-up drains that queue, so timing starts steady."""
+    workers = config.num_workers if config.placement == "host" else 0
+    return settings.warmup_steps + PREFETCH_PER_WORKER * workers
+
+
+def steps_per_repeat(run_block, settings: Settings) -> int:
+    """Steps that make one repeat last `min_repeat_s`. `run_block(n)` runs n steps and returns
+    their seconds. As timeit's autorange: double n until a block lasts a quarter of a repeat,
+    then time a second block of n and keep the faster, so one slow step (a loader worker still
+    starting) cannot size every repeat."""
+    count = 1
+    while True:
+        elapsed = run_block(count)
+        if elapsed >= settings.min_repeat_s / 4 or count >= settings.max_steps_per_repeat:
+            break
+        count *= 2
+    elapsed = min(elapsed, run_block(count))
+    return min(settings.max_steps_per_repeat,
+               max(1, math.ceil(settings.min_repeat_s * count / max(elapsed, 1e-9))))
+
+
 def measure(config: Config, batch_size: int, data: TensorData, settings: Settings) -> dict:
     """Train `config` at `batch_size` and time it. Raises what training raises (an OOM included)."""
     device = torch.device(config.device)
@@ -70,11 +97,9 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     step, batches = _prepare(config, batch_size, data, settings)
     try:
         first_loss, _ = step(*next(batches))
-        for _ in range(settings.warmup_steps - 1):
+        for _ in range(warmup_steps_for(config, settings) - 1):
             step(*next(batches))
-        one_step_s, _ = _timed_steps(step, batches, 1, device)
-        steps = min(settings.max_steps_per_repeat,
-                    max(1, math.ceil(settings.min_repeat_s / max(one_step_s, 1e-9))))
+        steps = steps_per_repeat(lambda n: _timed_steps(step, batches, n, device)[0], settings)
         repeat_s = []
         for _ in range(settings.repeats):
             elapsed, last_loss = _timed_steps(step, batches, steps, device)

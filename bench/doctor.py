@@ -99,8 +99,8 @@ def main(argv=None) -> int:
         cells = get_grid(args.grid, device.type == "cuda").cells(str(device))
     except (UsageError, GridError) as exc:
         fail(parser.prog, str(exc))
-    needed = min(predict_peak_bytes(c.batch_size, c.dtype, c.channels_last, c.placement)
-                 for c in cells)
+    needed = min(predict_peak_bytes(c.batch_size, c.dtype, c.channels_last, c.placement,
+                                    device_type=device.type) for c in cells)
     ok, lines = report(device, needed)
     print("\n".join(lines))
     return 0 if ok else 1

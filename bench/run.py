@@ -113,11 +113,15 @@ def _capacity_bytes(device: torch.device, cap: int | None) -> tuple[int | None, 
     return available, "the host's available memory"
 
 
+def _device_type(config: Config) -> str:
+    return torch.device(config.device).type
+
+
 def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
     rows = []
     for config in cells:
-        predicted = memory_model(config.dtype, config.channels_last, config.placement).peak_bytes(
-            config.batch_size)
+        predicted = memory_model(config.dtype, config.channels_last, config.placement,
+                                 device_type=_device_type(config)).peak_bytes(config.batch_size)
         rows.append({**config.as_dict(), "key": config.key(), "predicted_peak_bytes": predicted,
                      "fits": None if capacity is None else predicted <= capacity})
     return rows
@@ -126,7 +130,8 @@ def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
 def plan_boundaries(cells: list[Config], capacity: int | None) -> list[dict]:
     """The predicted OOM boundary per dtype and layout, on device-resident data."""
     return [{"key": _boundary_key(c), "predicted_max_batch": None if capacity is None else
-             memory_model(c.dtype, c.channels_last, "device").max_batch(capacity)}
+             memory_model(c.dtype, c.channels_last, "device", device_type=_device_type(c))
+             .max_batch(capacity)}
             for c in _boundary_configs(cells)]
 
 
@@ -385,7 +390,8 @@ def _search_boundaries(runner: Runner, cells: list[Config], plan: dict, capacity
     budget_s = plan["boundary_budget_s"] / len(configs)
     start_batch = min(c.batch_size for c in cells)
     for config in tqdm(configs, desc="OOM boundary", unit="search", file=sys.stderr):
-        model = memory_model(config.dtype, config.channels_last, "device")
+        model = memory_model(config.dtype, config.channels_last, "device",
+                             device_type=_device_type(config))
         boundary = Boundary(_boundary_key(config), config.dtype, config.channels_last, "device",
                             predicted_max_batch=model.max_batch(capacity) if capacity else None)
         find_max_batch(lambda batch, c=config: runner.trial(replace(c, batch_size=batch), batch),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -209,6 +210,17 @@ class BatchedTensors(Dataset):
         return self.images[indices], self.labels[indices]
 
 
+def _worker_context(device: torch.device):
+    """How loader workers start. Forked from a process that runs CUDA, they aborted at shutdown
+    on an H100 ('terminate called without an active exception'); a fork server is a clean
+    process that has imported torch once, so each worker still starts in a moment."""
+    if device.type != "cuda":
+        return None  # the platform's default: fork on Linux
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch"])
+    return context
+
+
 def host_batches(
     data: TensorData, batch_size: int, device: torch.device, num_workers: int, pin_memory: bool,
     seed: int = 0,
@@ -220,6 +232,7 @@ def host_batches(
         batch_size=None,  # the sampler already yields whole batches
         num_workers=num_workers,
         pin_memory=pin_memory,
+        multiprocessing_context=_worker_context(device) if num_workers else None,
     )
     for images, labels in loader:
         # non_blocking only overlaps the copy when the source is pinned

@@ -29,9 +29,9 @@ def test_allocator_peaks_and_nvml_fill_the_row():
     assert row.status == "ok" and healthy
     assert row.peak_reserved_bytes >= row.peak_allocated_bytes > 0
     assert row.nvml_peak_used_bytes > row.peak_reserved_bytes
-    predicted = predict_peak_bytes(4096, "float32", False, "device")
-    # the prediction leaves out library workspaces: it may fall short, never far over
-    assert 0.6 * row.peak_allocated_bytes < predicted < 1.1 * row.peak_allocated_bytes
+    predicted = predict_peak_bytes(4096, "float32", False, "device", device_type="cuda")
+    # on an H100 (torch 2.11): 477.5 MiB predicted, 480.4 MiB measured
+    assert 0.95 * row.peak_allocated_bytes < predicted < 1.02 * row.peak_allocated_bytes
     assert torch.cuda.memory_allocated() <= data.images.numel() * 4 + 2**20
 
 

@@ -118,6 +118,8 @@ class FakeNvmlLibrary:
         monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda h: H100_A.name)
         monkeypatch.setattr(pynvml, "nvmlSystemGetDriverVersion", lambda: "580.159.04")
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        # where this process has started CUDA, the real card's UUID would pick the device
+        monkeypatch.setattr("bench.nvml._cuda_uuid", lambda index: None)
         lost = pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         for name in failing:
             if name == "nvmlDeviceGetComputeRunningProcesses":

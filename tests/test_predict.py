@@ -66,3 +66,10 @@ def test_the_2gib_card_boundary_seen_on_an_h200():
     model = memory_model("float32", False, "device")
     assert 32_768 <= model.max_batch(2 * 2**30) < 65_536
 
+
+
+def test_on_cuda_the_library_workspaces_are_added():
+    cpu = memory_model("float32", False, "device")
+    cuda = memory_model("float32", False, "device", device_type="cuda")
+    assert cuda.peak_bytes(4096) - cpu.peak_bytes(4096) == 64 * 2**20
+    assert cuda.max_batch(2**30) < cpu.max_batch(2**30)
