@@ -4,13 +4,16 @@
 
 BASE and NEW are run directories (results.jsonl + env.json) or pytest-benchmark JSON files.
 A change is a regression only when it is past the threshold AND larger than the measured spread
-(IQR) of either side: noise is not a regression. Runs from different GPUs or torch versions are
-refused unless --force. Exit status: 0 passed, 1 a regression, 2 bad input or refused.
+(IQR) of either side: noise is not a regression. So is a cell that trained in the base and fails
+in the candidate, a figure that is not a number, and a cell the candidate lost (unless
+--allow-missing). Runs from different GPUs, torch versions, data or memory caps are refused
+unless --force. Exit status: 0 passed, 1 a regression, 2 bad input or refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,8 @@ PROG = "python -m bench.compare"
 # Which memory figure gates: the allocator's where it was measured, else the tracked tensor peak.
 # The CPU's resident set depends on what earlier cells left; the tracked tensor peak does not.
 MEMORY_FIELDS = ("peak_allocated_bytes", "tracked_peak_bytes", "cpu_peak_rss_bytes")
+NUMBER_FIELDS = ("examples_per_s", "examples_per_s_iqr", *MEMORY_FIELDS)
+TRAINED = ("ok", "oom_backed_off")
 
 
 @dataclass(frozen=True)
@@ -59,35 +64,70 @@ class CellChange:
                 *memory)
 
 
+def _number(value, what: str, positive: bool = False) -> float | None:
+    """A figure read from a file: None, or a float (NaN kept: the gate flags it). Anything else
+    is bad input."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{what} is {value!r}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise UsageError(f"{what} is {value}, beyond any float") from None
+    if positive and not number > 0:
+        raise UsageError(f"{what} is {value}; it must be above 0")
+    return number
+
+
+def _checked_row(row: dict, where: str) -> dict:
+    for name in NUMBER_FIELDS:
+        row[name] = _number(row.get(name), f"{where}: {row['key']}'s {name}")
+    return row
+
+
 def _from_pytest_benchmark(path: Path) -> Side:
     """pytest-benchmark's JSON: each benchmark's time turned into examples/s where its extra_info
     says how many examples a round trains (else rounds/s), its peak memory from extra_info."""
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not pytest-benchmark JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks", []), list):
+        raise UsageError(f"{path} is not pytest-benchmark JSON (no list of benchmarks)")
     rows = {}
     for bench in data.get("benchmarks", []):
-        stats, extra = bench["stats"], bench.get("extra_info", {})
-        examples = extra.get("examples_per_round", 1)
-        median, iqr = stats["median"], stats.get("iqr", 0.0)
-        rows[bench["fullname"]] = {
+        if not isinstance(bench, dict) or not isinstance(bench.get("stats"), dict) or \
+                not isinstance(bench.get("fullname"), str):
+            raise UsageError(f"{path}: a benchmark without fullname and stats")
+        stats, extra = bench["stats"], bench.get("extra_info") or {}
+        if not isinstance(extra, dict):
+            raise UsageError(f"{path}: {bench['fullname']}'s extra_info is not an object")
+        where = f"{path}: {bench['fullname']}'s"
+        examples = _number(extra.get("examples_per_round", 1), f"{where} examples_per_round",
+                           positive=True)
+        median = _number(stats.get("median"), f"{where} median", positive=True)
+        iqr = _number(stats.get("iqr", 0.0), f"{where} iqr") or 0.0
+        rate = examples / median
+        rows[bench["fullname"]] = _checked_row({
             "key": bench["fullname"], "status": "ok",
-            "examples_per_s": examples / median,
+            "examples_per_s": rate,
             # the times' IQR as the same fraction of the rate (first order: stays finite even
             # when a noisy run's IQR exceeds its median)
-            "examples_per_s_iqr": examples / median * iqr / median,
+            "examples_per_s_iqr": rate * iqr / median,
             "peak_allocated_bytes": extra.get("peak_allocated_bytes"),
             "tracked_peak_bytes": extra.get("tracked_peak_bytes"),
-        }
-    machine = data.get("machine_info", {})
+        }, str(path))
+    machine = data.get("machine_info") or {}
+    if not isinstance(machine, dict):
+        raise UsageError(f"{path}: machine_info is not an object")
     env = {"gpu_name": machine.get("gpu_name"), "torch_version": machine.get("torch_version")}
     return Side(str(path), env, rows)
 
 
 def load_side(path: Path) -> Side:
     if path.is_file() and path.suffix == ".json":
-        try:
-            return _from_pytest_benchmark(path)
-        except (ValueError, KeyError) as exc:
-            raise UsageError(f"{path} is not pytest-benchmark JSON ({exc})") from None
+        return _from_pytest_benchmark(path)
     if not (path / store.RESULTS).is_file():
         raise UsageError(f"{path} is neither a run directory (no {store.RESULTS}) nor a "
                          f"pytest-benchmark JSON file")
@@ -95,13 +135,30 @@ def load_side(path: Path) -> Side:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     env_path = path / store.ENV
-    env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    return Side(str(path), env, {r["key"]: r for r in rows})
+    try:
+        env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {env_path}: {exc}") from None
+    if not isinstance(env, dict):
+        raise UsageError(f"{env_path} is not an object")
+    # what makes figures comparable beyond the machine: the data and the cap they ran under
+    env = {**env,
+           "data_source": ", ".join(sorted({str(r.get("data_source")) for r in rows})) or None,
+           "memory_cap_bytes": ", ".join(sorted({str(r.get("memory_cap_bytes")) for r in rows}))
+           or None}
+    where = str(path / store.RESULTS)
+    return Side(str(path), env, {r["key"]: _checked_row(r, where) for r in rows})
+
+
+COMPARABLE = (("gpu_name", "GPU"), ("torch_version", "torch"), ("data_source", "data"),
+              ("memory_cap_bytes", "memory cap"))
 
 
 def refusal(base: Side, new: Side) -> str | None:
     """Why these two runs cannot be compared fairly, or None."""
-    for name, words in (("gpu_name", "GPU"), ("torch_version", "torch")):
+    for name, words in COMPARABLE:
+        if name not in base.env or name not in new.env:
+            continue  # pytest-benchmark's JSON says nothing of data or caps
         a, b = base.env.get(name), new.env.get(name)
         if a != b:
             return f"the runs differ in {words}: {a or 'none'} against {b or 'none'}"
@@ -115,18 +172,31 @@ def compare(base: Side, new: Side, max_slowdown: float, max_memory_growth: float
         change = CellChange(key, base.rows[key], new.rows[key])
         _check(change, max_slowdown, max_memory_growth)
         changes.append(change)
-    changes.sort(key=lambda c: (not c.failures, c.ratio("examples_per_s") or 0.0,
-                                -(c.ratio(c.memory_field) or 0.0) if c.memory_field else 0.0))
+    changes.sort(key=lambda c: (not c.failures, _sortable(c.ratio("examples_per_s")),
+                                -_sortable(c.ratio(c.memory_field)) if c.memory_field else 0.0))
     only_base = sorted(base.rows.keys() - new.rows.keys())
     only_new = sorted(new.rows.keys() - base.rows.keys())
     return changes, only_base, only_new
 
 
+def _sortable(value: float | None) -> float:
+    return 0.0 if value is None or math.isnan(value) else value
+
+
 def _check(change: CellChange, max_slowdown: float, max_memory_growth: float) -> None:
     b, n = change.base, change.new
-    if b["status"] == "ok" and n["status"] != "ok":
-        change.failures.append(f"status went from ok to {n['status']}"
+    if b["status"] in TRAINED and n["status"] not in TRAINED:
+        change.failures.append(f"status went from {b['status']} to {n['status']}"
                                f"{': ' + n['error'] if n.get('error') else ''}")
+    elif b["status"] == "ok" and n["status"] != "ok":
+        change.failures.append(f"status went from ok to {n['status']}")
+    not_numbers = [f"{name} is not a number in the {side}"
+                   for name in ("examples_per_s", *MEMORY_FIELDS)
+                   for side, row in (("base", b), ("candidate", n))
+                   if row.get(name) is not None and math.isnan(row[name])]
+    if not_numbers:  # NaN compares false with everything: it would pass every bound
+        change.failures += not_numbers
+        return
     before, after = b.get("examples_per_s"), n.get("examples_per_s")
     if before and after:
         drop = before - after
@@ -166,8 +236,10 @@ def main(argv=None) -> int:
     parser.add_argument("new", type=Path, help="the candidate")
     parser.add_argument("--max-slowdown", type=percentage, default=0.05, metavar="PCT")
     parser.add_argument("--max-memory-growth", type=percentage, default=0.05, metavar="PCT")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="pass when the candidate lacks cells the base measured")
     parser.add_argument("--force", action="store_true",
-                        help="compare runs from different GPUs or torch versions")
+                        help="compare runs from different GPUs, torch versions, data or caps")
     args = parser.parse_args(argv)
     try:
         base, new = load_side(args.base), load_side(args.new)
@@ -179,20 +251,28 @@ def main(argv=None) -> int:
                    f"anyway)")
     changes, only_base, only_new = compare(base, new, args.max_slowdown, args.max_memory_growth)
     print("\n".join(table_lines(changes)))
-    for key in only_base:
-        print(f"only in {base.name}: {key}")
     for key in only_new:
         print(f"only in {new.name}: {key}")
     failing = [c for c in changes if c.failures]
     for c in failing:
         for failure in c.failures:
             print(f"REGRESSION {c.key}: {failure}")
+    lost = [] if args.allow_missing else only_base
+    for key in only_base:
+        if args.allow_missing:
+            print(f"only in {base.name}: {key}")
+        else:
+            print(f"REGRESSION {key}: measured in {base.name}, missing from {new.name} (pass "
+                  f"--allow-missing to allow it)")
     if not changes:
         fail(PROG, "the two runs share no cell; nothing was compared")
-    print(f"{len(failing)} of {len(changes)} cells regressed" if failing
-          else f"passed: {len(changes)} cells within {args.max_slowdown:.0%} speed and "
-               f"{args.max_memory_growth:.0%} memory")
-    return 1 if failing else 0
+    if failing or lost:
+        print(f"{len(failing)} of {len(changes)} cells regressed"
+              f"{f', {len(lost)} missing' if lost else ''}")
+        return 1
+    print(f"passed: {len(changes)} cells within {args.max_slowdown:.0%} speed and "
+          f"{args.max_memory_growth:.0%} memory")
+    return 0
 
 
 if __name__ == "__main__":

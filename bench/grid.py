@@ -185,6 +185,9 @@ def parse_set(items: list[str]) -> dict[str, tuple]:
             raise GridError(f"--set {item!r}: write it as axis=v1,v2 (axes: {', '.join(AXES)})")
         if name not in AXES:
             raise GridError(f"--set: unknown axis {name!r}; axes: {', '.join(AXES)}")
+        if name in overrides:
+            raise GridError(f"--set {name} is given twice; give its values once: "
+                            f"--set {name}=v1,v2")
         try:
             values = tuple(AXES[name](v.strip()) for v in text.split(","))
         except ValueError as exc:

@@ -20,6 +20,11 @@ OOM_MESSAGES = (
     # cuDNN reports a workspace it cannot allocate this way (accelerate treats it as OOM too)
     "cuDNN error: CUDNN_STATUS_NOT_SUPPORTED",
     "DefaultCPUAllocator: can't allocate memory",
+    # a DataLoader worker's shared-memory batch: "unable to mmap ... Cannot allocate memory (12)"
+    "Cannot allocate memory",
+    # oneDNN, when it cannot map memory for a kernel (seen under an 8 MiB CPU cap); huge shapes
+    # fail this way too, and a smaller batch is the way out of both
+    "could not create a primitive",
 )
 # Texts of failures that come from a kernel's 32-bit indexing, however much memory is free.
 KERNEL_LIMIT_MESSAGES = (

@@ -2,29 +2,80 @@
 cell) and `boundaries.jsonl` (one row per boundary search).
 
 Rows are appended, flushed and fsync'd one at a time, so a `kill -9` loses at most the row being
-written. A reader takes every whole line and skips a torn last one with a warning; before a
-resumed run appends, the torn tail is cut off so it cannot glue itself to the next row.
+written. A reader takes every whole line and skips a torn last one, and any line that is not a
+row, with a warning; before a resumed run appends, the torn tail is cut off so it cannot glue
+itself to the next row. One process at a time works in a run directory: it holds `.lock`, which
+the kernel lets go of when the process ends, however it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-from datetime import datetime
+import platform
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 PLAN = "plan.json"
 ENV = "env.json"
 RESULTS = "results.jsonl"
 BOUNDARIES = "boundaries.jsonl"
+LOCK = ".lock"
+PLAN_KEYS = ("grid", "device", "data", "settings", "cells")
+# What makes a line of results.jsonl a row, and a line of boundaries.jsonl a boundary
+ROW_FIELDS = ("key", "status")
+BOUNDARY_FIELDS = ("key", "dtype")
 
 
 class RunDirError(Exception):
     """The directory cannot hold or is not a run; the message says what to do."""
 
 
+class StoreWriteError(RunDirError):
+    """A row could not be written (a full disk, a file made read-only); what was written before
+    is intact."""
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold the run directory `path` for this process; refuse, naming the holder, if another
+    process holds it."""
+    lock_path = path / LOCK
+    try:
+        handle = lock_path.open("a+")
+    except OSError as exc:
+        raise RunDirError(f"cannot lock {path}: {exc.strerror or exc}; choose a writable "
+                          f"--out") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirError(f"{path} is in use by {holder}; wait for it to finish, or stop "
+                              f"it (it can be resumed)") from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {platform.node()} since {started} "
+                     f"({' '.join(['python', *sys.argv])})\n")
+        handle.flush()
+        yield
+
+
 def default_run_dir(now: datetime | None = None) -> Path:
     return Path("runs") / (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+
+
+def make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot write the run directory {path}: {exc.strerror or exc}; "
+                          f"choose a writable --out") from None
 
 
 def create(path: Path, plan: dict, env: dict) -> Path:
@@ -51,6 +102,11 @@ def open_existing(path: Path) -> dict:
         plan = json.loads((path / PLAN).read_text())
     except (OSError, ValueError) as exc:
         raise RunDirError(f"cannot read {path / PLAN}: {exc}; start a new run instead") from None
+    missing = [k for k in PLAN_KEYS if not isinstance(plan, dict) or k not in plan]
+    if missing or not isinstance(plan["cells"], list):
+        lacks = ", ".join(missing) or "a list of cells"
+        raise RunDirError(f"{path / PLAN} is not a plan (it lacks {lacks}); start a new run "
+                          f"instead")
     if not os.access(path, os.W_OK):
         raise RunDirError(f"{path} is not writable; fix its permissions to resume it")
     return plan
@@ -75,15 +131,22 @@ def cut_torn_tail(path: Path) -> bool:
 
 
 def append_row(path: Path, row: dict) -> None:
+    """Append one row and wait until it is on disk. A write that fails leaves the file as it
+    was (a torn part is cut off) and raises StoreWriteError."""
     line = json.dumps(row, default=str, allow_nan=True) + "\n"
-    with path.open("a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            cut_torn_tail(path)
+        raise StoreWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def read_rows(path: Path) -> tuple[list[dict], list[str]]:
-    """Every whole row, and a warning for each line that could not be read."""
+def read_rows(path: Path, fields: tuple[str, ...] = ROW_FIELDS) -> tuple[list[dict], list[str]]:
+    """Every whole row (a JSON object with `fields`), and a warning for each other line."""
     rows: list[dict] = []
     warnings: list[str] = []
     if not path.is_file():
@@ -93,9 +156,15 @@ def read_rows(path: Path) -> tuple[list[dict], list[str]]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             torn = number == len(lines)  # no newline after it: cut off mid-write
             what = "a torn last line (the run was stopped mid-write)" if torn else "a bad line"
             warnings.append(f"{path}: skipped {what} at line {number}")
+            continue
+        if not isinstance(row, dict) or not all(isinstance(row.get(f), str) for f in fields):
+            warnings.append(f"{path}: skipped line {number}: not a row (it needs "
+                            f"{', '.join(fields)})")
+            continue
+        rows.append(row)
     return rows, warnings

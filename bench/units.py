@@ -17,10 +17,12 @@ def parse_bytes(text: str) -> int:
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size; write it like 2GiB, 512MiB, 8GB or 1048576")
-    value = int(float(match.group(1)) * _UNITS[unit])
-    if value <= 0:
+    exact = float(match.group(1)) * _UNITS[unit]
+    if exact != int(exact):
+        raise ValueError(f"{text!r} is not a whole number of bytes; write it like 2GiB")
+    if exact <= 0:
         raise ValueError(f"{text!r} must be more than 0 bytes")
-    return value
+    return int(exact)
 
 
 def format_bytes(n: float | None) -> str:

@@ -50,11 +50,13 @@ def _describe_exit(exitcode: int | None) -> str:
 
 
 def _serve(conn, spec: WorkerSpec) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # the parent stops the worker
     import torch
 
     from bench import memory
     from bench.nvml import NvmlReader, NvmlUnavailable
+    from bench.oom import is_oom
     from lenet.data import real_tensors, synthetic_tensors
 
     device = torch.device(spec.device)
@@ -72,8 +74,13 @@ def _serve(conn, spec: WorkerSpec) -> None:
                 nvml = NvmlReader(device.index or 0)
             except NvmlUnavailable:
                 pass  # NVML columns stay empty, with the reason from the parent's snapshot
-        # one small step first, so the first cell does not pay for library start-up
-        single_step(Config(64, device=spec.device), 64, data, spec.settings)
+        # one small step first, so the first cell does not pay for library start-up; under a
+        # tight cap even that may not fit, and then the cells find out how little does
+        try:
+            single_step(Config(64, device=spec.device), 64, data, spec.settings)
+        except Exception as exc:  # noqa: BLE001 - only running out of memory is let go
+            if not is_oom(exc):
+                raise
         memory.release(device)
         conn.send(("ready", None))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what to do

@@ -2,6 +2,7 @@
 
     python -m reports RUN_DIR
     python -m reports BASE_DIR NEW_DIR     # NEW_DIR/compare/index.html, worst changes first
+    python -m reports RUN_DIR --out DIR    # the report elsewhere (a read-only run directory)
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ ALT_TEXT = {
 }
 
 
-def write_report(run_dir: Path, base_dir: Path | None = None) -> Path:
+def write_report(run_dir: Path, base_dir: Path | None = None, out: Path | None = None) -> Path:
     run = load_run(run_dir)
-    folder = run_dir / ("compare" if base_dir else "report")
-    folder.mkdir(exist_ok=True)
+    folder = out or run_dir / ("compare" if base_dir else "report")
+    folder.mkdir(parents=True, exist_ok=True)
     for warning in run.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     images, missing = [], []
@@ -61,14 +62,20 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
                         help="one run, or BASE NEW to compare")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write the report here (default: RUN_DIR/report, NEW/compare)")
     args = parser.parse_args(argv)
     if len(args.runs) > 2:
         fail(PROG, "give one run directory, or two (BASE NEW) to compare")
     base, new = (args.runs[0], args.runs[1]) if len(args.runs) == 2 else (None, args.runs[0])
     try:
-        index = write_report(new, base)
+        index = write_report(new, base, args.out)
     except (NotARun, UsageError) as exc:
         fail(PROG, str(exc))
+    except OSError as exc:
+        where = exc.filename or args.out or new
+        fail(PROG, f"cannot write the report into {where}: {exc.strerror or exc}; "
+                   f"write it elsewhere with --out DIR")
     print(f"report: {index}")
     return 0
 

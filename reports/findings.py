@@ -97,8 +97,7 @@ def warnings_about(cells: pd.DataFrame) -> list[str]:
                          f"a training speed.")
         elif abs(last - first) < 1e-6:
             lines.append(f"{row['key']}: the loss never moved from {first:.4f}.")
-    noisy = cells[cells.get("noisy", pd.Series(False, index=cells.index)).fillna(False)
-                  .astype(bool)]
+    noisy = cells[cells["noisy"].fillna(False).astype(bool)]
     if not noisy.empty:
         lines.append(f"{len(noisy)} of {len(cells)} cells are noisy (IQR over 5% of the "
                      f"median): treat their differences with care.")

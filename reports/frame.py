@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
+from bench.row import ROW_KEYS
 
 # The notebook's settings: batch 256, float32, the host DataLoader, no pinning.
 NOTEBOOK = {"batch_size_requested": 256, "dtype": "float32", "channels_last": False,
@@ -44,15 +45,30 @@ class Run:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON object from the run directory, or {} where the file is missing, torn or not an
+    object: the page then says "not measured" for what it would have held."""
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+# Columns whose missing values must stay missing, not turn a whole column into floats or NaN
+# into True: pandas' nullable types.
+NULLABLE = {"batch_size": "Int64", "batch_size_requested": "Int64", "num_workers": "Int64",
+            "channels_last": "boolean", "pin_memory": "boolean", "noisy": "boolean"}
 
 
 def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
-    """Memory parts and the figure each cell is ranked by."""
+    """Every row field as a column with its type, memory parts and the figure each cell is
+    ranked by."""
     cells = cells.copy()
+    for name in ROW_KEYS:
+        if name not in cells:
+            cells[name] = None
+    for name, dtype in NULLABLE.items():
+        cells[name] = cells[name].astype(dtype)
     for name in ("peak_allocated_bytes", "peak_reserved_bytes", "nvml_peak_used_bytes",
                  "nvml_baseline_used_bytes", "nvml_driver_reserved_bytes",
                  "cpu_peak_rss_bytes", "cpu_baseline_rss_bytes", "tracked_peak_bytes",
@@ -69,15 +85,18 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
         (cells["nvml_peak_used_bytes"] - cells["nvml_baseline_used_bytes"])
         .fillna(cells["peak_reserved_bytes"]).fillna(cells["tracked_peak_bytes"]))
     cells["layout"] = cells["channels_last"].map({True: "channels_last", False: "NCHW"})
-    cells["loader"] = cells.apply(_loader_words, axis=1)
+    cells["loader"] = pd.Series([_loader_words(placement, workers, pinned) for placement, workers,
+                                 pinned in zip(cells["placement"], cells["num_workers"],
+                                               cells["pin_memory"])],
+                                index=cells.index, dtype=object)
     cells["trained"] = cells["status"].isin(TRAINED)
     return cells
 
 
-def _loader_words(row) -> str:
-    if row["placement"] == "device":
+def _loader_words(placement, workers, pinned) -> str:
+    if placement == "device":
         return "device-resident"
-    return f"host, {row['num_workers']} workers{', pinned' if row['pin_memory'] else ''}"
+    return f"host, {workers} workers{', pinned' if pinned is True else ''}"
 
 
 def load_run(path: Path) -> Run:
@@ -87,10 +106,9 @@ def load_run(path: Path) -> Run:
         raise NotARun(f"{path} holds no {store.RESULTS}; run python -m bench.run --out {path} "
                       f"first")
     rows, warnings = store.read_rows(results)
-    boundary_rows, boundary_warnings = store.read_rows(path / store.BOUNDARIES)
+    boundary_rows, boundary_warnings = store.read_rows(path / store.BOUNDARIES,
+                                                       store.BOUNDARY_FIELDS)
     cells = pd.DataFrame(rows)
-    if cells.empty:
-        cells = pd.DataFrame(columns=["key", "status", "channels_last", "placement"])
     return Run(path, _read_json(path / store.ENV), _read_json(path / store.PLAN),
                with_derived_columns(cells), pd.DataFrame(boundary_rows),
                warnings + boundary_warnings)

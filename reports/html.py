@@ -26,10 +26,12 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 """
 
 
+def _missing(value) -> bool:
+    return value is None or (pd.api.types.is_scalar(value) and pd.isna(value))
+
+
 def _e(value) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "not measured"
-    return escape(str(value))
+    return "not measured" if _missing(value) else escape(str(value))
 
 
 def _speed(value) -> str:
@@ -109,7 +111,7 @@ TABLE_COLUMNS = [
     ("cpu_peak_rss_bytes", "worker RSS", _bytes),
     ("predicted_peak_bytes", "predicted (batch asked)", _bytes),
     ("loss_last", "last loss", _fixed(3)),
-    ("error", "error", lambda v: "" if v is None or pd.isna(v) else escape(str(v))),
+    ("error", "error", lambda v: "" if _missing(v) else escape(str(v))),
 ]
 
 
@@ -120,7 +122,7 @@ def cells_table(cells: pd.DataFrame) -> str:
         tds = []
         for column, _, show in TABLE_COLUMNS:
             value = row.get(column)
-            noisy = column == "examples_per_s" and bool(row.get("noisy"))
+            noisy = column == "examples_per_s" and row.get("noisy") is True
             tds.append(f"<td{' class=noisy title=noisy' if noisy else ''}>{show(value)}"
                        f"{' (noisy)' if noisy else ''}</td>")
         body.append(f"<tr class='{escape(str(row['status']))}'>{''.join(tds)}</tr>")
@@ -167,6 +169,13 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
     if comparison is not None:
         parts += [f"<h2>Against {escape(base_name or 'the base run')}: worst first</h2>",
                   comparison]
+    if run.cells.empty:
+        planned = len(run.plan.get("cells") or [])
+        parts += ["<h2>No cell has finished</h2>",
+                  f"<p>This run holds no result yet ({planned} cells planned). Carry it on with "
+                  f"<code>python -m bench.run --resume {escape(str(run.path))}</code>.</p>",
+                  "</body></html>"]
+        return "\n".join(parts)
     parts.append("<h2>The answer</h2><ul>" + "".join(f"<li>{line}</li>" for line in answers(run))
                  + "</ul>")
     words = (findings.speed_findings(run.cells) + findings.memory_story(run)

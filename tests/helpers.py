@@ -1,8 +1,10 @@
 """What several test modules share: paths, skip marks, running a module as a user does."""
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,3 +24,26 @@ def run_module(*args, cwd=None, env=None, timeout=300):
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=full_env, timeout=timeout)
+
+
+# bench.run options for tests that mean the CPU, so the suite passes where a GPU is visible too
+CPU_SYNTHETIC = ["--device", "cpu", "--data", "synthetic", "--no-report"]
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # a machine without a GPU, wherever the test runs
+
+
+def rows_of(run_dir):
+    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+
+
+def start_grid_and_wait_for_a_row(out, **popen):
+    """Start a four-cell CPU grid writing to `out`; return once its first row is on disk."""
+    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
+           "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
+           *CPU_SYNTHETIC]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while not (results.exists() and results.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
+        time.sleep(0.05)
+    return proc

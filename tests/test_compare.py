@@ -97,9 +97,9 @@ def test_a_cell_that_no_longer_fits_fails(base_run, tmp_path):
     assert f"REGRESSION {row['key']}: status went from ok to oom_backed_off" in result.stdout
 
 
-def test_cells_on_one_side_only_are_listed(base_run, tmp_path):
-    new, _ = _variant(base_run, tmp_path, "fewer", drop_key="b128-float32-nchw-device")
-    result = _gate(base_run, new)
+def test_cells_only_in_the_candidate_are_listed(base_run, tmp_path):
+    fewer, _ = _variant(base_run, tmp_path, "fewer", drop_key="b128-float32-nchw-device")
+    result = _gate(fewer, base_run)
     assert result.returncode == 0
     assert f"only in {base_run}: b128-float32-nchw-device" in result.stdout
 
@@ -158,3 +158,98 @@ def test_two_runs_of_the_same_code_pass_the_gate(base_run, tmp_path):
     result = run_module("bench.compare", str(base_run), str(candidate), "--max-slowdown", "100%",
                         "--max-memory-growth", "5%")
     assert result.returncode == 0, result.stdout
+
+
+def test_a_cell_that_backed_off_and_now_fails_outright_is_a_regression(base_run, tmp_path):
+    backed_off, _ = _variant(base_run, tmp_path, "backed", lambda r: r.update(
+        status="oom_backed_off"))
+
+    def failed(row):
+        row.update(status="oom", examples_per_s=None, examples_per_s_iqr=None,
+                   tracked_peak_bytes=None, error="OutOfMemoryError: even batch 1")
+
+    new, row = _variant(base_run, tmp_path, "failed", failed)
+    result = _gate(backed_off, new)
+    assert result.returncode == 1
+    assert (f"REGRESSION {row['key']}: status went from oom_backed_off to oom: "
+            f"OutOfMemoryError: even batch 1") in result.stdout
+
+
+def test_a_lost_cell_is_a_regression_unless_allowed_by_name(base_run, tmp_path):
+    new, _ = _variant(base_run, tmp_path, "fewer", drop_key="b128-float32-nchw-device")
+    result = _gate(base_run, new)
+    assert result.returncode == 1
+    assert (f"REGRESSION b128-float32-nchw-device: measured in {base_run}, missing from {new} "
+            f"(pass --allow-missing to allow it)") in result.stdout
+    assert "1 of 1 cells" not in result.stdout and "0 of 1 cells regressed, 1 missing" in \
+        result.stdout
+    allowed = _gate(base_run, new, "--allow-missing")
+    assert allowed.returncode == 0
+    assert f"only in {base_run}: b128-float32-nchw-device" in allowed.stdout
+
+
+def test_figures_that_are_not_numbers_fail(base_run, tmp_path):
+    def nan(row):
+        row["examples_per_s"] = float("nan")
+        row["tracked_peak_bytes"] = float("nan")
+
+    new, row = _variant(base_run, tmp_path, "nan", nan)
+    result = _gate(base_run, new)
+    assert result.returncode == 1
+    assert f"REGRESSION {row['key']}: examples_per_s is not a number in the candidate" in \
+        result.stdout
+    assert f"REGRESSION {row['key']}: tracked_peak_bytes is not a number in the candidate" in \
+        result.stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data_source": "fashion-mnist"}, "the runs differ in data: synthetic against fashion-mnist"),
+    ({"memory_cap_bytes": 2**30}, "the runs differ in memory cap: None against 1073741824"),
+])
+def test_runs_on_other_data_or_under_another_cap_are_refused(base_run, tmp_path, change,
+                                                              message):
+    new = tmp_path / "other"
+    shutil.copytree(base_run, new)
+    rows = [json.loads(line) for line in (new / "results.jsonl").read_text().splitlines()]
+    (new / "results.jsonl").write_text("".join(json.dumps({**r, **change}) + "\n" for r in rows))
+    result = _gate(base_run, new)
+    assert result.returncode == 2
+    assert message in result.stderr and "(pass --force to compare anyway)" in result.stderr
+
+
+def _benchmark_json(tmp_path, name, text):
+    path = tmp_path / f"{name}.json"
+    path.write_text(text)
+    return path
+
+
+GOOD_BENCHMARK = {"fullname": "t", "stats": {"median": 0.5, "iqr": 0.01}, "extra_info": {}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", "is not pytest-benchmark JSON (no list of benchmarks)"),
+    (json.dumps({"benchmarks": [{**GOOD_BENCHMARK, "stats": {"median": 0}}]}),
+     "t's median is 0; it must be above 0"),
+    (json.dumps({"benchmarks": [{**GOOD_BENCHMARK, "extra_info": None}]}), None),
+    (json.dumps({"benchmarks": [{**GOOD_BENCHMARK, "extra_info": {
+        "examples_per_round": 10**400}}]}), "beyond any float"),
+    (json.dumps({"benchmarks": [{**GOOD_BENCHMARK, "extra_info": {
+        "tracked_peak_bytes": "lots"}}]}), "t's tracked_peak_bytes is 'lots', not a number"),
+    ('{"benchmarks": [', "is not pytest-benchmark JSON"),
+])
+def test_malformed_gate_input_is_exit_2_with_one_line(tmp_path, text, message):
+    good = _benchmark_json(tmp_path, "good", json.dumps({"benchmarks": [GOOD_BENCHMARK]}))
+    bad = _benchmark_json(tmp_path, "bad", text)
+    result = run_module("bench.compare", str(good), str(bad))
+    if message is None:  # extra_info: null is read as empty
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+
+
+def test_a_truncated_env_json_is_exit_2(base_run, tmp_path):
+    new, _ = _variant(base_run, tmp_path, "torn")
+    (new / "env.json").write_text('{"gpu_name": ')
+    result = _gate(base_run, new)
+    assert result.returncode == 2 and "cannot read" in result.stderr

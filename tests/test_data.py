@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 
 import pytest
 import torch
@@ -102,3 +103,39 @@ def test_host_batches_with_worker_processes():
     shapes = [tuple(next(batches)[0].shape) for _ in range(3)]
     batches.close()
     assert shapes == [(8, 1, 28, 28)] * 3
+
+
+@needs_real_data
+@pytest.mark.parametrize("damage", ["truncate", "flip a bit"])
+def test_a_damaged_cache_is_rebuilt_from_the_source(empty_cache, damage):
+    fashion_mnist_root()
+    cached = empty_cache / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte"
+    data = bytearray(cached.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-1] ^= 0x01  # one label changed: it would train silently on wrong data
+    cached.write_bytes(bytes(data))
+    assert fashion_mnist_root() == empty_cache
+    assert hashlib.md5(cached.read_bytes()).hexdigest() == MD5["train-labels-idx1-ubyte"]
+
+
+def test_a_damaged_cache_with_no_source_says_so(empty_cache, tmp_path):
+    raw = empty_cache / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MD5:
+        (raw / name).write_bytes(b"truncated")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"not found \(looked in .*empty\)"):
+        fashion_mnist_root(tmp_path / "empty")
+
+
+def test_a_cache_that_cannot_be_written_is_named_with_the_fix(empty_cache, tmp_path):
+    _write_idx_files(tmp_path / "src")
+    raw = empty_cache / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    # a folder where the copy goes: unwritable whoever runs the test, root included
+    (raw / "train-images-idx3-ubyte.partial").mkdir()
+    with pytest.raises(DataError, match=rf"cannot write the data cache {raw}: Is a directory; "
+                                        r"make it writable or set \$LENET_BENCH_CACHE"):
+        fashion_mnist_root(tmp_path / "src")

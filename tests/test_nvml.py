@@ -144,7 +144,7 @@ def test_a_process_list_the_library_cannot_read_is_not_available(monkeypatch):
 
 def test_a_run_notes_an_nvml_failure_instead_of_crashing(monkeypatch):
     from bench.cell import Settings
-    from bench.run import Runner
+    from bench.runner import Runner
     from bench.worker import WorkerSpec
 
     FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetMemoryInfo"])

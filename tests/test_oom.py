@@ -12,6 +12,8 @@ OOM_TEXTS = [
     "non-contiguous input.",
     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
     "you tried to allocate 822083584 bytes.",
+    "unable to mmap 3211264 bytes from file </torch_1234_5678_0>: Cannot allocate memory (12)",
+    "could not create a primitive",
 ]
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import matplotlib.image
+import pandas as pd
 import pytest
 
 from bench.row import Row
@@ -218,3 +219,67 @@ def test_cells_that_backed_off_to_the_same_batch(tmp_path):
             for asked in (32768, 65536)]
     index = write_report(_make_run(tmp_path / "cap", rows))
     _check_pngs(index.parent, ["memory.png"])
+
+
+def test_a_run_with_no_rows_gets_a_page_that_says_so(tmp_path):
+    run_dir = _make_run(tmp_path / "empty", [])
+    result = run_module("reports", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    page = (run_dir / "report" / "index.html").read_text()
+    assert "This run holds no result yet" in page
+    assert f"python -m bench.run --resume {run_dir}" in page
+
+
+def test_a_read_only_run_directory_is_one_line_and_out_writes_elsewhere(tmp_path):
+    run_dir = _make_run(tmp_path / "run", [_gpu_row(64)])
+    (run_dir / "report").mkdir()
+    (run_dir / "report").chmod(0o500)
+    (run_dir / "report" / "index.html").mkdir()  # unwritable even for root: a folder in the way
+    result = run_module("reports", str(run_dir))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cannot write the report into" in result.stderr
+    assert "write it elsewhere with --out DIR" in result.stderr
+    elsewhere = tmp_path / "elsewhere"
+    result = run_module("reports", str(run_dir), "--out", str(elsewhere))
+    assert result.returncode == 0, result.stderr
+    assert "Fastest: <b>b64-float32-nchw-device</b>" in (elsewhere / "index.html").read_text()
+
+
+# matplotlib would read "$...$" as math, and "\\frac{1}" as broken math
+MACHINE_TEXT = "$\\frac{1}$ <b>GPU</b> & 50% $x^2$"
+
+
+def test_text_from_the_machine_stays_plain_in_plots_and_page(tmp_path):
+    rows = [_gpu_row(b, error=None) for b in (64, 256)]
+    rows.append(_gpu_row(1024, status="error", examples_per_s=None, error=MACHINE_TEXT))
+    env = {"gpu_name": MACHINE_TEXT, "host": MACHINE_TEXT, "created_at": "2026-11-27"}
+    index = write_report(_make_run(tmp_path / "odd", rows, env=env))
+    page = index.read_text()
+    assert "<b>GPU</b>" not in page and "&lt;b&gt;GPU&lt;/b&gt;" in page
+    _check_pngs(index.parent, ["throughput.png", "tradeoff.png"])
+
+
+def test_missing_batches_and_flags_stay_missing(tmp_path):
+    """A failed cell has no batch and no noisy flag: the batch column must stay whole numbers
+    (not 1024.0) and a missing flag must not read as noisy."""
+    rows = [_gpu_row(1024), _gpu_row(64, status="oom", batch_size=None, examples_per_s=None,
+                                     noisy=None, error="CUDA oom")]
+    run_dir = _make_run(tmp_path / "mixed", rows)
+    run = load_run(run_dir)
+    assert str(run.cells["batch_size"].dtype) == "Int64"
+    assert list(run.cells["noisy"].astype(object)) == [False, pd.NA]
+    page = write_report(run_dir).read_text()
+    assert "<td>1024</td>" in page and "1024.0" not in page
+    assert page.count("(noisy)") == 0
+
+
+@pytest.mark.parametrize("plan", ["[]", "42", '{"grid": '])
+def test_a_plan_or_env_that_is_not_an_object_still_gives_a_page(tmp_path, plan):
+    run_dir = _make_run(tmp_path / "odd", [_gpu_row(64), "not a row", 42])
+    (run_dir / "plan.json").write_text(plan)
+    (run_dir / "env.json").write_text(plan)
+    result = run_module("reports", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert "skipped line 2: not a row" in result.stderr
+    assert "b64-float32-nchw-device" in (run_dir / "report" / "index.html").read_text()

@@ -4,31 +4,23 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
 from bench.cell import Settings
 from bench.grid import Config
-from bench.run import Runner
+from bench.runner import Runner
 from bench.worker import Worker, WorkerSpec
-from helpers import ROOT, run_module
+from helpers import CPU_SYNTHETIC, NO_GPU, rows_of, run_module, start_grid_and_wait_for_a_row
 
-# tests that mean the CPU say so, so the suite passes where a GPU is visible too
-SYNTHETIC = ["--device", "cpu", "--data", "synthetic", "--no-report"]
-NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # a machine without a GPU, wherever the test runs
-
-
-def _rows(run_dir):
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+SYNTHETIC = CPU_SYNTHETIC
 
 
 def test_smoke_grid_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = run_module("bench.run", "--grid", "smoke", "--out", str(out), *SYNTHETIC)
     assert result.returncode == 0, result.stderr
-    rows = _rows(out)
+    rows = rows_of(out)
     assert [r["key"] for r in rows] == ["b64-float32-nchw-device", "b64-float32-nchw-host-w0",
                                         "b256-float32-nchw-device", "b256-float32-nchw-host-w0"]
     for row in rows:
@@ -151,7 +143,7 @@ def test_a_real_oom_under_a_memory_cap_backs_off(tmp_path):
                         "placement=device", "--memory-cap", "512MiB", "--out", str(out),
                         *SYNTHETIC)
     assert result.returncode == 0, result.stderr
-    (row,) = _rows(out)
+    (row,) = rows_of(out)
     assert row["status"] == "oom_backed_off" and row["memory_cap_bytes"] == 512 * 2**20
     tried = [a["batch_size"] for a in row["attempts"]]
     assert tried == [16384 // 2**k for k in range(len(tried))]
@@ -160,32 +152,18 @@ def test_a_real_oom_under_a_memory_cap_backs_off(tmp_path):
     assert row["batch_size"] == tried[-1] and row["examples_per_s"] > 0
 
 
-def _start_and_wait_for_a_row(out, **popen):
-    """Start a four-cell grid writing to `out`; return once its first row is on disk."""
-    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
-           "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
-           *SYNTHETIC]
-    proc = subprocess.Popen(cmd, cwd=ROOT, **popen)
-    results = out / "results.jsonl"
-    deadline = time.monotonic() + 120
-    while not (results.exists() and results.read_text().count("\n") >= 1):
-        assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
-        time.sleep(0.05)
-    return proc
-
-
 def test_kill_9_loses_at_most_the_cell_in_flight_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
-    proc = _start_and_wait_for_a_row(out, stdout=subprocess.DEVNULL,
+    proc = start_grid_and_wait_for_a_row(out, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-grid
     proc.wait()
-    killed_with = len(_rows(out))
+    killed_with = len(rows_of(out))
     assert 1 <= killed_with < 4
     result = run_module("bench.run", "--resume", str(out), "--no-report")
     assert result.returncode == 0, result.stderr
     assert f"{killed_with} cells done, {4 - killed_with} to go" in result.stdout
-    keys = [r["key"] for r in _rows(out)]
+    keys = [r["key"] for r in rows_of(out)]
     assert sorted(keys) == sorted(f"b{b}-float32-nchw-device" for b in (32, 64, 128, 256))
 
 
@@ -204,27 +182,28 @@ def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    proc = _start_and_wait_for_a_row(out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = start_grid_and_wait_for_a_row(out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert f"carry on with: python -m bench.run --resume {out}" in stderr
     assert "Traceback" not in stderr
-    rows = _rows(out)  # every line whole
+    rows = rows_of(out)  # every line whole
     assert 1 <= len(rows) < 4
 
 
 def test_a_cell_past_its_time_limit_costs_one_row(tmp_path):
     out = tmp_path / "slow"
-    # b16384 takes over 7 s here (eight steps of about 0.9 s); b64 about 1.5 s
-    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=16384,64", "--set",
-                        "placement=device", "--cell-timeout", "4", "--out", str(out),
+    # b65536 takes over 30 s here (nine steps of about 3.6 s); b64 about 1.5 s, and a worker
+    # starts in 4 to 5 s (the limit covers the start too)
+    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=65536,64", "--set",
+                        "placement=device", "--cell-timeout", "10", "--out", str(out),
                         *SYNTHETIC)
     assert result.returncode == 0, result.stderr
-    slow, fast = _rows(out)
+    slow, fast = rows_of(out)
     assert (slow["status"], slow["error_kind"]) == ("error", "timeout")
-    assert slow["error"] == "no answer within 4 s; the worker was stopped"
+    assert slow["error"] == "no answer within 10 s; the worker was stopped"
     assert (fast["key"], fast["status"]) == ("b64-float32-nchw-device", "ok")  # a fresh worker
 
 

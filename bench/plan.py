@@ -1,0 +1,164 @@
+"""A run's plan: the cells a grid gives on a device, each with its predicted peak and whether it
+fits, and the predicted OOM boundary per dtype and layout. `--dry-run` prints it; a run stores it
+as plan.json and `--resume` reads it back."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from bench.cell import Settings
+from bench.doctor import CONTEXT_ALLOWANCE_BYTES
+from bench.grid import Config, get_grid, parse_set
+from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.predict import memory_model
+from bench.store import RunDirError
+from bench.units import format_bytes
+from lenet.cli import UsageError, resolve_device
+from lenet.data import DataError, fashion_mnist_root
+
+
+def resolve_data(choice: str, data_root: str | None) -> tuple[str, str | None]:
+    """(source, notice): real data when asked or found, else synthetic, saying so."""
+    if choice == "synthetic":
+        return "synthetic", None
+    try:
+        fashion_mnist_root(data_root)
+    except DataError as exc:
+        if choice == "real" or data_root is not None:
+            raise
+        return "synthetic", f"using synthetic data ({exc})"
+    return "fashion-mnist", None
+
+
+def capacity_bytes(device: torch.device, cap: int | None) -> tuple[int | None, str]:
+    """What a cell may fill: the cap, the GPU's free memory, or the host's available memory."""
+    if cap is not None:
+        return cap, f"the {format_bytes(cap)} cap"
+    if device.type == "cuda":
+        try:
+            with NvmlReader(device.index or 0) as reader:
+                return reader.memory().free_bytes, "the GPU's free memory"
+        except NvmlUnavailable:
+            return None, "an unknown GPU capacity"
+    try:
+        import os
+
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None, "an unknown host capacity"
+    return available, "the host's available memory"
+
+
+def device_type(config: Config) -> str:
+    return torch.device(config.device).type
+
+
+def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
+    rows = []
+    for config in cells:
+        predicted = memory_model(config.dtype, config.channels_last, config.placement,
+                                 device_type=device_type(config)).peak_bytes(config.batch_size)
+        rows.append({**config.as_dict(), "key": config.key(), "predicted_peak_bytes": predicted,
+                     "fits": None if capacity is None else predicted <= capacity})
+    return rows
+
+
+def plan_boundaries(cells: list[Config], capacity: int | None) -> list[dict]:
+    """The predicted OOM boundary per dtype and layout, on device-resident data."""
+    return [{"key": boundary_key(c), "predicted_max_batch": None if capacity is None else
+             memory_model(c.dtype, c.channels_last, "device", device_type=device_type(c))
+             .max_batch(capacity)}
+            for c in boundary_configs(cells)]
+
+
+def print_plan(plan: dict, as_json: bool) -> None:
+    if as_json:
+        import json
+
+        print(json.dumps(plan, indent=1))
+        return
+    print(f"{len(plan['cells'])} cells on {plan['device']}; 'fits' is the predicted allocator "
+          f"peak against {plan['capacity']}")
+    for row in plan["cells"]:
+        verdict = {True: "fits", False: "DOES NOT FIT", None: "?"}[row["fits"]]
+        print(f"  {row['key']:<40} predicted {format_bytes(row['predicted_peak_bytes']):>10}"
+              f"  {verdict}")
+    print(f"predicted OOM boundary (largest batch) against {plan['capacity']}:")
+    for b in plan["boundaries"]:
+        print(f"  {b['key']:<18} {b['predicted_max_batch'] or '?':>10}")
+
+
+def boundary_configs(cells: list[Config]) -> list[Config]:
+    """One search per dtype and layout, on device-resident data (the loader is not the limit)."""
+    seen = {}
+    for c in cells:
+        seen.setdefault((c.dtype, c.channels_last), Config(
+            batch_size=1, dtype=c.dtype, channels_last=c.channels_last, placement="device",
+            device=c.device))
+    return list(seen.values())
+
+
+def boundary_key(config: Config) -> str:
+    return f"{config.dtype}-{config.layout}"
+
+
+def plan_device(args) -> tuple[torch.device, str | None]:
+    """The device, and a notice when a dry run plans for a GPU that is not here."""
+    wants_cuda = args.device.startswith("cuda")
+    if not (args.dry_run and wants_cuda and not torch.cuda.is_available()):
+        return resolve_device(args.device), None
+    if args.memory_cap is None:
+        raise UsageError(f"--dry-run --device {args.device} plans for a GPU that is not here: "
+                         f"give its memory with --memory-cap, e.g. --memory-cap 80GiB")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {args.device!r}; use auto, cpu or cuda:N") from None
+    return torch.device("cuda", device.index or 0), (
+        f"planning for a GPU that is not here, with {format_bytes(args.memory_cap)} for the "
+        f"allocator (--memory-cap); a real card also needs about "
+        f"{format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA context")
+
+
+def new_plan(args) -> tuple[dict, list[Config]]:
+    device, device_notice = plan_device(args)
+    grid = get_grid(args.grid, device.type == "cuda", parse_set(args.set))
+    if args.repeats is not None and args.repeats < 5:
+        raise UsageError(f"--repeats {args.repeats}: at least 5 are needed for a median and IQR")
+    cells = grid.cells(str(device))
+    settings = Settings(repeats=args.repeats or grid.repeats, min_repeat_s=grid.min_repeat_s,
+                        warmup_steps=grid.warmup_steps)
+    data, notice = resolve_data(args.data, args.data_root)
+    plan = {
+        "grid": grid.name, "grid_description": grid.description, "overrides": grid.overrides,
+        "device": str(device), "device_notice": device_notice, "data": data,
+        "data_notice": notice, "data_root": args.data_root,
+        "memory_cap_bytes": args.memory_cap, "cell_timeout_s": args.cell_timeout,
+        "find_max_batch": grid.find_max_batch if args.find_max_batch is None
+        else args.find_max_batch,
+        "boundary_limit": grid.boundary_limit,
+        "boundary_budget_s": args.boundary_budget or grid.boundary_budget_s,
+        "settings": asdict(settings), "cells": [c.as_dict() for c in cells],
+    }
+    return plan, cells
+
+
+
+
+def cells_of(plan: dict, where: str) -> list[Config]:
+    """The plan's cells, or RunDirError where plan.json does not describe cells."""
+    try:
+        return [Config(**c) for c in plan["cells"]]
+    except TypeError as exc:
+        raise RunDirError(f"{where} holds a cell this version cannot read ({exc}); start a new "
+                          f"run instead") from None
+
+
+def settings_of(plan: dict, where: str) -> Settings:
+    try:
+        return Settings(**plan["settings"])
+    except TypeError as exc:
+        raise RunDirError(f"{where} holds settings this version cannot read ({exc}); start a "
+                          f"new run instead") from None

@@ -1,0 +1,90 @@
+"""The parent's side of the worker: feeds it cells and boundary trials, records what a dead or
+stuck worker cost, and replaces a worker that died or kept memory."""
+
+from __future__ import annotations
+
+from bench.grid import Config
+from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.row import Row
+from bench.worker import Worker, WorkerDied, WorkerSpec
+
+
+class Runner:
+    """Feeds cells to a worker, replacing it when it dies or holds on to memory."""
+
+    def __init__(self, spec: WorkerSpec, cuda_index: int | None, timeout_s: float | None = None):
+        self.spec, self.cuda_index, self.timeout_s = spec, cuda_index, timeout_s
+        self.worker: Worker | None = None
+        self.nvml_before: dict = {}
+
+    def _nvml_snapshot(self) -> dict:
+        """Device-wide memory before the worker's CUDA context exists: the baseline."""
+        if self.cuda_index is None:
+            return {"nvml_note": "no GPU"}
+        try:
+            with NvmlReader(self.cuda_index) as reader:
+                info = reader.memory()
+        except NvmlUnavailable as exc:
+            return {"nvml_note": str(exc)}
+        return {"nvml_total_bytes": info.total_bytes,
+                "nvml_driver_reserved_bytes": info.reserved_bytes,
+                "nvml_baseline_used_bytes": info.used_bytes}
+
+    def _ensure_worker(self) -> Worker:
+        if self.worker is None:
+            self.nvml_before = self._nvml_snapshot()
+            # the cell's time limit covers the worker's start: a worker stopped while starting
+            # holds the cell no longer than one that stops while training
+            self.worker = Worker(self.spec, start_timeout_s=self.timeout_s or 300)
+        return self.worker
+
+    def retire_worker(self) -> None:
+        """Close the worker between cells: it finishes what it holds, then exits."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def kill_worker(self) -> None:
+        """Stop the worker now, mid-cell: the run is being stopped."""
+        if self.worker is not None:
+            self.worker.kill()
+            self.worker = None
+
+    def cell(self, config: Config, predicted: int) -> Row:
+        try:
+            row, healthy = self._ensure_worker().cell(config, self.timeout_s)
+        except WorkerDied as exc:
+            self.worker = None
+            row, healthy = _failed_row(config, self.spec.data, exc.kind, str(exc)), True
+        except RuntimeError as exc:
+            self.retire_worker()
+            row, healthy = _failed_row(config, self.spec.data, "error", str(exc)), True
+        for name, value in self.nvml_before.items():
+            if getattr(row, name) is None:
+                setattr(row, name, value)
+        row.predicted_peak_bytes = predicted
+        row.memory_cap_bytes = self.spec.memory_cap_bytes
+        # memory that did not come back, or a CUDA error that may be sticky: start afresh
+        if not healthy or (row.status == "error" and config.device.startswith("cuda")):
+            self.retire_worker()
+        return row
+
+    def trial(self, config: Config, batch_size: int) -> dict:
+        """One boundary trial; a trial that fails for any reason is a finding, never a crash."""
+        try:
+            result = self._ensure_worker().trial(config, batch_size, self.timeout_s)
+        except WorkerDied as exc:
+            self.worker = None
+            return {"batch_size": batch_size, "outcome": exc.kind, "error": str(exc)}
+        except RuntimeError as exc:  # a worker that could not start, or a handler that raised
+            self.retire_worker()
+            return {"batch_size": batch_size, "outcome": "error", "error": str(exc)[-2000:]}
+        if not result["healthy"] or result["attempt"]["outcome"] == "error":
+            self.retire_worker()
+        return result["attempt"]
+
+
+def _failed_row(config: Config, data: str, kind: str, error: str) -> Row:
+    return Row.for_config(config, data, "error", error_kind=kind, error=error[-2000:],
+                          attempts=[{"batch_size": config.batch_size, "outcome": kind,
+                                     "error": error}])

@@ -1,0 +1,177 @@
+"""bench.run against what users and machines do to it: a second process on a run, a resume that
+does not match, a full disk, SIGTERM and SIGHUP, hostile values, tight caps, stuck workers."""
+
+import multiprocessing
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from bench.cell import Settings
+from bench.grid import Config
+from bench.runner import Runner
+from bench.worker import WorkerSpec
+from helpers import (
+    CPU_SYNTHETIC,
+    ROOT,
+    rows_of,
+    run_module,
+    start_grid_and_wait_for_a_row,
+)
+
+ONE_CELL = ["--grid", "smoke", "--set", "batch_size=64", "--set", "placement=device"]
+
+
+def _one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "run"
+    first = start_grid_and_wait_for_a_row(out, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+    try:
+        second = run_module("bench.run", "--resume", str(out))
+        line = _one_line_error(second)
+        assert second.returncode == 2
+        assert f"{out} is in use by pid {first.pid} on " in line
+        assert "wait for it to finish, or stop it (it can be resumed)" in line
+    finally:
+        first.wait(timeout=300)
+    assert first.returncode == 0
+    keys = [r["key"] for r in rows_of(out)]
+    assert len(keys) == len(set(keys)) == 4  # no cell measured twice
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--grid", "default"], "--grid"),
+    (["--set", "batch_size=128"], "--set"),
+    (["--memory-cap", "1GiB", "--device", "cpu"], "--device, --memory-cap"),
+])
+def test_resume_with_plan_options_says_what_it_keeps(tmp_path, extra, named):
+    out = tmp_path / "run"
+    assert run_module("bench.run", *ONE_CELL, "--out", str(out), *CPU_SYNTHETIC).returncode == 0
+    result = run_module("bench.run", "--resume", str(out), *extra)
+    assert result.returncode == 2
+    assert _one_line_error(result).endswith(
+        f"--resume carries on {out} with its own plan (grid 'smoke' on cpu); drop {named}, "
+        f"or start a new run")
+
+
+def test_resume_refuses_a_directory_that_mixes_two_runs(tmp_path):
+    out, other = tmp_path / "run", tmp_path / "other"
+    for path, batch in ((out, "64"), (other, "128")):
+        args = ["--grid", "smoke", "--set", f"batch_size={batch}", "--set", "placement=device"]
+        assert run_module("bench.run", *args, "--out", str(path), *CPU_SYNTHETIC).returncode == 0
+    with (out / "results.jsonl").open("a") as f:
+        f.write((other / "results.jsonl").read_text())
+    result = run_module("bench.run", "--resume", str(out))
+    assert result.returncode == 2
+    assert "holds 1 rows of cells that plan.json does not plan (such as " \
+           "b128-float32-nchw-device): it mixes two runs" in _one_line_error(result)
+
+
+def test_a_full_disk_stops_with_the_rows_kept_and_the_resume_command(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set", "batch_size=32,64",
+           "--set", "placement=device", "--out", str(out), *CPU_SYNTHETIC]
+
+    def small_files():  # a file-size limit: the second row does not fit, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1800, 1800))
+
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            preexec_fn=small_files, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot write {out / 'results.jsonl'}: File too large; the 1 rows written before " \
+           f"it are safe; make room (or fix the file), then carry on with: python -m " \
+           f"bench.run --resume {out}" in result.stderr
+    assert [r["key"] for r in rows_of(out)] == ["b32-float32-nchw-device"]  # every line whole
+    resumed = run_module("bench.run", "--resume", str(out), "--no-report")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(rows_of(out)) == 2
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, signum, status):
+    out = tmp_path / "run"
+    proc = start_grid_and_wait_for_a_row(out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True)
+    workers = [p.pid for p in _children(proc.pid)]
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == status
+    assert f"stopped by {signal.Signals(signum).name}: every finished cell is saved in " in stderr
+    assert f"carry on with: python -m bench.run --resume {out}" in stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+    assert not any(_alive(pid) for pid in workers)  # the worker stopped with it
+    assert 1 <= len(rows_of(out)) < 4
+
+
+def _children(pid):
+    path = f"/proc/{pid}/task/{pid}/children"
+    ids = open(path).read().split() if os.path.exists(path) else []
+    return [type("Child", (), {"pid": int(i)}) for i in ids]
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0]
+    return state != "Z"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--memory-cap", "16000000TiB"], "a cap must lie between 1 MiB and 1 PiB"),
+    (["--memory-cap", "1.5"], "'1.5' is not a whole number of bytes"),
+    (["--memory-cap", "100KiB"], "'100KiB' is 102,400 bytes; a cap must lie between 1 MiB"),
+    (["--out", ""], "argument --out: an empty path; name a directory"),
+    (["--set", "batch_size=64", "--set", "batch_size=128"],
+     "--set batch_size is given twice; give its values once: --set batch_size=v1,v2"),
+])
+def test_values_that_cannot_work_are_refused_at_the_command_line(tmp_path, args, message):
+    result = run_module("bench.run", *args, *CPU_SYNTHETIC, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in _one_line_error(result)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_every_cell_failing_exits_1_and_says_so(tmp_path):
+    """Under an 8 MiB cap LeNet cannot train even at batch 1: each cell is an OOM."""
+    out = tmp_path / "run"
+    result = run_module("bench.run", *ONE_CELL, "--memory-cap", "8MiB", "--out", str(out),
+                        *CPU_SYNTHETIC)
+    assert result.returncode == 1, result.stderr
+    assert "no cell produced a figure: every cell failed" in result.stderr
+    (row,) = rows_of(out)
+    # the worker starts under the cap (its warm-up OOM is let go) and the cell backs off
+    assert row["status"] == "oom" and row["error_kind"] == "oom"
+    assert [a["batch_size"] for a in row["attempts"]] == [64, 32, 16, 8, 4, 2, 1]
+
+
+def test_a_cell_timeout_covers_a_worker_that_hangs_while_starting():
+    spec = WorkerSpec("cpu", "synthetic", None, Settings(min_repeat_s=0.01, warmup_steps=1))
+    runner = Runner(spec, cuda_index=None, timeout_s=3)
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault(
+        "row", runner.cell(Config(64), predicted=1)))
+    start = time.monotonic()
+    thread.start()
+    while not multiprocessing.active_children():
+        time.sleep(0.01)
+    (worker,) = multiprocessing.active_children()
+    os.kill(worker.pid, signal.SIGSTOP)  # stopped while importing torch
+    thread.join(timeout=60)
+    assert time.monotonic() - start < 20  # not the 300 s start-up allowance
+    row = result["row"]
+    assert (row.status, row.error_kind) == ("error", "timeout")
+    assert row.error == "no answer within 3 s; the worker was stopped"
