@@ -56,7 +56,7 @@ def header(run: Run) -> str:
         ("driver", env.get("driver_version")), ("CUDA", env.get("cuda_version")),
         ("torch", env.get("torch_version")), ("torchvision", env.get("torchvision_version")),
         ("data", f"{data}{' (synthetic: speed and memory only, not accuracy)' if data == 'synthetic' else ''}"),  # noqa: E501
-        ("grid", f"{plan.get('grid', '?')}: {plan.get('grid_description', '')}"),
+        ("grid", _grid_words(plan)),
         ("memory cap", _bytes(plan.get("memory_cap_bytes")) if plan.get("memory_cap_bytes")
          else "none"),
         ("when", env.get("created_at")),
@@ -65,6 +65,17 @@ def header(run: Run) -> str:
     ]
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     return f"<table class='facts'>{rows}</table>"
+
+
+def _grid_words(plan: dict) -> str:
+    """The grid as it ran: its description, and what --set changed of it."""
+    words = f"{plan.get('grid', '?')}: {plan.get('grid_description', '')}"
+    overrides = plan.get("overrides") or {}
+    if isinstance(overrides, dict) and overrides:
+        changed = " ".join(f"--set {axis}={','.join(str(v) for v in values)}"
+                           for axis, values in overrides.items())
+        words += f"; as run, with {changed}"
+    return words
 
 
 def answers(run: Run) -> list[str]:

@@ -283,3 +283,12 @@ def test_a_plan_or_env_that_is_not_an_object_still_gives_a_page(tmp_path, plan):
     assert result.returncode == 0, result.stderr
     assert "skipped line 2: not a row" in result.stderr
     assert "b64-float32-nchw-device" in (run_dir / "report" / "index.html").read_text()
+
+
+def test_the_page_says_what_set_changed_of_the_grid(tmp_path):
+    run_dir = _make_run(tmp_path / "set", [_gpu_row(256)])
+    plan = json.loads((run_dir / "plan.json").read_text())
+    plan.update(grid_description="batch 64 to 16,384", overrides={"batch_size": [256, 4096]})
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    assert ("default: batch 64 to 16,384; as run, with --set batch_size=256,4096"
+            in write_report(run_dir).read_text())
