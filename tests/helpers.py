@@ -19,6 +19,14 @@ needs_real_data = pytest.mark.skipif(
     reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
 
 
+def one_line_error(result) -> str:
+    """The single line a refused command prints on standard error (exit status 2)."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def run_module(*args, cwd=None, env=None, timeout=300):
     """`python -m ...` as a user runs it, from the project root unless told otherwise."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

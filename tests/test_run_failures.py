@@ -19,6 +19,7 @@ from bench.worker import WorkerSpec
 from helpers import (
     CPU_SYNTHETIC,
     ROOT,
+    one_line_error,
     rows_of,
     run_module,
     start_grid_and_wait_for_a_row,
@@ -27,19 +28,13 @@ from helpers import (
 ONE_CELL = ["--grid", "smoke", "--set", "batch_size=64", "--set", "placement=device"]
 
 
-def _one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
 def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     first = start_grid_and_wait_for_a_row(out, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
     try:
         second = run_module("bench.run", "--resume", str(out))
-        line = _one_line_error(second)
+        line = one_line_error(second)
         assert second.returncode == 2
         assert f"{out} is in use by pid {first.pid} on " in line
         assert "wait for it to finish, or stop it (it can be resumed)" in line
@@ -60,7 +55,7 @@ def test_resume_with_plan_options_says_what_it_keeps(tmp_path, extra, named):
     assert run_module("bench.run", *ONE_CELL, "--out", str(out), *CPU_SYNTHETIC).returncode == 0
     result = run_module("bench.run", "--resume", str(out), *extra)
     assert result.returncode == 2
-    assert _one_line_error(result).endswith(
+    assert one_line_error(result).endswith(
         f"--resume carries on {out} with its own plan (grid 'smoke' on cpu); drop {named}, "
         f"or start a new run")
 
@@ -75,7 +70,7 @@ def test_resume_refuses_a_directory_that_mixes_two_runs(tmp_path):
     result = run_module("bench.run", "--resume", str(out))
     assert result.returncode == 2
     assert "holds 1 rows of cells that plan.json does not plan (such as " \
-           "b128-float32-nchw-device): it mixes two runs" in _one_line_error(result)
+           "b128-float32-nchw-device): it mixes two runs" in one_line_error(result)
 
 
 def test_a_full_disk_stops_with_the_rows_kept_and_the_resume_command(tmp_path):
@@ -141,7 +136,7 @@ def _alive(pid) -> bool:
 def test_values_that_cannot_work_are_refused_at_the_command_line(tmp_path, args, message):
     result = run_module("bench.run", *args, *CPU_SYNTHETIC, cwd=tmp_path)
     assert result.returncode == 2
-    assert message in _one_line_error(result)
+    assert message in one_line_error(result)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
