@@ -13,12 +13,11 @@ from pathlib import Path
 import pandas as pd
 
 from bench import store
-from bench.row import ROW_KEYS
+from bench.row import ROW_KEYS, TRAINED
 
 # The notebook's settings: batch 256, float32, the host DataLoader, no pinning.
 NOTEBOOK = {"batch_size_requested": 256, "dtype": "float32", "channels_last": False,
             "placement": "host", "pin_memory": False}
-TRAINED = ("ok", "oom_backed_off")
 
 
 class NotARun(Exception):
@@ -93,10 +92,16 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
     return cells
 
 
+def flag(value) -> bool:
+    """A nullable boolean cell as a plain bool: missing (pd.NA) is False. Iterating a boolean
+    column gives numpy's bools, which `is True` would miss."""
+    return bool(pd.notna(value) and value)
+
+
 def _loader_words(placement, workers, pinned) -> str:
     if placement == "device":
         return "device-resident"
-    return f"host, {workers} workers{', pinned' if pinned is True else ''}"
+    return f"host, {workers} workers{', pinned' if flag(pinned) else ''}"
 
 
 def load_run(path: Path) -> Run:

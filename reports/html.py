@@ -9,7 +9,7 @@ import pandas as pd
 
 from bench.units import format_bytes
 from reports import findings
-from reports.frame import Run, fastest, largest_batch_per_dtype, notebook_cell
+from reports.frame import Run, fastest, flag, largest_batch_per_dtype, notebook_cell
 
 SMALL_CARD_BYTES = 8 * 2**30  # "a smaller card" where no cap says otherwise
 
@@ -35,16 +35,16 @@ def _e(value) -> str:
 
 
 def _speed(value) -> str:
-    return "not measured" if value is None or pd.isna(value) else f"{value:,.0f}"
+    return "not measured" if _missing(value) else f"{value:,.0f}"
 
 
 def _fixed(digits: int):
     """A formatter for a number with `digits` decimals, 'not measured' where it is missing."""
-    return lambda value: _e(None if pd.isna(value) else f"{value:.{digits}f}")
+    return lambda value: _e(None if _missing(value) else f"{value:.{digits}f}")
 
 
 def _bytes(value) -> str:
-    return "not measured" if value is None or pd.isna(value) else escape(format_bytes(value))
+    return "not measured" if _missing(value) else escape(format_bytes(value))
 
 
 def header(run: Run) -> str:
@@ -133,7 +133,7 @@ def cells_table(cells: pd.DataFrame) -> str:
         tds = []
         for column, _, show in TABLE_COLUMNS:
             value = row.get(column)
-            noisy = column == "examples_per_s" and row.get("noisy") is True
+            noisy = column == "examples_per_s" and flag(row.get("noisy"))
             tds.append(f"<td{' class=noisy title=noisy' if noisy else ''}>{show(value)}"
                        f"{' (noisy)' if noisy else ''}</td>")
         body.append(f"<tr class='{escape(str(row['status']))}'>{''.join(tds)}</tr>")

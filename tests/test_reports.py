@@ -292,3 +292,11 @@ def test_the_page_says_what_set_changed_of_the_grid(tmp_path):
     (run_dir / "plan.json").write_text(json.dumps(plan))
     assert ("default: batch 64 to 16,384; as run, with --set batch_size=256,4096"
             in write_report(run_dir).read_text())
+
+
+def test_pinned_loaders_and_noisy_cells_are_named(tmp_path):
+    rows = [_gpu_row(256, placement="host", workers=2, pin_memory=True, noisy=True,
+                     key="b256-float32-nchw-host-w2-pinned")]
+    run_dir = _make_run(tmp_path / "pinned", rows)
+    assert list(load_run(run_dir).cells["loader"]) == ["host, 2 workers, pinned"]
+    assert write_report(run_dir).read_text().count("(noisy)") == 1
