@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import store
+from bench.row import TRAINED
 from bench.units import format_bytes
 from lenet.cli import OneLineParser, UsageError, fail, percentage
 
@@ -27,7 +28,6 @@ PROG = "python -m bench.compare"
 # The CPU's resident set depends on what earlier cells left; the tracked tensor peak does not.
 MEMORY_FIELDS = ("peak_allocated_bytes", "tracked_peak_bytes", "cpu_peak_rss_bytes")
 NUMBER_FIELDS = ("examples_per_s", "examples_per_s_iqr", *MEMORY_FIELDS)
-TRAINED = ("ok", "oom_backed_off")
 
 
 @dataclass(frozen=True)

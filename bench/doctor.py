@@ -68,22 +68,17 @@ def report(device: torch.device, needed_bytes: int | None, reader_factory=NvmlRe
         lines.append(f"device: cpu ({why}); GPU memory is not measured, the worker's resident "
                      f"set is")
     try:
-        reader = reader_factory(device.index or 0)
-    except NvmlUnavailable as exc:
-        lines.append(f"NVML: unavailable ({exc}); NVML columns will read 'not measured'")
-        return True, lines
-    with reader:
-        try:
+        with reader_factory(device.index or 0) as reader:
             lines.append(f"GPU: {reader.name()}, driver {reader.driver_version()}")
             lines += memory_lines(reader.memory()) + process_lines(reader.processes())
             if device.type != "cuda" or needed_bytes is None:
                 return True, lines
             ok, verdict = fits(reader, needed_bytes)
-        except NvmlUnavailable as exc:
-            lines.append(f"NVML: unavailable ({exc}); NVML columns will read 'not measured'")
-            return True, lines
-        lines.append(f"smallest cell: {verdict}")
-        return ok, lines
+    except NvmlUnavailable as exc:  # no NVML at all, or a call that failed
+        lines.append(f"NVML: unavailable ({exc}); NVML columns will read 'not measured'")
+        return True, lines
+    lines.append(f"smallest cell: {verdict}")
+    return ok, lines
 
 
 def main(argv=None) -> int:

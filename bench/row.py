@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 
 STATUSES = ("ok", "oom_backed_off", "oom", "error")
+TRAINED = ("ok", "oom_backed_off")  # the statuses of a cell that has figures
 
 
 @dataclass
