@@ -9,45 +9,57 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
-# Trial outcomes that depend on the batch's size, so bisecting narrows them down. The kernel's
-# OOM killer ends a worker with SIGKILL: on the CPU that is running out of memory too.
-SIZE_LIMITS = ("oom", "kernel_limit", "worker_died")
+from bench.grid import DEFAULTS, Config
+from bench.outcome import SIZE_LIMITS, Attempt, Outcome
+from bench.schema import SCHEMA_VERSION, upgraded
 
 
 @dataclass
 class Boundary:
-    key: str
-    dtype: str
-    channels_last: bool
-    placement: str
+    config: Config  # the cell searched, its batch left to the search
     max_ok_batch: int | None = None  # the largest batch that trained
     first_failed_batch: int | None = None  # the smallest that did not
-    stop_reason: str = ""  # oom, kernel_limit, error, batch limit, time budget
+    stop_reason: str = ""  # a failed trial's outcome, or: batch limit, time budget
     failure: str | None = None  # the error text of the first failed batch
-    trials: list = field(default_factory=list)  # [{batch_size, outcome, error}]
+    trials: list[Attempt] = field(default_factory=list)
     predicted_max_batch: int | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """As stored: flat, the cell's settings (but its batch) beside the search's findings."""
+        stored = asdict(self)
+        settings = stored.pop("config")
+        del settings["batch_size"]
+        return {"schema_version": SCHEMA_VERSION, "key": self.config.boundary_key(), **settings,
+                **stored}
 
 
-def find_max_batch(trial: Callable[[int], dict], boundary: Boundary, start: int, limit: int,
+_DEFAULTS = {**DEFAULTS,
+             **{f.name: (f.default_factory if f.default is MISSING else f.default)
+                for f in fields(Boundary) if f.name != "config"}}
+
+
+def read_boundary(raw: dict, where: str) -> dict:
+    """A stored boundary at this schema, every key present; NewerSchemaError for a newer one."""
+    return upgraded(raw, _DEFAULTS, where)
+
+
+def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: int, limit: int,
                    budget_s: float, tolerance: float = 0.05,
                    clock: Callable[[], float] = time.monotonic) -> Boundary:
-    """Fill `boundary` from trials; `trial(batch)` returns {batch_size, outcome, error}."""
+    """Fill `boundary` from trials, each one step at a batch."""
     deadline = clock() + budget_s
 
     def run(batch: int) -> bool:
         attempt = trial(batch)
         boundary.trials.append(attempt)
-        if attempt["outcome"] == "ok":
+        if attempt.outcome == Outcome.OK:
             boundary.max_ok_batch = batch
             return True
         boundary.first_failed_batch = batch
-        boundary.stop_reason = attempt["outcome"]
-        boundary.failure = attempt.get("error")
+        boundary.stop_reason = attempt.outcome
+        boundary.failure = attempt.error
         return False
 
     batch = start

@@ -1,13 +1,15 @@
 """One measurement, run inside a worker process: build, warm up, time, probe memory, back off.
 
 Timing: warm-up steps are not timed (cuDNN picks its kernels, the allocator fills its cache);
-one synchronised step sizes the repeats so that each lasts at least `min_repeat_s`; each repeat is
-synchronised at its two ends and never inside, so the GPU runs ahead as it would in training.
+doubling blocks of steps size the repeats so that each lasts at least `min_repeat_s`; each repeat
+is synchronised at its two ends and never inside, so the GPU runs ahead as it would in training.
+Between repeats, never inside one, the contention watch reads what else the machine is doing.
 On the host path the DataLoader is inside the timed region: that is what pinning changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -18,11 +20,15 @@ from datetime import datetime, timezone
 import torch
 
 from bench import memory
+from bench.contention import Contention, ContentionWatch
 from bench.grid import Config
+from bench.memory import AllocatorPeaks
 from bench.nvml import PeakSampler
-from bench.oom import Attempt, failure_kind, halve, one_line, run_with_backoff, status_of
+from bench.oom import failure_kind, halve, one_line, run_with_backoff, status_of
+from bench.outcome import Attempt, Outcome
 from bench.row import Row
 from bench.stats import Measurement
+from bench.timing import timed_steps
 from lenet.data import TensorData, device_batches, host_batches
 from lenet.model import build_lenet
 from lenet.train import TrainStep
@@ -53,15 +59,6 @@ def _prepare(config: Config, batch_size: int, data: TensorData, settings: Settin
     return step, batches
 
 
-def _timed_steps(step, batches, count: int, device: torch.device):
-    memory.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(count):
-        loss, _ = step(*next(batches))
-    memory.synchronize(device)
-    return time.perf_counter() - start, loss
-
-
 # DataLoader's default: each worker keeps two batches in flight
 PREFETCH_PER_WORKER = 2
 
@@ -89,7 +86,21 @@ def steps_per_repeat(run_block, settings: Settings) -> int:
                max(1, math.ceil(settings.min_repeat_s * count / max(elapsed, 1e-9))))
 
 
-def measure(config: Config, batch_size: int, data: TensorData, settings: Settings) -> dict:
+@dataclass(frozen=True)
+class Measured:
+    """What one attempt that trained measured."""
+
+    measurement: Measurement
+    peaks: AllocatorPeaks
+    contention: Contention
+    start_rss_bytes: int | None  # the resident set as the attempt began
+    tracked_peak_bytes: int | None  # CPU only: live tensor bytes over one step
+    loss_first: float
+    loss_last: float
+
+
+def measure(config: Config, batch_size: int, data: TensorData, settings: Settings,
+            nvml=None) -> Measured:
     """Train `config` at `batch_size` and time it. Raises what training raises (an OOM included)."""
     device = torch.device(config.device)
     memory.reset_peaks(device)
@@ -99,11 +110,16 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
         first_loss, _ = step(*next(batches))
         for _ in range(warmup_steps_for(config, settings) - 1):
             step(*next(batches))
-        steps = steps_per_repeat(lambda n: _timed_steps(step, batches, n, device)[0], settings)
+        steps = steps_per_repeat(lambda n: timed_steps(step, batches, n, device)[0], settings)
         repeat_s = []
-        for _ in range(settings.repeats):
-            elapsed, last_loss = _timed_steps(step, batches, steps, device)
+        watch = ContentionWatch(nvml)
+        watch.start()
+        for repeat in range(settings.repeats):
+            if repeat:
+                watch.sample()  # between repeats: never inside one
+            elapsed, last_loss = timed_steps(step, batches, steps, device)
             repeat_s.append(elapsed)
+        contention = watch.stop()
         peaks = memory.read_peaks(device)
         tracked = None
         if device.type == "cpu":  # after timing: tracking slows the step it watches
@@ -112,14 +128,8 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
             tracked = tracker.peak_bytes
     finally:
         batches.close()  # stops the DataLoader's workers now, not at garbage collection
-    return {
-        "start_rss_bytes": start_rss,
-        "tracked_peak_bytes": tracked,
-        "measurement": Measurement(tuple(repeat_s), steps, batch_size),
-        "peaks": peaks,
-        "loss_first": float(first_loss),
-        "loss_last": float(last_loss),
-    }
+    return Measured(Measurement(tuple(repeat_s), steps, batch_size), peaks, contention,
+                    start_rss, tracked, float(first_loss), float(last_loss))
 
 
 def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:
@@ -132,8 +142,16 @@ def single_step(config: Config, batch_size: int, data: TensorData, settings: Set
         batches.close()
 
 
-def run_trial(config: Config, batch_size: int, data: TensorData, settings: Settings) -> dict:
-    """A boundary trial's outcome (ok, oom, kernel_limit, error) and whether memory came back."""
+@dataclass(frozen=True)
+class Trial:
+    """A boundary trial's attempt, and whether memory came back to where it was."""
+
+    attempt: Attempt
+    healthy: bool
+
+
+def run_trial(config: Config, batch_size: int, data: TensorData, settings: Settings) -> Trial:
+    """One step at `batch_size`: ok, oom, kernel_limit or error."""
     device = torch.device(config.device)
     baseline = memory.settled_bytes(device)
     failure = None
@@ -143,7 +161,7 @@ def run_trial(config: Config, batch_size: int, data: TensorData, settings: Setti
         failure = Attempt(batch_size, failure_kind(exc), one_line(exc))
     # released outside the except block, so the traceback no longer pins tensors
     healthy = memory.settled_bytes(device) <= baseline
-    return {"attempt": (failure or Attempt(batch_size, "ok")).as_dict(), "healthy": healthy}
+    return Trial(failure or Attempt(batch_size, Outcome.OK), healthy)
 
 
 def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
@@ -155,53 +173,44 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
     start = time.perf_counter()
     baseline = memory.settled_bytes(device)
     sampler = PeakSampler(nvml.used_bytes) if nvml is not None else None
-    if sampler is not None:
-        sampler.__enter__()
-    try:
-        value, attempts = run_with_backoff(
-            lambda batch: measure(config, batch, data, settings), config.batch_size,
+    with sampler or contextlib.nullcontext():
+        measured, attempts = run_with_backoff(
+            lambda batch: measure(config, batch, data, settings, nvml), config.batch_size,
             release=lambda: memory.release(device), policy=functools.partial(halve, floor=floor))
-    finally:
-        nvml_peak = sampler.stop() if sampler is not None else None
-    # this process's share as the driver sees it, the allocator's cache still held
-    process_used, process_note = _process_used_bytes(nvml)
     healthy = memory.settled_bytes(device) <= baseline
     last: Attempt = attempts[-1]
-    row = Row.for_config(
-        config, data.source, status_of(attempts),
-        batch_size=last.batch_size if last.outcome == "ok" else None,
-        error_kind=None if last.outcome == "ok" else last.outcome, error=last.error,
-        attempts=[a.as_dict() for a in attempts], started_at=started_at,
-    )
+    row = Row(config, data.source, status_of(attempts), attempts=attempts, started_at=started_at,
+              **({"batch_size": last.batch_size} if last.outcome == Outcome.OK else
+                 {"error_kind": last.outcome, "error": last.error}))
     if sampler is not None:
-        row.nvml_peak_used_bytes = nvml_peak
+        # this process's share as the driver sees it, the allocator's cache still held
+        process_used, process_note = _process_used_bytes(nvml)
+        row.nvml_peak_used_bytes = sampler.peak
         row.nvml_process_used_bytes = process_used
         row.nvml_note = sampler.error or process_note
-    if value is not None:
-        m: Measurement = value["measurement"]
-        row.examples_per_s = m.examples_per_s_median
-        row.examples_per_s_iqr = m.examples_per_s_iqr
-        row.noisy = m.noisy
-        row.step_ms_median = m.step_ms_median
-        row.repeats, row.steps_per_repeat = len(m.repeat_s), m.steps_per_repeat
-        row.repeat_s = list(m.repeat_s)
-        row.peak_allocated_bytes = value["peaks"].peak_allocated_bytes
-        row.peak_reserved_bytes = value["peaks"].peak_reserved_bytes
-        # Linux keeps RSS in per-thread counters it folds in lazily, so a high-water mark read
-        # later can land a few pages under the RSS read at the reset: the peak is at least that
-        peak_rss = value["peaks"].cpu_peak_rss_bytes
-        row.cpu_peak_rss_bytes = None if peak_rss is None else max(peak_rss,
-                                                                   value["start_rss_bytes"] or 0)
-        row.tracked_peak_bytes = value["tracked_peak_bytes"]
-        row.cpu_baseline_rss_bytes = value["start_rss_bytes"]
-        row.loss_first, row.loss_last = value["loss_first"], value["loss_last"]
+    if measured is not None:
+        _record(row, measured)
     row.wall_s = time.perf_counter() - start
     return row, healthy
 
 
+def _record(row: Row, measured: Measured) -> None:
+    for name, value in measured.measurement.summary().items():
+        setattr(row, name, value)
+    row.contention = measured.contention
+    row.peak_allocated_bytes = measured.peaks.peak_allocated_bytes
+    row.peak_reserved_bytes = measured.peaks.peak_reserved_bytes
+    # Linux keeps RSS in per-thread counters it folds in lazily, so a high-water mark read later
+    # can land a few pages under the RSS read at the reset: the peak is at least that
+    peak_rss = measured.peaks.cpu_peak_rss_bytes
+    row.cpu_peak_rss_bytes = None if peak_rss is None else max(peak_rss,
+                                                               measured.start_rss_bytes or 0)
+    row.cpu_baseline_rss_bytes = measured.start_rss_bytes
+    row.tracked_peak_bytes = measured.tracked_peak_bytes
+    row.loss_first, row.loss_last = measured.loss_first, measured.loss_last
+
+
 def _process_used_bytes(nvml) -> tuple[int | None, str | None]:
-    if nvml is None:
-        return None, None
     processes = nvml.processes()
     if processes is None:
         return None, "per-process usage unavailable: the driver does not list processes here"

@@ -12,6 +12,7 @@ unless --force. Exit status: 0 passed, 1 a regression, 2 bad input or refused.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -19,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import store
-from bench.row import TRAINED
+from bench.outcome import TRAINED, Outcome
+from bench.row import read_row
+from bench.schema import NewerSchemaError
 from bench.units import format_bytes
-from lenet.cli import OneLineParser, UsageError, fail, percentage
+from lenet.cli import OneLineParser, UsageError, fail
 
 PROG = "python -m bench.compare"
 # Which memory figure gates: the allocator's where it was measured, else the tracked tensor peak.
@@ -47,21 +50,32 @@ class CellChange:
     failures: list = field(default_factory=list)
 
     def ratio(self, name: str) -> float | None:
-        a, b = self.base.get(name), self.new.get(name)
+        a, b = self.base[name], self.new[name]
         return None if not a or b is None else b / a - 1
 
     @property
     def memory_field(self) -> str | None:
-        return next((f for f in MEMORY_FIELDS if self.base.get(f) and self.new.get(f)), None)
+        return next((f for f in MEMORY_FIELDS if self.base[f] and self.new[f]), None)
 
     def display(self) -> tuple[str, ...]:
         """The cell, examples/s base, new, change, peak memory base, new, change: as text."""
         name = self.memory_field
         memory = (format_bytes(self.base[name]), format_bytes(self.new[name]),
                   _pct(self.ratio(name))) if name else ("not measured",) * 2 + ("n/a",)
-        return (self.key, _num(self.base.get("examples_per_s")),
-                _num(self.new.get("examples_per_s")), _pct(self.ratio("examples_per_s")),
+        return (self.key, _num(self.base["examples_per_s"]),
+                _num(self.new["examples_per_s"]), _pct(self.ratio("examples_per_s")),
                 *memory)
+
+
+def percentage(text: str) -> float:
+    """`5%` (or `5`) -> 0.05."""
+    try:
+        value = float(text.rstrip("%")) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 5%") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must not be negative")
+    return value
 
 
 def _number(value, what: str, positive: bool = False) -> float | None:
@@ -82,7 +96,7 @@ def _number(value, what: str, positive: bool = False) -> float | None:
 
 def _checked_row(row: dict, where: str) -> dict:
     for name in NUMBER_FIELDS:
-        row[name] = _number(row.get(name), f"{where}: {row['key']}'s {name}")
+        row[name] = _number(row[name], f"{where}: {row['key']}'s {name}")
     return row
 
 
@@ -109,15 +123,15 @@ def _from_pytest_benchmark(path: Path) -> Side:
         median = _number(stats.get("median"), f"{where} median", positive=True)
         iqr = _number(stats.get("iqr", 0.0), f"{where} iqr") or 0.0
         rate = examples / median
-        rows[bench["fullname"]] = _checked_row({
-            "key": bench["fullname"], "status": "ok",
+        rows[bench["fullname"]] = _checked_row(read_row({
+            "key": bench["fullname"], "status": Outcome.OK,
             "examples_per_s": rate,
             # the times' IQR as the same fraction of the rate (first order: stays finite even
             # when a noisy run's IQR exceeds its median)
             "examples_per_s_iqr": rate * iqr / median,
             "peak_allocated_bytes": extra.get("peak_allocated_bytes"),
             "tracked_peak_bytes": extra.get("tracked_peak_bytes"),
-        }, str(path))
+        }, str(path)), str(path))
     machine = data.get("machine_info") or {}
     if not isinstance(machine, dict):
         raise UsageError(f"{path}: machine_info is not an object")
@@ -131,7 +145,7 @@ def load_side(path: Path) -> Side:
     if not (path / store.RESULTS).is_file():
         raise UsageError(f"{path} is neither a run directory (no {store.RESULTS}) nor a "
                          f"pytest-benchmark JSON file")
-    rows, warnings = store.read_rows(path / store.RESULTS)
+    rows, warnings = store.read_results(path / store.RESULTS)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     env_path = path / store.ENV
@@ -143,8 +157,8 @@ def load_side(path: Path) -> Side:
         raise UsageError(f"{env_path} is not an object")
     # what makes figures comparable beyond the machine: the data and the cap they ran under
     env = {**env,
-           "data_source": ", ".join(sorted({str(r.get("data_source")) for r in rows})) or None,
-           "memory_cap_bytes": ", ".join(sorted({str(r.get("memory_cap_bytes")) for r in rows}))
+           "data_source": ", ".join(sorted({str(r["data_source"]) for r in rows})) or None,
+           "memory_cap_bytes": ", ".join(sorted({str(r["memory_cap_bytes"]) for r in rows}))
            or None}
     where = str(path / store.RESULTS)
     return Side(str(path), env, {r["key"]: _checked_row(r, where) for r in rows})
@@ -187,20 +201,20 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float) ->
     b, n = change.base, change.new
     if b["status"] in TRAINED and n["status"] not in TRAINED:
         change.failures.append(f"status went from {b['status']} to {n['status']}"
-                               f"{': ' + n['error'] if n.get('error') else ''}")
-    elif b["status"] == "ok" and n["status"] != "ok":
+                               f"{': ' + n['error'] if n['error'] else ''}")
+    elif b["status"] == Outcome.OK and n["status"] != Outcome.OK:
         change.failures.append(f"status went from ok to {n['status']}")
     not_numbers = [f"{name} is not a number in the {side}"
                    for name in ("examples_per_s", *MEMORY_FIELDS)
                    for side, row in (("base", b), ("candidate", n))
-                   if row.get(name) is not None and math.isnan(row[name])]
+                   if row[name] is not None and math.isnan(row[name])]
     if not_numbers:  # NaN compares false with everything: it would pass every bound
         change.failures += not_numbers
         return
-    before, after = b.get("examples_per_s"), n.get("examples_per_s")
+    before, after = b["examples_per_s"], n["examples_per_s"]
     if before and after:
         drop = before - after
-        spread = max(b.get("examples_per_s_iqr") or 0.0, n.get("examples_per_s_iqr") or 0.0)
+        spread = max(b["examples_per_s_iqr"] or 0.0, n["examples_per_s_iqr"] or 0.0)
         if drop > max_slowdown * before and drop > spread:
             change.failures.append(
                 f"examples_per_s fell from {before:,.0f} to {after:,.0f} "
@@ -213,6 +227,19 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float) ->
             change.failures.append(
                 f"{name} grew from {format_bytes(before)} to {format_bytes(after)} "
                 f"({after / before - 1:+.1%}), past the {max_memory_growth:.0%} allowed")
+
+
+def busy_notes(changes: list[CellChange], base_name: str, new_name: str) -> list[str]:
+    """A line for each side of a cell timed while the machine was busy: its speed change may be
+    the machine's, not the code's."""
+    notes = []
+    for c in changes:
+        for name, row in ((base_name, c.base), (new_name, c.new)):
+            if row["busy"]:
+                notes.append(f"note: {c.key} was timed while the machine was busy in {name} "
+                             f"({'; '.join(row['busy_reasons'])}): its speed is not vouched "
+                             f"for; on a shared machine gate speed with python -m bench.ab")
+    return notes
 
 
 def table_lines(changes: list[CellChange]) -> list[str]:
@@ -243,7 +270,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         base, new = load_side(args.base), load_side(args.new)
-    except UsageError as exc:
+    except (UsageError, NewerSchemaError) as exc:
         fail(PROG, str(exc))
     reason = refusal(base, new)
     if reason and not args.force:
@@ -257,6 +284,8 @@ def main(argv=None) -> int:
     for c in failing:
         for failure in c.failures:
             print(f"REGRESSION {c.key}: {failure}")
+    for line in busy_notes(changes, base.name, new.name):
+        print(line)
     lost = [] if args.allow_missing else only_base
     for key in only_base:
         if args.allow_missing:

@@ -10,6 +10,7 @@ before a kernel does.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 
 import torch
 
@@ -59,9 +60,18 @@ def fits(reader, needed_bytes: int) -> tuple[bool, str]:
                    f"{who}")
 
 
-def report(device: torch.device, needed_bytes: int | None, reader_factory=NvmlReader) -> tuple[
-        bool, list[str]]:
-    """The lines the doctor prints, and whether a run can go ahead."""
+@dataclass(frozen=True)
+class Checkup:
+    """What the doctor found: the lines it prints, and its verdict on the smallest cell."""
+
+    lines: list[str] = field(default_factory=list)
+    fits: bool = True  # True also where it could not be checked (no GPU, no NVML)
+    verdict: str | None = None  # why the smallest cell fits or does not, where it was checked
+
+
+def report(device: torch.device, needed_bytes: int | None,
+           reader_factory=NvmlReader) -> Checkup:
+    """The doctor's checkup: can a run whose smallest cell needs `needed_bytes` go ahead?"""
     lines = [f"torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}"]
     if device.type != "cuda":
         why = "no CUDA GPU is visible" if not torch.cuda.is_available() else "--device cpu"
@@ -72,18 +82,17 @@ def report(device: torch.device, needed_bytes: int | None, reader_factory=NvmlRe
             lines.append(f"GPU: {reader.name()}, driver {reader.driver_version()}")
             lines += memory_lines(reader.memory()) + process_lines(reader.processes())
             if device.type != "cuda" or needed_bytes is None:
-                return True, lines
+                return Checkup(lines)
             ok, verdict = fits(reader, needed_bytes)
     except NvmlUnavailable as exc:  # no NVML at all, or a call that failed
         lines.append(f"NVML: unavailable ({exc}); NVML columns will read 'not measured'")
-        return True, lines
-    lines.append(f"smallest cell: {verdict}")
-    return ok, lines
+        return Checkup(lines)
+    return Checkup(lines + [f"smallest cell: {verdict}"], ok, verdict)
 
 
 def main(argv=None) -> int:
     from bench.grid import GridError, get_grid
-    from bench.predict import predict_peak_bytes
+    from bench.predict import model_for
 
     parser = OneLineParser(prog="python -m bench.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
@@ -94,11 +103,9 @@ def main(argv=None) -> int:
         cells = get_grid(args.grid, device.type == "cuda").cells(str(device))
     except (UsageError, GridError) as exc:
         fail(parser.prog, str(exc))
-    needed = min(predict_peak_bytes(c.batch_size, c.dtype, c.channels_last, c.placement,
-                                    device_type=device.type) for c in cells)
-    ok, lines = report(device, needed)
-    print("\n".join(lines))
-    return 0 if ok else 1
+    checkup = report(device, min(model_for(c).peak_bytes(c.batch_size) for c in cells))
+    print("\n".join(checkup.lines))
+    return 0 if checkup.fits else 1
 
 
 if __name__ == "__main__":

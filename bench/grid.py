@@ -11,7 +11,7 @@ CUDA) are normalised to one cell and run once.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("host", "device")
@@ -19,6 +19,9 @@ PLACEMENTS = ("host", "device")
 
 @dataclass(frozen=True)
 class Config:
+    """One cell: a value of every axis, and the device. Adding an axis is adding a field here and
+    its reader to AXES; keys, plans, rows, --set and the report's comparisons follow."""
+
     batch_size: int
     dtype: str = "float32"
     channels_last: bool = False
@@ -40,15 +43,56 @@ class Config:
     def layout(self) -> str:
         return "nhwc" if self.channels_last else "nchw"
 
+    @property
+    def layout_words(self) -> str:
+        return "channels_last" if self.channels_last else "NCHW"
+
+    @property
+    def loader(self) -> str:
+        if self.placement == "device":
+            return "device"
+        return f"host-w{self.num_workers}{'-pinned' if self.pin_memory else ''}"
+
+    @property
+    def loader_words(self) -> str:
+        if self.placement == "device":
+            return "device-resident"
+        return f"host, {self.num_workers} workers{', pinned' if self.pin_memory else ''}"
+
+    def _added_words(self) -> list[str]:
+        """Axes past the first six join a key only where they differ from their default, so keys
+        of runs made before such an axis existed still match."""
+        return [str(getattr(self, f.name)) for f in fields(self)
+                if f.name not in _KEYED and getattr(self, f.name) != f.default]
+
     def key(self) -> str:
         """A stable name, the same across runs: how resume and compare match cells."""
-        layout = self.layout
-        loader = "device" if self.placement == "device" else (
-            f"host-w{self.num_workers}{'-pinned' if self.pin_memory else ''}")
-        return f"b{self.batch_size}-{self.dtype}-{layout}-{loader}"
+        return "-".join([f"b{self.batch_size}", self.dtype, self.layout, self.loader,
+                         *self._added_words()])
+
+    def for_boundary(self) -> Config:
+        """The boundary search's cell: this one on device-resident data (the loader is not the
+        limit), its batch left to the search."""
+        return replace(self, batch_size=1, placement="device", pin_memory=False, num_workers=0)
+
+    def boundary_key(self) -> str:
+        """One boundary per value of every axis but the batch and the loader."""
+        return "-".join([self.dtype, self.layout, *self._added_words()])
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# Spelled out in every key (the device is the run's, not the cell's).
+_KEYED = ("batch_size", "dtype", "channels_last", "placement", "pin_memory", "num_workers",
+          "device")
+def added_axes() -> list[str]:
+    """The axes past the first six, which keys, plots and tables show only where they vary."""
+    return [name for name in AXES if name not in _KEYED]
+
+
+# Each setting's default, as a block that does not name an axis takes it.
+DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
 
 
 # What --set accepts, and how each value is read.
@@ -92,14 +136,17 @@ AXES = {
 }
 
 
-@dataclass(frozen=True)
 class Block:
-    batch_size: tuple[int, ...]
-    dtype: tuple[str, ...] = ("float32",)
-    channels_last: tuple[bool, ...] = (False,)
-    placement: tuple[str, ...] = ("device",)
-    pin_memory: tuple[bool, ...] = (False,)
-    num_workers: tuple[int, ...] = (0,)
+    """Axes crossed with one another; an axis a block does not name takes Config's default."""
+
+    def __init__(self, batch_size: tuple[int, ...], **axes: tuple):
+        unknown = sorted(set(axes) - set(AXES))
+        if unknown:
+            raise TypeError(f"a block names {', '.join(unknown)}, which are not axes")
+        self.axes = {"batch_size": batch_size, **axes}
+
+    def values(self, name: str) -> tuple:
+        return self.axes[name] if name in self.axes else (DEFAULTS[name],)
 
 
 @dataclass(frozen=True)
@@ -118,7 +165,7 @@ class Grid:
     def cells(self, device: str) -> list[Config]:
         seen: dict[Config, None] = {}
         for block in self.blocks:
-            axes = {name: self.overrides.get(name, getattr(block, name)) for name in AXES}
+            axes = {name: self.overrides.get(name, block.values(name)) for name in AXES}
             for values in itertools.product(*axes.values()):
                 config = Config(**dict(zip(axes, values)), device=device).normalised()
                 seen.setdefault(config, None)
@@ -128,33 +175,35 @@ class Grid:
 _POWERS_OF_4 = (64, 256, 1024, 4096, 16384)
 _GPU_GRIDS = {
     "smoke": Grid("smoke", (
-        Block((256, 1024), placement=("device", "host")),
+        Block(batch_size=(256, 1024), placement=("device", "host")),
     ), "two batch sizes, float32, device-resident and host loader"),
     "default": Grid("default", (
-        Block(_POWERS_OF_4, DTYPES, (False, True)),
-        Block(_POWERS_OF_4, placement=("host",), pin_memory=(False, True), num_workers=(0, 4)),
+        Block(batch_size=_POWERS_OF_4, dtype=DTYPES, channels_last=(False, True)),
+        Block(batch_size=_POWERS_OF_4, placement=("host",), pin_memory=(False, True),
+              num_workers=(0, 4)),
     ), "batch 64 to 16,384 at every dtype and layout on device-resident data, and the host "
        "loader with and without pinning and workers at float32", find_max_batch=True),
     "full": Grid("full", (
-        Block(tuple(2**k for k in range(5, 17)), DTYPES, (False, True), PLACEMENTS,
-              (False, True), (0, 4)),
+        Block(batch_size=tuple(2**k for k in range(5, 17)), dtype=DTYPES,
+              channels_last=(False, True), placement=PLACEMENTS, pin_memory=(False, True),
+              num_workers=(0, 4)),
     ), "batch 32 to 65,536, every axis crossed", find_max_batch=True, boundary_budget_s=600),
 }
 # Without a GPU the same grids shrink to what a laptop or CI core finishes in minutes.
 _CPU_GRIDS = {
     "smoke": Grid("smoke", (
-        Block((64, 256), placement=("device", "host")),
+        Block(batch_size=(64, 256), placement=("device", "host")),
     ), "CPU-sized: two batch sizes, float32, device-resident and host loader",
         min_repeat_s=0.2, warmup_steps=2),
     "default": Grid("default", (
-        Block((64, 256, 1024), DTYPES, (False, True)),
-        Block((64, 256, 1024), placement=("host",), num_workers=(0, 2)),
+        Block(batch_size=(64, 256, 1024), dtype=DTYPES, channels_last=(False, True)),
+        Block(batch_size=(64, 256, 1024), placement=("host",), num_workers=(0, 2)),
     ), "CPU-sized: batch 64 to 1,024 at every dtype and layout, and the host loader with 0 and "
        "2 workers; boundary search up to batch 65,536 within 60 s", find_max_batch=True,
         boundary_limit=2**16, boundary_budget_s=60, min_repeat_s=0.1, warmup_steps=2),
     "full": Grid("full", (
-        Block(tuple(2**k for k in range(5, 13)), DTYPES, (False, True), PLACEMENTS, (False,),
-              (0, 2)),
+        Block(batch_size=tuple(2**k for k in range(5, 13)), dtype=DTYPES,
+              channels_last=(False, True), placement=PLACEMENTS, num_workers=(0, 2)),
     ), "CPU-sized: batch 32 to 4,096, every axis crossed", find_max_batch=True,
         boundary_limit=2**17, boundary_budget_s=300),
 }

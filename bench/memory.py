@@ -82,11 +82,6 @@ def read_peaks(device: torch.device) -> AllocatorPeaks:
     return AllocatorPeaks(None, None, cpu_peak_rss_bytes())
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def allocated_bytes(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 

@@ -1,5 +1,6 @@
 """What NVML sees of a GPU: device-wide memory (version 2, which splits off the driver's reserve),
-per-process usage where the driver gives it, and a sampler thread that keeps the peak.
+per-process usage where the driver gives it, clocks, their slow-down reasons and temperature, and a
+sampler thread that keeps the peak.
 
 NVML has no peak counter, so the sampler polls (one call costs a few microseconds). The reader is
 the seam: tests hand the sampler and the pre-flight check a fake one.
@@ -166,6 +167,25 @@ class NvmlReader:
                 name = "?"
             processes.append(GpuProcess(p.pid, p.usedGpuMemory, name))
         return processes
+
+    def sm_clock_mhz(self) -> int:
+        return self._call("no SM clock", self._nvml.nvmlDeviceGetClockInfo, self._handle,
+                          self._nvml.NVML_CLOCK_SM)
+
+    def max_sm_clock_mhz(self) -> int:
+        return self._call("no maximum SM clock", self._nvml.nvmlDeviceGetMaxClockInfo,
+                          self._handle, self._nvml.NVML_CLOCK_SM)
+
+    def clock_event_reasons(self) -> int:
+        """Why the clocks are below their maximum now: a mask of nvmlClocksEventReason bits
+        (the older bindings call them throttle reasons; the bits are the same)."""
+        read = getattr(self._nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            self._nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        return self._call("no clock-event reasons", read, self._handle)
+
+    def temperature_c(self) -> int:
+        return self._call("no temperature", self._nvml.nvmlDeviceGetTemperature, self._handle,
+                          self._nvml.NVML_TEMPERATURE_GPU)
 
     def name(self) -> str:
         return self.device.name

@@ -7,9 +7,10 @@ huge batch is not always an OOM: `RuntimeError: integer out of range` is a kerne
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 
 import torch
+
+from bench.outcome import Attempt, Outcome
 
 # RuntimeError texts that mean the allocator (or a library's own allocation) ran out of memory.
 OOM_MESSAGES = (
@@ -41,13 +42,13 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES)
 
 
-def failure_kind(exc: BaseException) -> str:
-    """`oom`, `kernel_limit` or `error`: the word a result row carries."""
+def failure_kind(exc: BaseException) -> Outcome:
+    """OOM, KERNEL_LIMIT or ERROR: what a result row says of a failure."""
     if is_oom(exc):
-        return "oom"
+        return Outcome.OOM
     if any(m in str(exc) for m in KERNEL_LIMIT_MESSAGES):
-        return "kernel_limit"
-    return "error"
+        return Outcome.KERNEL_LIMIT
+    return Outcome.ERROR
 
 
 def one_line(exc: BaseException) -> str:
@@ -61,16 +62,6 @@ def halve(batch_size: int, floor: int = 1) -> Iterator[int]:
     while batch_size >= floor:
         yield batch_size
         batch_size //= 2
-
-
-@dataclass(frozen=True)
-class Attempt:
-    batch_size: int
-    outcome: str  # ok, oom, kernel_limit or error
-    error: str | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def run_with_backoff(attempt: Callable[[int], object], batch_size: int,
@@ -88,18 +79,18 @@ def run_with_backoff(attempt: Callable[[int], object], batch_size: int,
         except Exception as exc:  # noqa: BLE001 - every failure becomes a recorded attempt
             failure = Attempt(batch, failure_kind(exc), one_line(exc))
         if failure is None:
-            attempts.append(Attempt(batch, "ok"))
+            attempts.append(Attempt(batch, Outcome.OK))
             return value, attempts
         attempts.append(failure)
         release()
-        if failure.outcome != "oom":
+        if failure.outcome != Outcome.OOM:
             break
     return None, attempts
 
 
-def status_of(attempts: list[Attempt]) -> str:
-    """ok, oom_backed_off (fitted at a smaller batch), oom (even the floor failed) or error."""
+def status_of(attempts: list[Attempt]) -> Outcome:
+    """OK, OOM_BACKED_OFF (fitted at a smaller batch), OOM (even the floor failed) or ERROR."""
     last = attempts[-1]
-    if last.outcome == "ok":
-        return "ok" if len(attempts) == 1 else "oom_backed_off"
-    return "oom" if last.outcome == "oom" else "error"
+    if last.outcome == Outcome.OK:
+        return Outcome.OK if len(attempts) == 1 else Outcome.OOM_BACKED_OFF
+    return Outcome.OOM if last.outcome == Outcome.OOM else Outcome.ERROR

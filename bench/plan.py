@@ -12,7 +12,8 @@ from bench.cell import Settings
 from bench.doctor import CONTEXT_ALLOWANCE_BYTES
 from bench.grid import Config, get_grid, parse_set
 from bench.nvml import NvmlReader, NvmlUnavailable
-from bench.predict import memory_model
+from bench.predict import model_for
+from bench.schema import SCHEMA_VERSION
 from bench.store import RunDirError
 from bench.units import format_bytes
 from lenet.cli import UsageError, resolve_device
@@ -51,25 +52,19 @@ def capacity_bytes(device: torch.device, cap: int | None) -> tuple[int | None, s
     return available, "the host's available memory"
 
 
-def device_type(config: Config) -> str:
-    return torch.device(config.device).type
-
-
 def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
     rows = []
     for config in cells:
-        predicted = memory_model(config.dtype, config.channels_last, config.placement,
-                                 device_type=device_type(config)).peak_bytes(config.batch_size)
+        predicted = model_for(config).peak_bytes(config.batch_size)
         rows.append({**config.as_dict(), "key": config.key(), "predicted_peak_bytes": predicted,
                      "fits": None if capacity is None else predicted <= capacity})
     return rows
 
 
 def plan_boundaries(cells: list[Config], capacity: int | None) -> list[dict]:
-    """The predicted OOM boundary per dtype and layout, on device-resident data."""
-    return [{"key": boundary_key(c), "predicted_max_batch": None if capacity is None else
-             memory_model(c.dtype, c.channels_last, "device", device_type=device_type(c))
-             .max_batch(capacity)}
+    """The predicted OOM boundary of each search, on device-resident data."""
+    return [{"key": c.boundary_key(), "predicted_max_batch": None if capacity is None else
+             model_for(c).max_batch(capacity)}
             for c in boundary_configs(cells)]
 
 
@@ -91,17 +86,8 @@ def print_plan(plan: dict, as_json: bool) -> None:
 
 
 def boundary_configs(cells: list[Config]) -> list[Config]:
-    """One search per dtype and layout, on device-resident data (the loader is not the limit)."""
-    seen = {}
-    for c in cells:
-        seen.setdefault((c.dtype, c.channels_last), Config(
-            batch_size=1, dtype=c.dtype, channels_last=c.channels_last, placement="device",
-            device=c.device))
-    return list(seen.values())
-
-
-def boundary_key(config: Config) -> str:
-    return f"{config.dtype}-{config.layout}"
+    """One search per value of every axis but the batch and the loader (Config.for_boundary)."""
+    return list(dict.fromkeys(c.for_boundary() for c in cells))
 
 
 def plan_device(args) -> tuple[torch.device, str | None]:
@@ -132,7 +118,8 @@ def new_plan(args) -> tuple[dict, list[Config]]:
                         warmup_steps=grid.warmup_steps)
     data, notice = resolve_data(args.data, args.data_root)
     plan = {
-        "grid": grid.name, "grid_description": grid.description, "overrides": grid.overrides,
+        "schema_version": SCHEMA_VERSION, "grid": grid.name,
+        "grid_description": grid.description, "overrides": grid.overrides,
         "device": str(device), "device_notice": device_notice, "data": data,
         "data_notice": notice, "data_root": args.data_root,
         "memory_cap_bytes": args.memory_cap, "cell_timeout_s": args.cell_timeout,
@@ -143,8 +130,6 @@ def new_plan(args) -> tuple[dict, list[Config]]:
         "settings": asdict(settings), "cells": [c.as_dict() for c in cells],
     }
     return plan, cells
-
-
 
 
 def cells_of(plan: dict, where: str) -> list[Config]:

@@ -84,6 +84,12 @@ def memory_model(dtype: str, channels_last: bool, placement: str,
     return MemoryModel(weights + step_fixed, per_sample, dataset, workspace)
 
 
+def model_for(config) -> MemoryModel:
+    """The memory model of a bench.grid.Config's cell on its device."""
+    return memory_model(config.dtype, config.channels_last, config.placement,
+                        device_type=torch.device(config.device).type)
+
+
 def predict_peak_bytes(batch_size: int, dtype: str, channels_last: bool = False,
                        placement: str = "device", dataset_size: int = TRAIN_SIZE,
                        device_type: str = "cpu") -> int:

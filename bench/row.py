@@ -1,30 +1,28 @@
-"""One result row per cell: the same keys in every row, units in the names, JSON on disk."""
+"""One result row per cell: the cell's settings, its outcome and its figures, units in the names.
+
+In Python a row holds its Config, its Attempts and its Contention whole; on disk (JSON lines) it
+is flat, so pandas and jq read it as one record: `as_dict` flattens, `read_row` reads back.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
-STATUSES = ("ok", "oom_backed_off", "oom", "error")
-TRAINED = ("ok", "oom_backed_off")  # the statuses of a cell that has figures
+from bench.contention import Contention
+from bench.grid import DEFAULTS, Config
+from bench.outcome import Attempt, Outcome
+from bench.schema import SCHEMA_VERSION, upgraded
 
 
 @dataclass
 class Row:
-    key: str
-    # the cell as asked for, and the batch it ran at
-    batch_size_requested: int
-    batch_size: int | None
-    dtype: str
-    channels_last: bool
-    placement: str
-    pin_memory: bool
-    num_workers: int
-    device: str
+    config: Config  # the cell as asked for
     data_source: str  # fashion-mnist or synthetic
-    status: str  # one of STATUSES
-    error_kind: str | None = None  # oom, kernel_limit, error, worker_died, timeout
+    status: Outcome  # OK, OOM_BACKED_OFF, OOM or ERROR
+    batch_size: int | None = None  # the batch it trained at
+    error_kind: Outcome | None = None  # the last attempt's outcome where it failed
     error: str | None = None
-    attempts: list = field(default_factory=list)  # [{batch_size, outcome, error}]
+    attempts: list[Attempt] = field(default_factory=list)
     # speed: the median over repeats, with the spread
     examples_per_s: float | None = None
     examples_per_s_iqr: float | None = None
@@ -32,7 +30,9 @@ class Row:
     step_ms_median: float | None = None
     repeats: int | None = None
     steps_per_repeat: int | None = None
-    repeat_s: list = field(default_factory=list)
+    repeat_s: list[float] = field(default_factory=list)
+    # what else the machine did during the timed repeats
+    contention: Contention | None = None
     # memory: allocator, NVML device-wide and per process, the worker's resident set, prediction
     peak_allocated_bytes: int | None = None
     peak_reserved_bytes: int | None = None
@@ -53,17 +53,37 @@ class Row:
     started_at: str | None = None
     wall_s: float | None = None
 
-    @classmethod
-    def for_config(cls, config, data_source: str, status: str, **fields) -> Row:
-        """A row for `config` (a bench.grid.Config) with its settings copied in."""
-        return cls(key=config.key(), batch_size_requested=config.batch_size, dtype=config.dtype,
-                   channels_last=config.channels_last, placement=config.placement,
-                   pin_memory=config.pin_memory, num_workers=config.num_workers,
-                   device=config.device, data_source=data_source, status=status,
-                   batch_size=fields.pop("batch_size", None), **fields)
-
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The row as stored: flat, with its key and schema version first."""
+        stored = asdict(self)
+        settings = _settings_as_stored(stored.pop("config"))
+        stored.pop("contention")
+        return {"schema_version": SCHEMA_VERSION, "key": self.config.key(), **settings,
+                **stored, **asdict(self.contention or Contention())}
 
 
-ROW_KEYS = tuple(f.name for f in fields(Row))
+def _settings_as_stored(settings: dict) -> dict:
+    """The cell's batch is stored as the batch it asked for, beside the one it trained at."""
+    return {("batch_size_requested" if name == "batch_size" else name): value
+            for name, value in settings.items()}
+
+
+_CONTENTION_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+                        for f in fields(Contention)}
+_FIGURE_DEFAULTS = {f.name: (f.default_factory if f.default is MISSING else f.default)
+                    for f in fields(Row) if f.name not in ("config", "contention")}
+# What a stored row lacks is read as this (the settings an older row predates at their default).
+ROW_DEFAULTS = {**_settings_as_stored(DEFAULTS), **_FIGURE_DEFAULTS, **_CONTENTION_DEFAULTS}
+ROW_KEYS = ("schema_version", "key", *_settings_as_stored({f.name: None for f in fields(Config)}),
+            *_FIGURE_DEFAULTS, *_CONTENTION_DEFAULTS)
+
+
+def read_row(raw: dict, where: str) -> dict:
+    """A stored row at this schema, every key present; NewerSchemaError for a newer row."""
+    return upgraded(raw, ROW_DEFAULTS, where)
+
+
+def config_of(row: dict) -> Config:
+    """The cell a stored row measured."""
+    return Config(**{f.name: row["batch_size_requested" if f.name == "batch_size" else f.name]
+                     for f in fields(Config)})

@@ -29,9 +29,11 @@ from bench import plan as planning
 from bench import store
 from bench.boundary import Boundary, find_max_batch
 from bench.doctor import report
-from bench.grid import Config, GridError, grid_names
-from bench.predict import memory_model
+from bench.grid import AXES, Config, GridError, grid_names
+from bench.outcome import Outcome
+from bench.predict import model_for
 from bench.runner import Runner
+from bench.schema import NewerSchemaError
 from bench.units import format_bytes, parse_bytes
 from bench.worker import WorkerSpec
 from lenet.cli import (
@@ -70,8 +72,7 @@ def _parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--grid", help=f"one of: {', '.join(grid_names())} (default: default)")
     p.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
-                   help="override an axis (batch_size, dtype, channels_last, placement, "
-                        "pin_memory, num_workers)")
+                   help=f"override an axis ({', '.join(AXES)})")
     p.add_argument("--device", help="auto (the default), cpu or cuda:N")
     p.add_argument("--out", type=_directory, help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", type=_directory, metavar="RUN_DIR",
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
         signal.signal(signum, _stop)
     try:
         return _run(args)
-    except (UsageError, GridError, DataError, store.RunDirError) as exc:
+    except (UsageError, GridError, DataError, store.RunDirError, NewerSchemaError) as exc:
         fail(PROG, str(exc))
 
 
@@ -154,16 +155,16 @@ def _announce(plan: dict, device: torch.device, resumed: bool) -> None:
         why = "no GPU" if not torch.cuda.is_available() else "--device cpu"
         print(f"{why}: grid '{plan['grid']}' runs CPU-sized settings "
               f"({plan['grid_description']})", file=sys.stderr)
-    for notice in (plan.get("device_notice"), plan.get("data_notice")):
+    for notice in (plan["device_notice"], plan["data_notice"]):
         if notice:
             print(notice, file=sys.stderr)
 
 
 def _preflight(device: torch.device, planned: list[dict]) -> None:
     if device.type == "cuda":
-        ok, lines = report(device, min(p["predicted_peak_bytes"] for p in planned))
-        if not ok:
-            raise UsageError(lines[-1].removeprefix("smallest cell: "))
+        checkup = report(device, min(p["predicted_peak_bytes"] for p in planned))
+        if not checkup.fits:
+            raise UsageError(checkup.verdict)
 
 
 def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple]:
@@ -172,7 +173,7 @@ def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple
     if store.cut_torn_tail(results):
         print(f"cut a torn last line from {results} (the cell in flight when it was killed)")
     store.cut_torn_tail(run_dir / store.BOUNDARIES)
-    rows, warnings = store.read_rows(results)
+    rows, warnings = store.read_results(results)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     done = {r["key"] for r in rows}
@@ -208,7 +209,7 @@ def _run(args) -> int:
                           planning.settings_of(plan, str(run_dir / store.PLAN)),
                           plan["memory_cap_bytes"])
         runner = Runner(spec, device.index or 0 if device.type == "cuda" else None,
-                        plan.get("cell_timeout_s"))
+                        plan["cell_timeout_s"])
         start = time.monotonic()
         stopped = _measure(runner, todo, cells, plan, capacity, run_dir)
         if stopped is not None:
@@ -242,7 +243,7 @@ def _measure(runner: Runner, todo: list[tuple], cells: list[Config], plan: dict,
         return 128 + exc.signum
     except store.StoreWriteError as exc:
         runner.kill_worker()
-        kept = len(store.read_rows(results)[0])
+        kept = len(store.read_results(results)[0])
         print(f"{exc}; the {kept} rows written before it are safe; make room (or fix the file), "
               f"then {carry_on}", file=sys.stderr)
         return 1
@@ -254,13 +255,13 @@ def _measure(runner: Runner, todo: list[tuple], cells: list[Config], plan: dict,
 def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool) -> int:
     """The summary, the report, and the exit status: 1 where no cell produced a figure."""
     results = run_dir / store.RESULTS
-    rows, warnings = store.read_rows(results)
-    boundary_rows, _ = store.read_rows(run_dir / store.BOUNDARIES, store.BOUNDARY_FIELDS)
+    rows, warnings = store.read_results(results)
+    boundary_rows, _ = store.read_boundaries(run_dir / store.BOUNDARIES)
     print("\n".join(warnings + _summary(rows, boundary_rows)))
     print(f"{ran} cells in {elapsed_s:.0f} s; results: {results}")
     if not no_report:
         _write_report(run_dir)
-    if not any(r.get("examples_per_s") for r in rows):
+    if not any(r["examples_per_s"] for r in rows):
         print("no cell produced a figure: every cell failed (the errors are above and in "
               f"{results})", file=sys.stderr)
         return 1
@@ -269,20 +270,21 @@ def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool) -> int:
 
 def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
     lines = []
-    done = [r for r in rows if r.get("examples_per_s")]
+    done = [r for r in rows if r["examples_per_s"]]
     done.sort(key=lambda r: r["examples_per_s"], reverse=True)
     if done:
         lines.append("fastest cells:")
         for r in done[:5]:
-            peak = r.get("peak_allocated_bytes") or r.get("tracked_peak_bytes")
+            peak = r["peak_allocated_bytes"] or r["tracked_peak_bytes"]
             lines.append(f"  {r['key']:<40} {r['examples_per_s']:>12,.0f} examples/s  "
                          f"step {r['step_ms_median']:.2f} ms  peak {format_bytes(peak)}"
-                         f"{'  (noisy)' if r.get('noisy') else ''}")
-    failed = [r for r in rows if r["status"] != "ok"]
+                         f"{'  (noisy)' if r['noisy'] else ''}"
+                         f"{'  (busy: ' + '; '.join(r['busy_reasons']) + ')' if r['busy'] else ''}")
+    failed = [r for r in rows if r["status"] != Outcome.OK]
     for r in failed:
         lines.append(f"  {r['key']}: {r['status']}"
-                     f"{' at batch ' + str(r['batch_size']) if r.get('batch_size') else ''}"
-                     f"{' - ' + r['error'][:160] if r.get('error') else ''}")
+                     f"{' at batch ' + str(r['batch_size']) if r['batch_size'] else ''}"
+                     f"{' - ' + r['error'][:160] if r['error'] else ''}")
     if boundaries:
         lines.append("OOM boundary (largest batch that trained, why it stopped):")
         for b in boundaries:
@@ -293,19 +295,15 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
 
 def _search_boundaries(runner: Runner, cells: list[Config], plan: dict, capacity: int | None,
                        path: Path) -> None:
-    done = {b["key"] for b in store.read_rows(path, store.BOUNDARY_FIELDS)[0]}
-    configs = [c for c in planning.boundary_configs(cells)
-               if planning.boundary_key(c) not in done]
+    done = {b["key"] for b in store.read_boundaries(path)[0]}
+    configs = [c for c in planning.boundary_configs(cells) if c.boundary_key() not in done]
     if not configs:
         return
     budget_s = plan["boundary_budget_s"] / len(configs)
     start_batch = min(c.batch_size for c in cells)
     for config in tqdm(configs, desc="OOM boundary", unit="search", file=sys.stderr):
-        model = memory_model(config.dtype, config.channels_last, "device",
-                             device_type=planning.device_type(config))
-        boundary = Boundary(planning.boundary_key(config), config.dtype, config.channels_last,
-                            "device",
-                            predicted_max_batch=model.max_batch(capacity) if capacity else None)
+        boundary = Boundary(config, predicted_max_batch=model_for(config).max_batch(capacity)
+                            if capacity else None)
         find_max_batch(lambda batch, c=config: runner.trial(replace(c, batch_size=batch), batch),
                        boundary, start_batch, plan["boundary_limit"], budget_s)
         store.append_row(path, boundary.as_dict())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bench.grid import Config
 from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.outcome import Attempt, Outcome
 from bench.row import Row
 from bench.worker import Worker, WorkerDied, WorkerSpec
 
@@ -58,33 +59,32 @@ class Runner:
             row, healthy = _failed_row(config, self.spec.data, exc.kind, str(exc)), True
         except RuntimeError as exc:
             self.retire_worker()
-            row, healthy = _failed_row(config, self.spec.data, "error", str(exc)), True
+            row, healthy = _failed_row(config, self.spec.data, Outcome.ERROR, str(exc)), True
         for name, value in self.nvml_before.items():
             if getattr(row, name) is None:
                 setattr(row, name, value)
         row.predicted_peak_bytes = predicted
         row.memory_cap_bytes = self.spec.memory_cap_bytes
         # memory that did not come back, or a CUDA error that may be sticky: start afresh
-        if not healthy or (row.status == "error" and config.device.startswith("cuda")):
+        if not healthy or (row.status == Outcome.ERROR and config.device.startswith("cuda")):
             self.retire_worker()
         return row
 
-    def trial(self, config: Config, batch_size: int) -> dict:
+    def trial(self, config: Config, batch_size: int) -> Attempt:
         """One boundary trial; a trial that fails for any reason is a finding, never a crash."""
         try:
-            result = self._ensure_worker().trial(config, batch_size, self.timeout_s)
+            trial = self._ensure_worker().trial(config, batch_size, self.timeout_s)
         except WorkerDied as exc:
             self.worker = None
-            return {"batch_size": batch_size, "outcome": exc.kind, "error": str(exc)}
+            return Attempt(batch_size, exc.kind, str(exc))
         except RuntimeError as exc:  # a worker that could not start, or a handler that raised
             self.retire_worker()
-            return {"batch_size": batch_size, "outcome": "error", "error": str(exc)[-2000:]}
-        if not result["healthy"] or result["attempt"]["outcome"] == "error":
+            return Attempt(batch_size, Outcome.ERROR, str(exc)[-2000:])
+        if not trial.healthy or trial.attempt.outcome == Outcome.ERROR:
             self.retire_worker()
-        return result["attempt"]
+        return trial.attempt
 
 
-def _failed_row(config: Config, data: str, kind: str, error: str) -> Row:
-    return Row.for_config(config, data, "error", error_kind=kind, error=error[-2000:],
-                          attempts=[{"batch_size": config.batch_size, "outcome": kind,
-                                     "error": error}])
+def _failed_row(config: Config, data: str, kind: Outcome, error: str) -> Row:
+    return Row(config, data, Outcome.ERROR, error_kind=kind, error=error[-2000:],
+               attempts=[Attempt(config.batch_size, kind, error)])

@@ -37,3 +37,10 @@ class Measurement:
     @property
     def noisy(self) -> bool:
         return self.examples_per_s_iqr > NOISY_IQR_FRACTION * self.examples_per_s_median
+
+    def summary(self) -> dict:
+        """The figures a result row stores, by the row's names for them."""
+        return {"examples_per_s": self.examples_per_s_median,
+                "examples_per_s_iqr": self.examples_per_s_iqr, "noisy": self.noisy,
+                "step_ms_median": self.step_ms_median, "repeats": len(self.repeat_s),
+                "steps_per_repeat": self.steps_per_repeat, "repeat_s": list(self.repeat_s)}

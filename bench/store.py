@@ -1,5 +1,7 @@
 """The run directory: `plan.json` (what to run), `env.json` (where), `results.jsonl` (one row per
-cell) and `boundaries.jsonl` (one row per boundary search).
+cell) and `boundaries.jsonl` (one row per boundary search). The plan and every row carry the
+schema version they were written at; `read_results` and `read_boundaries` are the one way to read
+rows back, each at this version with every key present (bench.schema).
 
 Rows are appended, flushed and fsync'd one at a time, so a `kill -9` loses at most the row being
 written. A reader takes every whole line and skips a torn last one, and any line that is not a
@@ -19,12 +21,21 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench.boundary import read_boundary
+from bench.row import read_row
+from bench.schema import upgraded
+
 PLAN = "plan.json"
 ENV = "env.json"
 RESULTS = "results.jsonl"
 BOUNDARIES = "boundaries.jsonl"
 LOCK = ".lock"
 PLAN_KEYS = ("grid", "device", "data", "settings", "cells")
+# What a plan written before a field existed is read with.
+PLAN_DEFAULTS = {"grid_description": "", "overrides": dict, "device_notice": None,
+                 "data_notice": None, "data_root": None, "memory_cap_bytes": None,
+                 "cell_timeout_s": None, "find_max_batch": False, "boundary_limit": 2**24,
+                 "boundary_budget_s": 120.0}
 # What makes a line of results.jsonl a row, and a line of boundaries.jsonl a boundary
 ROW_FIELDS = ("key", "status")
 BOUNDARY_FIELDS = ("key", "dtype")
@@ -107,9 +118,16 @@ def open_existing(path: Path) -> dict:
         lacks = ", ".join(missing) or "a list of cells"
         raise RunDirError(f"{path / PLAN} is not a plan (it lacks {lacks}); start a new run "
                           f"instead")
+    plan = read_plan(plan, path / PLAN)
     if not os.access(path, os.W_OK):
         raise RunDirError(f"{path} is not writable; fix its permissions to resume it")
     return plan
+
+
+def read_plan(plan: dict, where: Path) -> dict:
+    """A stored plan at this schema, every key present; NewerSchemaError for a newer plan, whose
+    cells may have axes this version lacks."""
+    return upgraded(plan, PLAN_DEFAULTS, str(where))
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -145,7 +163,19 @@ def append_row(path: Path, row: dict) -> None:
         raise StoreWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def read_rows(path: Path, fields: tuple[str, ...] = ROW_FIELDS) -> tuple[list[dict], list[str]]:
+def read_results(path: Path) -> tuple[list[dict], list[str]]:
+    """Every row of a results file at this schema, and a warning for each line that is not one.
+    Raises NewerSchemaError for a row written by a newer version."""
+    rows, warnings = _read_lines(path, ROW_FIELDS)
+    return [read_row(row, f"{path}: {row['key']}") for row in rows], warnings
+
+
+def read_boundaries(path: Path) -> tuple[list[dict], list[str]]:
+    rows, warnings = _read_lines(path, BOUNDARY_FIELDS)
+    return [read_boundary(row, f"{path}: {row['key']}") for row in rows], warnings
+
+
+def _read_lines(path: Path, fields: tuple[str, ...]) -> tuple[list[dict], list[str]]:
     """Every whole row (a JSON object with `fields`), and a warning for each other line."""
     rows: list[dict] = []
     warnings: list[str] = []

@@ -12,8 +12,9 @@ import signal
 import traceback
 from dataclasses import dataclass
 
-from bench.cell import Settings, run_cell, run_trial, single_step
+from bench.cell import Settings, Trial, run_cell, run_trial, single_step
 from bench.grid import Config
+from bench.outcome import Outcome
 
 
 @dataclass(frozen=True)
@@ -30,13 +31,13 @@ class WorkerSpec:
 class WorkerDied(Exception):
     """The worker process ended while it held a cell."""
 
-    kind = "worker_died"
+    kind = Outcome.WORKER_DIED
 
 
 class WorkerTimedOut(WorkerDied):
     """The worker held a cell past its time limit and was stopped."""
 
-    kind = "timeout"
+    kind = Outcome.TIMEOUT
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -148,7 +149,7 @@ class Worker:
     def cell(self, config: Config, timeout_s: float | None = None):
         return self.call("cell", config, timeout_s=timeout_s)
 
-    def trial(self, config: Config, batch_size: int, timeout_s: float | None = None) -> dict:
+    def trial(self, config: Config, batch_size: int, timeout_s: float | None = None) -> Trial:
         return self.call("trial", config, batch_size, timeout_s=timeout_s)
 
     @property

@@ -49,17 +49,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def percentage(text: str) -> float:
-    """`5%` (or `5`) -> 0.05."""
-    try:
-        value = float(text.rstrip("%")) / 100
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 5%") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must not be negative")
-    return value
-
-
 def resolve_device(spec: str):
     """`auto` is the first GPU when there is one, else the CPU; a GPU asked for must exist."""
     import torch  # here, so that reports (which never imports torch) can share this module

@@ -7,19 +7,43 @@ import math
 
 import pandas as pd
 
+from bench.grid import AXES
+from bench.stats import NOISY_IQR_FRACTION
 from bench.units import format_bytes
-from reports.frame import Run, notebook_cell, timed
-from reports.plots import parts_of
+from reports.frame import Run, busy, notebook_cell, parts_of, timed, vouched
 
 # The settings that make a cell; cells alike in all but one are compared on that one.
-SETTINGS = ["batch_size", "dtype", "channels_last", "placement", "num_workers", "pin_memory"]
+SETTINGS = list(AXES)
+
+
+def trust_findings(cells: pd.DataFrame) -> list[str]:
+    """Which figures the page cannot vouch for: cells timed while the machine was busy (their
+    speed is that moment's), apart from cells noisy on a quiet machine (noisy by nature)."""
+    lines = []
+    suspect = busy(timed(cells))
+    named = "; ".join(f"{row['key']} ({', '.join(row['busy_reasons'])})"
+                      for _, row in suspect.iterrows())
+    if not suspect.empty and len(suspect) == len(timed(cells)):
+        lines.append(f"Every timed cell was measured while the machine was busy, so no figure "
+                     f"here is vouched for: {named}. Run again on a quiet machine.")
+    elif not suspect.empty:
+        lines.append(f"Measured while the machine was busy, so not vouched for and left out of "
+                     f"the answers above: {len(suspect)} of {len(timed(cells))} timed cells: "
+                     f"{named}. Run them again on a quiet machine.")
+    quiet = vouched(cells)
+    noisy = quiet[quiet["noisy"].fillna(False).astype(bool)]
+    if not noisy.empty:
+        lines.append(f"Noisy by nature (IQR over {NOISY_IQR_FRACTION:.0%} of the median on a "
+                     f"machine seen quiet): {', '.join(noisy['key'])}; treat their differences "
+                     f"with care.")
+    return lines
 
 
 def _median_ratio(cells: pd.DataFrame, column: str, value, baseline) -> float | None:
     """The median, over cells alike in every other setting, of examples/s at `value` divided by
-    examples/s at `baseline`."""
+    examples/s at `baseline`; from cells the page can vouch for."""
     keys = [name for name in SETTINGS if name != column]
-    trained = timed(cells)
+    trained = vouched(cells)
     a = trained[trained[column] == value].set_index(keys)["examples_per_s"]
     b = trained[trained[column] == baseline].set_index(keys)["examples_per_s"]
     both = a.index.intersection(b.index)
@@ -38,7 +62,7 @@ def speed_findings(cells: pd.DataFrame) -> list[str]:
     if ratio is not None:
         verdict = "a gain" if ratio > 1.05 else "a loss" if ratio < 0.95 else "no gain"
         lines.append(f"channels_last runs at {ratio:.2f}x NCHW's speed: {verdict}.")
-    trained = timed(cells)
+    trained = vouched(cells)
     host = trained[trained["placement"] == "host"]
     device = trained[trained["placement"] == "device"]
     if not host.empty and not device.empty:
@@ -97,8 +121,4 @@ def warnings_about(cells: pd.DataFrame) -> list[str]:
                          f"a training speed.")
         elif abs(last - first) < 1e-6:
             lines.append(f"{row['key']}: the loss never moved from {first:.4f}.")
-    noisy = cells[cells["noisy"].fillna(False).astype(bool)]
-    if not noisy.empty:
-        lines.append(f"{len(noisy)} of {len(cells)} cells are noisy (IQR over 5% of the "
-                     f"median): treat their differences with care.")
     return lines

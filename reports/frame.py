@@ -7,13 +7,16 @@ hides processes): the page shows them as "not measured", never as 0.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
 from bench import store
-from bench.row import ROW_KEYS, TRAINED
+from bench.grid import Config
+from bench.outcome import TRAINED
+from bench.row import ROW_KEYS, config_of
+from bench.schema import NewerSchemaError
 
 # The notebook's settings: batch 256, float32, the host DataLoader, no pinning.
 NOTEBOOK = {"batch_size_requested": 256, "dtype": "float32", "channels_last": False,
@@ -21,7 +24,7 @@ NOTEBOOK = {"batch_size_requested": 256, "dtype": "float32", "channels_last": Fa
 
 
 class NotARun(Exception):
-    """The folder holds no results to report."""
+    """The folder holds no results this version can report."""
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Run:
 
     @property
     def on_gpu(self) -> bool:
-        return str(self.plan.get("device", self.env.get("device", "cpu"))).startswith("cuda")
+        return str(self.plan.get("device") or self.env.get("device", "cpu")).startswith("cuda")
 
     @property
     def capacity_bytes(self) -> float | None:
@@ -54,9 +57,12 @@ def _read_json(path: Path) -> dict:
 
 
 # Columns whose missing values must stay missing, not turn a whole column into floats or NaN
-# into True: pandas' nullable types.
-NULLABLE = {"batch_size": "Int64", "batch_size_requested": "Int64", "num_workers": "Int64",
-            "channels_last": "boolean", "pin_memory": "boolean", "noisy": "boolean"}
+# into True: pandas' nullable types, for the whole-number and yes-or-no settings and figures.
+_NULLABLE_TYPES = {"int": "Int64", "bool": "boolean"}
+NULLABLE = {"batch_size": "Int64", "batch_size_requested": "Int64", "noisy": "boolean",
+            "busy": "boolean",
+            **{f.name: _NULLABLE_TYPES[f.type] for f in fields(Config)
+               if f.type in _NULLABLE_TYPES and f.name != "batch_size"}}
 
 
 def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
@@ -83,11 +89,9 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
     cells["footprint_bytes"] = (
         (cells["nvml_peak_used_bytes"] - cells["nvml_baseline_used_bytes"])
         .fillna(cells["peak_reserved_bytes"]).fillna(cells["tracked_peak_bytes"]))
-    cells["layout"] = cells["channels_last"].map({True: "channels_last", False: "NCHW"})
-    cells["loader"] = pd.Series([_loader_words(placement, workers, pinned) for placement, workers,
-                                 pinned in zip(cells["placement"], cells["num_workers"],
-                                               cells["pin_memory"])],
-                                index=cells.index, dtype=object)
+    configs = [config_of(row) for row in cells.to_dict("records")]
+    cells["layout"] = pd.Series([c.layout_words for c in configs], index=cells.index, dtype=object)
+    cells["loader"] = pd.Series([c.loader_words for c in configs], index=cells.index, dtype=object)
     cells["trained"] = cells["status"].isin(TRAINED)
     return cells
 
@@ -98,25 +102,21 @@ def flag(value) -> bool:
     return bool(pd.notna(value) and value)
 
 
-def _loader_words(placement, workers, pinned) -> str:
-    if placement == "device":
-        return "device-resident"
-    return f"host, {workers} workers{', pinned' if flag(pinned) else ''}"
-
-
 def load_run(path: Path) -> Run:
     path = Path(path)
     results = path / store.RESULTS
     if not results.is_file():
         raise NotARun(f"{path} holds no {store.RESULTS}; run python -m bench.run --out {path} "
                       f"first")
-    rows, warnings = store.read_rows(results)
-    boundary_rows, boundary_warnings = store.read_rows(path / store.BOUNDARIES,
-                                                       store.BOUNDARY_FIELDS)
-    cells = pd.DataFrame(rows)
-    return Run(path, _read_json(path / store.ENV), _read_json(path / store.PLAN),
-               with_derived_columns(cells), pd.DataFrame(boundary_rows),
-               warnings + boundary_warnings)
+    try:
+        rows, warnings = store.read_results(results)
+        boundary_rows, boundary_warnings = store.read_boundaries(path / store.BOUNDARIES)
+        plan = store.read_plan(_read_json(path / store.PLAN), path / store.PLAN)
+    except NewerSchemaError as exc:
+        raise NotARun(str(exc)) from None
+    cells = pd.DataFrame(rows, columns=ROW_KEYS)
+    return Run(path, _read_json(path / store.ENV), plan, with_derived_columns(cells),
+               pd.DataFrame(boundary_rows), warnings + boundary_warnings)
 
 
 def notebook_cell(cells: pd.DataFrame) -> pd.Series | None:
@@ -135,7 +135,20 @@ def timed(cells: pd.DataFrame) -> pd.DataFrame:
     return cells[cells["trained"] & cells["examples_per_s"].notna()]
 
 
+def busy(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells timed while the machine was busy: their speed is that moment's, not the settings'."""
+    return cells[cells["busy"].fillna(False).astype(bool)]
+
+
+def vouched(cells: pd.DataFrame) -> pd.DataFrame:
+    """Timed cells whose machine was not seen busy (or whose rows predate the probes)."""
+    trusted = timed(cells)
+    return trusted[~trusted["busy"].fillna(False).astype(bool)]
+
+
 def fastest(cells: pd.DataFrame, max_footprint_bytes: float | None = None) -> pd.Series | None:
+    """The fastest of `cells` (callers pass vouched(cells) to rank only what they can vouch
+    for)."""
     trained = timed(cells)
     if max_footprint_bytes is not None:
         trained = trained[trained["footprint_bytes"] <= max_footprint_bytes]
@@ -150,6 +163,21 @@ def largest_batch_per_dtype(run: Run) -> dict:
     trained = run.cells[run.cells["trained"]]
     return {dtype: (group["batch_size"].max(), "largest in the grid (no boundary search)")
             for dtype, group in trained.groupby("dtype", sort=False)}
+
+
+def parts_of(cell: pd.Series) -> list[tuple[str, float]]:
+    """Where one cell's memory went, bottom first; NVML parts only where NVML was read. A CPU run
+    has none: its resident set is not a sum of parts (the C allocator reuses what earlier steps
+    freed)."""
+    if pd.notna(cell.get("peak_allocated_bytes")):
+        parts = [("allocated (live tensors)", cell["peak_allocated_bytes"]),
+                 ("cache slack (reserved - allocated)", cell["cache_slack_bytes"])]
+        if pd.notna(cell.get("nvml_peak_used_bytes")):
+            parts += [("CUDA context and libraries", cell["context_bytes"]),
+                      ("used before the worker started", cell["nvml_baseline_used_bytes"]),
+                      ("driver reserve", cell["nvml_driver_reserved_bytes"])]
+        return [(label, float(v)) for label, v in parts if pd.notna(v)]
+    return []
 
 
 def pareto(cells: pd.DataFrame) -> pd.DataFrame:

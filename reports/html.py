@@ -9,7 +9,15 @@ import pandas as pd
 
 from bench.units import format_bytes
 from reports import findings
-from reports.frame import Run, fastest, flag, largest_batch_per_dtype, notebook_cell
+from reports.frame import (
+    Run,
+    fastest,
+    flag,
+    largest_batch_per_dtype,
+    notebook_cell,
+    timed,
+    vouched,
+)
 
 SMALL_CARD_BYTES = 8 * 2**30  # "a smaller card" where no cap says otherwise
 
@@ -78,16 +86,33 @@ def _grid_words(plan: dict) -> str:
     return words
 
 
+def _busy_words(cell: pd.Series) -> str:
+    return "; ".join(escape(str(r)) for r in cell["busy_reasons"] or [])
+
+
 def answers(run: Run) -> list[str]:
+    """The page's answers, built from the cells it can vouch for; where it has none, from the
+    others, saying so."""
     cells = run.cells
     lines = []
-    best = fastest(cells)
+    trusted = vouched(cells)
+    caveat = ""
+    if trusted.empty:
+        trusted = timed(cells)
+        caveat = (" <span class='warn'>(every timed cell was measured while the machine was "
+                  "busy: no figure here is vouched for)</span>")
+    best = fastest(trusted)
     if best is None:
         return ["No cell trained: see the table for each cell's error."]
     lines.append(f"Fastest: <b>{escape(best['key'])}</b> at {_speed(best['examples_per_s'])} "
-                 f"examples/s, needing {_bytes(best['footprint_bytes'])}.")
+                 f"examples/s, needing {_bytes(best['footprint_bytes'])}.{caveat}")
+    overall = fastest(cells)
+    if overall["key"] != best["key"]:
+        lines.append(f"<span class='warn'>{escape(overall['key'])} measured faster "
+                     f"({_speed(overall['examples_per_s'])} examples/s), but while the machine "
+                     f"was busy ({_busy_words(overall)}): not counted.</span>")
     small = run.plan.get("memory_cap_bytes") or SMALL_CARD_BYTES
-    fits = fastest(cells, small)
+    fits = fastest(trusted, small)
     if fits is not None and fits["key"] != best["key"]:
         lines.append(f"Fastest within {_bytes(small)}: <b>{escape(fits['key'])}</b> at "
                      f"{_speed(fits['examples_per_s'])} examples/s.")
@@ -95,9 +120,13 @@ def answers(run: Run) -> list[str]:
         lines.append(f"It fits a card of {_bytes(small)} as well.")
     nb = notebook_cell(cells)
     if nb is not None:
-        lines.append(f"The notebook's settings ({escape(nb['key'])}) reach "
-                     f"{_speed(nb['examples_per_s'])} examples/s: the fastest cell is "
-                     f"<b>{best['examples_per_s'] / nb['examples_per_s']:.1f}x</b> faster.")
+        line = (f"The notebook's settings ({escape(nb['key'])}) reach "
+                f"{_speed(nb['examples_per_s'])} examples/s: the fastest cell is "
+                f"<b>{best['examples_per_s'] / nb['examples_per_s']:.1f}x</b> faster.")
+        if flag(nb["busy"]):
+            line += (f" <span class='warn'>The notebook's cell was measured while the machine "
+                     f"was busy ({_busy_words(nb)}): the ratio is not vouched for.</span>")
+        lines.append(line)
     else:
         lines.append("The run has no cell with the notebook's settings (b256, float32, "
                      "host loader, no pinning) to compare with.")
@@ -122,6 +151,7 @@ TABLE_COLUMNS = [
     ("cpu_peak_rss_bytes", "worker RSS", _bytes),
     ("predicted_peak_bytes", "predicted (batch asked)", _bytes),
     ("loss_last", "last loss", _fixed(3)),
+    ("busy", "machine while timed", None),
     ("error", "error", lambda v: "" if _missing(v) else escape(str(v))),
 ]
 
@@ -132,12 +162,35 @@ def cells_table(cells: pd.DataFrame) -> str:
     for _, row in cells.iterrows():
         tds = []
         for column, _, show in TABLE_COLUMNS:
+            if column == "busy":
+                tds.append(f"<td>{_machine_words(row)}</td>")
+                continue
             value = row.get(column)
             noisy = column == "examples_per_s" and flag(row.get("noisy"))
+            suspect = column == "examples_per_s" and flag(row.get("busy"))
             tds.append(f"<td{' class=noisy title=noisy' if noisy else ''}>{show(value)}"
-                       f"{' (noisy)' if noisy else ''}</td>")
+                       f"{' (noisy)' if noisy else ''}{' (busy)' if suspect else ''}</td>")
         body.append(f"<tr class='{escape(str(row['status']))}'>{''.join(tds)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _machine_words(row: pd.Series) -> str:
+    """Whether the machine was quiet while the cell was timed, and the figures that say so."""
+    if _missing(row.get("busy")):
+        return "not measured"
+    parts = []
+    if not _missing(row.get("cpu_other_fraction")):
+        parts.append(f"others {row['cpu_other_fraction']:.0%} CPU")
+    if not _missing(row.get("cpu_steal_fraction")) and row["cpu_steal_fraction"] > 0:
+        parts.append(f"steal {row['cpu_steal_fraction']:.0%}")
+    if not _missing(row.get("gpu_sm_clock_min_mhz")) and \
+            not _missing(row.get("gpu_sm_clock_max_mhz")):
+        parts.append(f"SM {row['gpu_sm_clock_min_mhz']:,.0f}/{row['gpu_sm_clock_max_mhz']:,.0f} "
+                     f"MHz")
+    if not _missing(row.get("gpu_temperature_max_c")):
+        parts.append(f"{row['gpu_temperature_max_c']:.0f} °C")
+    verdict = "<span class='warn'>busy</span>" if flag(row["busy"]) else "quiet"
+    return f"{verdict} ({escape(', '.join(parts))})" if parts else verdict
 
 
 def boundaries_table(run: Run) -> str:
@@ -189,8 +242,8 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
         return "\n".join(parts)
     parts.append("<h2>The answer</h2><ul>" + "".join(f"<li>{line}</li>" for line in answers(run))
                  + "</ul>")
-    words = (findings.speed_findings(run.cells) + findings.memory_story(run)
-             + findings.warnings_about(run.cells))
+    words = (findings.trust_findings(run.cells) + findings.speed_findings(run.cells)
+             + findings.memory_story(run) + findings.warnings_about(run.cells))
     if words:
         parts.append("<h2>What the numbers say</h2><ul>"
                      + "".join(f"<li>{escape(w)}</li>" for w in words) + "</ul>")

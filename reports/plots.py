@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-from reports.frame import Run, notebook_cell, pareto, timed  # noqa: E402
+from bench.grid import added_axes  # noqa: E402
+from reports.frame import Run, notebook_cell, pareto, parts_of, timed  # noqa: E402
 
 MiB = 2**20
 DPI = 110
@@ -61,12 +62,13 @@ def throughput(run: Run, folder: Path) -> str | None:
     if cells.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 6))
-    for (loader, dtype, layout), group in cells.groupby(["loader", "dtype", "layout"]):
+    series = ["loader", "dtype", "layout", *added_axes()]
+    for values, group in cells.groupby(series):
         group = group.sort_values("batch_size")
-        style = "-" if loader == "device-resident" else "--"
+        style = "-" if values[0] == "device-resident" else "--"
         ax.errorbar(group["batch_size"], group["examples_per_s"], yerr=group["examples_per_s_iqr"]
                     / 2, fmt=style + "o", markersize=4, capsize=2,
-                    label=f"{dtype}, {layout}, {loader}")
+                    label=", ".join(str(v) for v in (*values[1:3], values[0], *values[3:])))
     _log2_batches(ax, cells["batch_size"])
     ax.set_ylabel("examples/s (median; bars: IQR)")
     ax.set_title(f"Training throughput on {_device_words(run)}")
@@ -149,20 +151,6 @@ def memory_parts(run: Run, folder: Path) -> str | None:
     ax.set_title("Memory parts of one cell", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.08))
     return _save(fig, folder, "memory_parts.png")
-
-
-def parts_of(cell: pd.Series) -> list[tuple[str, float]]:
-    """The stacked parts, bottom first; NVML parts only where NVML was read. A CPU run has none:
-    its resident set is not a sum of parts (the C allocator reuses what earlier steps freed)."""
-    if pd.notna(cell.get("peak_allocated_bytes")):
-        parts = [("allocated (live tensors)", cell["peak_allocated_bytes"]),
-                 ("cache slack (reserved - allocated)", cell["cache_slack_bytes"])]
-        if pd.notna(cell.get("nvml_peak_used_bytes")):
-            parts += [("CUDA context and libraries", cell["context_bytes"]),
-                      ("used before the worker started", cell["nvml_baseline_used_bytes"]),
-                      ("driver reserve", cell["nvml_driver_reserved_bytes"])]
-        return [(label, float(v)) for label, v in parts if pd.notna(v)]
-    return []
 
 
 def tradeoff(run: Run, folder: Path) -> str | None:

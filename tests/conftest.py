@@ -1,5 +1,11 @@
 import pytest
 
+from helpers import PLUGIN
+
+# pytester: the plugin's tests run small projects of their own. The plugin itself comes with the
+# installed package; a checkout run as it is (docs/gpu-check.sh) loads it by name.
+pytest_plugins = ["pytester", *PLUGIN]
+
 
 @pytest.fixture
 def empty_cache(tmp_path, monkeypatch):

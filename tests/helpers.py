@@ -5,12 +5,16 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+# The plugin to name with -p where the package is not installed (its pytest11 entry point absent).
+PLUGIN = [] if any(ep.value == "bench.pytest_plugin" for ep in entry_points(group="pytest11")) \
+    else ["bench.pytest_plugin"]
 DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -55,3 +59,30 @@ def start_grid_and_wait_for_a_row(out, **popen):
         assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
         time.sleep(0.05)
     return proc
+
+
+def slowed_tree(dest: Path, every: int) -> Path:
+    """A copy of this source tree whose training step runs twice every `every`-th call: a
+    planted slowdown of real work (every=4 is 25% more time, a 20% drop in examples/s)."""
+    import shutil
+
+    for package in ("bench", "lenet"):
+        shutil.copytree(ROOT / package, dest / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    with (dest / "lenet" / "train.py").open("a") as f:
+        f.write(f"""
+
+# planted slowdown, for tests of the speed gate
+_unslowed, _calls = TrainStep.__call__, [0]
+
+
+def _slowed(self, images, labels):
+    _calls[0] += 1
+    if _calls[0] % {every} == 0:
+        _unslowed(self, images, labels)
+    return _unslowed(self, images, labels)
+
+
+TrainStep.__call__ = _slowed
+""")
+    return dest

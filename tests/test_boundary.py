@@ -1,6 +1,8 @@
 import itertools
 
 from bench.boundary import Boundary, find_max_batch
+from bench.grid import Config
+from bench.outcome import Attempt, Outcome
 
 
 def _card(limit: int, kernel_limit: int | None = None):
@@ -9,16 +11,14 @@ def _card(limit: int, kernel_limit: int | None = None):
     def trial(batch):
         tried.append(batch)
         if kernel_limit is not None and batch >= kernel_limit:
-            return {"batch_size": batch, "outcome": "kernel_limit",
-                    "error": "RuntimeError: integer out of range"}
-        outcome = "ok" if batch <= limit else "oom"
-        return {"batch_size": batch, "outcome": outcome, "error": None}
+            return Attempt(batch, Outcome.KERNEL_LIMIT, "RuntimeError: integer out of range")
+        return Attempt(batch, Outcome.OK if batch <= limit else Outcome.OOM)
 
     return trial, tried
 
 
 def _boundary():
-    return Boundary("float32-nchw", "float32", False, "device")
+    return Boundary(Config(1))
 
 
 def test_doubles_then_bisects_to_within_five_percent():
@@ -65,9 +65,9 @@ def test_a_failure_that_is_not_about_size_ends_the_search_at_once():
 
     def trial(batch):
         tried.append(batch)
-        outcome = "ok" if batch < 256 else "error"
-        return {"batch_size": batch, "outcome": outcome,
-                "error": None if outcome == "ok" else "RuntimeError: the worker could not start"}
+        if batch < 256:
+            return Attempt(batch, Outcome.OK)
+        return Attempt(batch, Outcome.ERROR, "RuntimeError: the worker could not start")
 
     b = find_max_batch(trial, _boundary(), start=64, limit=2**20, budget_s=60)
     assert tried == [64, 128, 256]

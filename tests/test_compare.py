@@ -66,6 +66,17 @@ def test_a_planted_slowdown_fails_naming_cell_field_values_and_threshold(base_ru
     assert "1 of 2 cells regressed" in result.stdout
 
 
+def test_a_cell_timed_on_a_busy_machine_is_noted(base_run, tmp_path):
+    def busy(row):
+        row["busy"], row["busy_reasons"] = True, ["other processes used 48% of the CPUs"]
+
+    new, row = _variant(base_run, tmp_path, "busy", busy)
+    result = _gate(base_run, new, "--max-slowdown", "100%")
+    assert (f"note: {row['key']} was timed while the machine was busy in {new} (other processes "
+            f"used 48% of the CPUs): its speed is not vouched for; on a shared machine gate "
+            f"speed with python -m bench.ab") in result.stdout
+
+
 def test_a_planted_memory_growth_fails(base_run, tmp_path):
     def fatter(row):
         row["tracked_peak_bytes"] = int(row["tracked_peak_bytes"] * 1.2)

@@ -56,20 +56,21 @@ def test_a_free_card_fits():
 
 def test_report_lists_the_card_and_its_processes():
     card = FakeCard(GiB // 4, [GpuProcess(4242, 60 * GiB, "python")])
-    ok, lines = report(torch.device("cuda", 0), 10 * 2**20, reader_factory=lambda i: card)
-    assert not ok
-    assert "GPU: NVIDIA H100 80GB HBM3, driver 580.65.06" in lines
-    assert "process 4242 (python): 60.0 GiB" in lines
-    assert lines[-1].startswith("smallest cell: does not fit")
+    checkup = report(torch.device("cuda", 0), 10 * 2**20, reader_factory=lambda i: card)
+    assert not checkup.fits
+    assert "GPU: NVIDIA H100 80GB HBM3, driver 580.65.06" in checkup.lines
+    assert "process 4242 (python): 60.0 GiB" in checkup.lines
+    assert checkup.verdict.startswith("does not fit: ")
+    assert checkup.lines[-1] == f"smallest cell: {checkup.verdict}"
 
 
 def test_without_nvml_it_says_so_and_carries_on():
     def missing(index):
         raise NvmlUnavailable("NVML could not start: NVML Shared Library Not Found")
 
-    ok, lines = report(torch.device("cpu"), None, reader_factory=missing)
-    assert ok
-    assert lines[-1] == ("NVML: unavailable (NVML could not start: NVML Shared Library Not "
+    checkup = report(torch.device("cpu"), None, reader_factory=missing)
+    assert checkup.fits and checkup.verdict is None
+    assert checkup.lines[-1] == ("NVML: unavailable (NVML could not start: NVML Shared Library Not "
                          "Found); NVML columns will read 'not measured'")
 
 

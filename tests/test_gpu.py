@@ -13,6 +13,7 @@ import torch
 from bench.cell import Settings, run_cell
 from bench.grid import Config
 from bench.nvml import NvmlReader
+from bench.outcome import Outcome
 from bench.predict import predict_peak_bytes
 from bench.worker import Worker, WorkerSpec
 from helpers import ROOT, needs_gpu
@@ -44,8 +45,8 @@ def test_a_2gib_cap_makes_a_real_oom_and_backs_off():
     finally:
         worker.close()
     assert row.status == "oom_backed_off" and healthy
-    assert [a["batch_size"] for a in row.attempts][:2] == [65536, 32768]
-    assert row.attempts[0]["outcome"] == "oom"
+    assert [a.batch_size for a in row.attempts][:2] == [65536, 32768]
+    assert row.attempts[0].outcome == Outcome.OOM
     assert row.peak_reserved_bytes <= 2 * 2**30
 
 

@@ -158,10 +158,10 @@ def test_the_doctor_notes_an_nvml_failure_instead_of_crashing(monkeypatch):
     from bench.doctor import report
 
     FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetMemoryInfo"])
-    ok, lines = report(torch.device("cpu"), None)
-    assert ok
-    assert lines[-1] == ("NVML: unavailable (memory not readable: GPU is lost); NVML columns "
-                         "will read 'not measured'")
+    checkup = report(torch.device("cpu"), None)
+    assert checkup.fits
+    assert checkup.lines[-1] == ("NVML: unavailable (memory not readable: GPU is lost); NVML "
+                                 "columns will read 'not measured'")
 
 
 @needs_gpu

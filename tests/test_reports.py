@@ -9,22 +9,24 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
+from bench.contention import Contention
+from bench.grid import Config
+from bench.outcome import Attempt, Outcome
 from bench.row import Row
 from helpers import ROOT, run_module
-from reports.__main__ import write_report
 from reports.frame import load_run, pareto
+from reports.write import write_report
 
 MiB = 2**20
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
 
 
-def _gpu_row(batch, dtype="float32", status="ok", placement="device", workers=0, **extra):
-    loader = "device" if placement == "device" else f"host-w{workers}"
-    row = Row(key=f"b{batch}-{dtype}-nchw-{loader}",
-              batch_size_requested=batch, batch_size=batch, dtype=dtype, channels_last=False,
-              placement=placement, pin_memory=False, num_workers=workers, device="cuda:0",
-              data_source="fashion-mnist", status=status,
-              attempts=[{"batch_size": batch, "outcome": "ok", "error": None}],
+def _gpu_row(batch, dtype="float32", status="ok", placement="device", workers=0,
+             pin_memory=False, device="cuda:0", **extra):
+    config = Config(batch, dtype, placement=placement, num_workers=workers,
+                    pin_memory=pin_memory, device=device)
+    row = Row(config, "fashion-mnist", status, batch_size=batch,
+              attempts=[Attempt(batch, Outcome.OK)],
               examples_per_s=1000.0 * batch ** 0.5, examples_per_s_iqr=5.0, noisy=False,
               step_ms_median=1.0, repeats=5, steps_per_repeat=10, repeat_s=[0.1] * 5,
               peak_allocated_bytes=57 * 1024 * batch + 2 * MiB,
@@ -35,6 +37,7 @@ def _gpu_row(batch, dtype="float32", status="ok", placement="device", workers=0,
               predicted_peak_bytes=58 * 1024 * batch + 2 * MiB, loss_first=2.3, loss_last=1.9,
               wall_s=2.0)
     for name, value in extra.items():
+        assert hasattr(row, name), name
         setattr(row, name, value)
     return row.as_dict()
 
@@ -169,7 +172,7 @@ def test_not_a_run_is_one_line(tmp_path):
 
 def test_reports_never_imports_torch(tmp_path):
     run_dir = _every_status_run(tmp_path)
-    code = ("import sys; from reports.__main__ import write_report; from pathlib import Path; "
+    code = ("import sys; from reports.write import write_report; from pathlib import Path; "
             f"write_report(Path({str(run_dir)!r})); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
@@ -295,8 +298,28 @@ def test_the_page_says_what_set_changed_of_the_grid(tmp_path):
 
 
 def test_pinned_loaders_and_noisy_cells_are_named(tmp_path):
-    rows = [_gpu_row(256, placement="host", workers=2, pin_memory=True, noisy=True,
-                     key="b256-float32-nchw-host-w2-pinned")]
+    rows = [_gpu_row(256, placement="host", workers=2, pin_memory=True, noisy=True)]
     run_dir = _make_run(tmp_path / "pinned", rows)
     assert list(load_run(run_dir).cells["loader"]) == ["host, 2 workers, pinned"]
     assert write_report(run_dir).read_text().count("(noisy)") == 1
+
+
+def test_a_busy_cell_is_named_and_left_out_of_the_answers(tmp_path):
+    """A cell timed beside other work measured faster than the rest: the page ranks the cells it
+    can vouch for, says the busy one was not counted, and keeps noisy-by-nature apart."""
+    reasons = ["other processes used 48% of the CPUs"]
+    rows = [_gpu_row(64), _gpu_row(256, noisy=True),
+            _gpu_row(1024, examples_per_s=10**6, contention=Contention(
+                cpu_other_fraction=0.48, busy=True, busy_reasons=tuple(reasons)))]
+    for row in rows[:2]:
+        row.update(busy=False, cpu_other_fraction=0.01)
+    page = write_report(_make_run(tmp_path / "busy", rows)).read_text()
+    assert "Fastest: <b>b256-float32-nchw-device</b>" in page
+    assert ("b1024-float32-nchw-device measured faster (1,000,000 examples/s), but while the "
+            "machine was busy (other processes used 48% of the CPUs): not counted.") in page
+    assert ("Measured while the machine was busy, so not vouched for and left out of the "
+            "answers above: 1 of 3 timed cells: b1024-float32-nchw-device (other processes used "
+            "48% of the CPUs).") in page
+    assert ("Noisy by nature (IQR over 5% of the median on a machine seen quiet): "
+            "b256-float32-nchw-device") in page
+    assert "1,000,000 (busy)" in page and "quiet (others 1% CPU)" in page

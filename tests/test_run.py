@@ -9,6 +9,7 @@ import pytest
 
 from bench.cell import Settings
 from bench.grid import Config
+from bench.outcome import Outcome
 from bench.runner import Runner
 from bench.worker import Worker, WorkerSpec
 from helpers import CPU_SYNTHETIC, NO_GPU, rows_of, run_module, start_grid_and_wait_for_a_row
@@ -210,8 +211,8 @@ def test_a_cell_past_its_time_limit_costs_one_row(tmp_path):
 def test_a_boundary_trial_whose_worker_cannot_start_is_a_finding(tmp_path):
     no_data = WorkerSpec("cpu", "fashion-mnist", str(tmp_path / "nowhere"), Settings())
     attempt = Runner(no_data, cuda_index=None).trial(Config(64), 64)
-    assert attempt["outcome"] == "error"
-    assert "the worker could not start: DataError" in attempt["error"]
+    assert attempt.outcome == Outcome.ERROR
+    assert "the worker could not start: DataError" in attempt.error
 
 
 def test_a_boundary_search_under_a_tiny_cap_still_ends_in_a_summary(tmp_path):

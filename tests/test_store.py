@@ -4,6 +4,11 @@ import os
 import pytest
 
 from bench import store
+from bench.contention import Contention
+from bench.grid import Config
+from bench.outcome import Attempt, Outcome
+from bench.row import ROW_KEYS, Row, config_of
+from bench.schema import SCHEMA_VERSION, NewerSchemaError
 from helpers import ROOT
 
 
@@ -11,7 +16,7 @@ def test_rows_are_appended_one_per_line(tmp_path):
     path = tmp_path / "results.jsonl"
     store.append_row(path, {"key": "a", "status": "ok", "examples_per_s": 1.5})
     store.append_row(path, {"key": "b", "status": "ok", "examples_per_s": float("nan")})
-    rows, warnings = store.read_rows(path)
+    rows, warnings = store.read_results(path)
     assert [r["key"] for r in rows] == ["a", "b"] and warnings == []
     assert path.read_text().count("\n") == 2
 
@@ -21,8 +26,8 @@ def test_a_torn_last_line_is_skipped_with_a_warning_then_cut(tmp_path):
     store.append_row(path, {"key": "a", "status": "ok"})
     with path.open("a") as f:
         f.write('{"key": "b", "exam')  # what a kill -9 mid-write leaves
-    rows, warnings = store.read_rows(path)
-    assert rows == [{"key": "a", "status": "ok"}]
+    rows, warnings = store.read_results(path)
+    assert [r["key"] for r in rows] == ["a"]
     assert warnings == [f"{path}: skipped a torn last line (the run was stopped mid-write) "
                         f"at line 2"]
     assert store.cut_torn_tail(path)
@@ -58,7 +63,7 @@ def test_a_line_that_is_json_but_not_a_row_is_skipped_with_a_warning(tmp_path, l
     with path.open("a") as f:
         f.write(line + "\n")
     store.append_row(path, {"key": "b", "status": "ok"})
-    rows, warnings = store.read_rows(path)
+    rows, warnings = store.read_results(path)
     assert [r["key"] for r in rows] == ["a", "b"]
     assert warnings == [f"{path}: skipped line 2: not a row (it needs key, status)"]
 
@@ -109,5 +114,51 @@ def test_a_write_that_fails_leaves_the_rows_whole_and_says_so(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
                             text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.stdout.strip() == f"cannot write {path}: File too large", result.stderr
-    rows, warnings = store.read_rows(path)
+    rows, warnings = store.read_results(path)
     assert [r["key"] for r in rows] == ["a"] and warnings == []
+
+
+def test_an_older_row_is_read_at_this_schema_with_every_key(tmp_path):
+    """A row written before rows carried a version (schema 1) lacks the contention figures."""
+    path = tmp_path / "results.jsonl"
+    store.append_row(path, {"key": "b256-float32-nchw-device", "status": "ok",
+                            "batch_size_requested": 256, "examples_per_s": 9.0})
+    (row,), _ = store.read_results(path)
+    assert set(row) == set(ROW_KEYS)
+    assert row["schema_version"] == SCHEMA_VERSION
+    assert row["busy"] is None and row["busy_reasons"] == [] and row["attempts"] == []
+    assert row["examples_per_s"] == 9.0
+
+
+def test_a_row_from_a_newer_version_is_refused_with_a_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    store.append_row(path, {"key": "a", "status": "ok", "schema_version": SCHEMA_VERSION + 1})
+    with pytest.raises(NewerSchemaError, match=rf"results.jsonl: a was written by a newer "
+                                               rf"lenet-bench \(schema {SCHEMA_VERSION + 1}; "
+                                               rf"this one reads up to {SCHEMA_VERSION}\): "
+                                               rf"upgrade lenet-bench to read it"):
+        store.read_results(path)
+
+
+def test_a_row_written_now_reads_back_as_written(tmp_path):
+    config = Config(256, dtype="bfloat16", channels_last=True, placement="host", num_workers=2)
+    row = Row(config, "synthetic", Outcome.OOM_BACKED_OFF, batch_size=128,
+              attempts=[Attempt(256, Outcome.OOM, "CUDA out of memory"), Attempt(128, Outcome.OK)],
+              contention=Contention(cpu_other_fraction=0.5, busy=True,
+                                    busy_reasons=("other processes used 50% of the CPUs",)))
+    path = tmp_path / "results.jsonl"
+    store.append_row(path, row.as_dict())
+    (back,), _ = store.read_results(path)
+    assert back["key"] == "b256-bfloat16-nhwc-host-w2" and back["batch_size"] == 128
+    assert config_of(back) == config
+    assert back["attempts"][0] == {"batch_size": 256, "outcome": "oom",
+                                   "error": "CUDA out of memory"}
+    assert back["busy"] is True and back["cpu_other_fraction"] == 0.5
+
+
+def test_resume_refuses_a_plan_from_a_newer_version(tmp_path):
+    store.create(tmp_path / "run", {"grid": "smoke", "device": "cpu", "data": "synthetic",
+                                    "settings": {}, "cells": [],
+                                    "schema_version": SCHEMA_VERSION + 1}, {})
+    with pytest.raises(NewerSchemaError, match="plan.json was written by a newer lenet-bench"):
+        store.open_existing(tmp_path / "run")

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from bench import memory
+from bench import memory, timing
 from bench.cell import Settings, measure
 from bench.grid import Config
 from bench.nvml import NvmlReader, NvmlUnavailable, PeakSampler
@@ -30,11 +30,11 @@ def bare_loop(data, config: Config, settings: Settings, steps: int) -> float:
         step(*next(batches))
     rates = []
     for _ in range(settings.repeats):
-        memory.synchronize(device)
+        timing.synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
             step(*next(batches))
-        memory.synchronize(device)
+        timing.synchronize(device)
         rates.append(steps * config.batch_size / (time.perf_counter() - start))
     return statistics.median(rates)
 
@@ -58,8 +58,8 @@ def main() -> None:
     for _ in range(args.rounds):
         with PeakSampler(read):
             result = measure(config, args.batch_size, data, settings)
-        harness.append(result["measurement"].examples_per_s_median)
-        bare.append(bare_loop(data, config, settings, result["measurement"].steps_per_repeat))
+        harness.append(result.measurement.examples_per_s_median)
+        bare.append(bare_loop(data, config, settings, result.measurement.steps_per_repeat))
     h, b = statistics.median(harness), statistics.median(bare)
     print(f"{config.key()} on {args.device}, {args.rounds} alternating rounds")
     print(f"bare loop:           {b:12,.0f} examples/s (median)")

@@ -1,18 +1,19 @@
-"""The LeNet training step under pytest-benchmark: a CI gate on time, with peak memory recorded.
+"""The LeNet training step under pytest-benchmark, through this project's own plugin: a CI gate
+on time and memory.
 
     pytest tests/benchmarks --benchmark-autosave
-    pytest tests/benchmarks --benchmark-compare --benchmark-compare-fail=median:10%
+    pytest tests/benchmarks --benchmark-compare --benchmark-compare-fail=median:10% \
+        --benchmark-memory-compare-fail=tracked_peak_bytes:5%
 
-Each round runs a fixed number of steps and ends with a device synchronize, so on a GPU the time
-is the work's and not the launch queue's; pedantic mode with warm-up rounds, because
-calibration would time a few asynchronous launches. Peak memory goes into extra_info, where
-`python -m bench.compare` can gate it.
+Each round runs a fixed number of steps; `memory_benchmark` ends it with a device synchronize, so
+on a GPU the time is the work's and not the launch queue's. Pedantic mode with warm-up rounds,
+because calibration would time a few asynchronous launches. Peak memory goes into extra_info,
+where the plugin's gate and `python -m bench.compare` read it.
 """
 
 import pytest
 import torch
 
-from bench import memory
 from lenet.data import synthetic_tensors
 from lenet.model import build_lenet
 from lenet.train import TrainStep
@@ -30,7 +31,7 @@ SETTINGS = [  # batch, dtype, channels_last
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_size, dtype, channels_last", SETTINGS)
-def test_train_step(benchmark, device, batch_size, dtype, channels_last):
+def test_train_step(memory_benchmark, device, batch_size, dtype, channels_last):
     device = torch.device(device)
     data = synthetic_tensors(batch_size, seed=0)
     images, labels = data.images.to(device), data.labels.to(device)
@@ -41,16 +42,9 @@ def test_train_step(benchmark, device, batch_size, dtype, channels_last):
     def steps():
         for _ in range(steps_per_round):
             step(images, labels)
-        memory.synchronize(device)  # inside the timed target: the round ends when the GPU does
 
-    memory.reset_peaks(device)
-    benchmark.pedantic(steps, rounds=10, iterations=1, warmup_rounds=2)
-    peaks = memory.read_peaks(device)
-    with memory.LiveBytes() as tracker:
-        step(images, labels)
+    memory_benchmark.pedantic(steps, rounds=10, iterations=1, warmup_rounds=2)
     # bench.compare turns a round's time into examples/s with examples_per_round
-    benchmark.extra_info.update(
+    memory_benchmark.extra_info.update(
         batch_size=batch_size, examples_per_round=batch_size * steps_per_round, dtype=dtype,
-        channels_last=channels_last,
-        device=str(device), peak_allocated_bytes=peaks.peak_allocated_bytes,
-        peak_reserved_bytes=peaks.peak_reserved_bytes, tracked_peak_bytes=tracker.peak_bytes)
+        channels_last=channels_last, device=str(device))

@@ -1,0 +1,218 @@
+"""Gate a change on speed with the base and the candidate timed in turn, in one job: what a shared
+CI runner needs, where two runs timed apart see two different machines.
+
+    python -m bench.ab BASE_TREE [CANDIDATE_TREE] --set batch_size=256 --max-slowdown 10%
+
+BASE_TREE and CANDIDATE_TREE (default: the current directory) are source trees of this project,
+such as two git worktrees. Each side runs in a server process of its own tree's code
+(bench.repeat_server) that builds the same cell and warms it up; the parent asks the two for one
+repeat each in the order ABBA ABBA..., so a slow moment of the machine falls on both sides alike.
+A process also settles at a speed of its own (where its memory and threads land), so the job
+starts --pairs fresh pairs of processes, --rounds rounds each. A round gives a ratio, base
+seconds over candidate seconds (below 1 is slower); a pair gives the median of its rounds; the
+gate reads the median over pairs, with a 95% confidence interval. Exit status: 0 passed, 1 a
+cell slowed past --max-slowdown, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.cell import Settings
+from bench.compare import percentage
+from bench.grid import AXES, Config, GridError, get_grid, parse_set
+from bench.repeat_server import PROTOCOL
+from lenet.cli import OneLineParser, UsageError, fail, positive_int, resolve_device
+
+PROG = "python -m bench.ab"
+PAIRS, ROUNDS = 8, 4
+
+
+class ServerError(Exception):
+    """A server stopped or answered with an error; the message says which side and why."""
+
+
+class Server:
+    """A repeat server running the code of one source tree. Starting returns at once; `ready()`
+    waits for it, so both sides start together."""
+
+    def __init__(self, name: str, tree: Path):
+        self.name, self.tree = name, tree
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.repeat_server"], cwd=tree, env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def ready(self) -> Server:
+        hello = self._answer()
+        if hello.get("protocol") != PROTOCOL:
+            self.close()
+            raise ServerError(f"the {self.name} tree {self.tree} speaks repeat protocol "
+                              f"{hello.get('protocol')}, this one {PROTOCOL}: gate it with "
+                              f"python -m bench.compare instead")
+        return self
+
+    def _answer(self) -> dict:
+        line = self._process.stdout.readline()
+        if not line:
+            self._process.wait(10)
+            why = self._process.stderr.read().strip().splitlines()
+            raise ServerError(f"the {self.name} tree {self.tree} could not serve repeats "
+                              f"({why[-1] if why else f'exit status {self._process.returncode}'})")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise ServerError(f"the {self.name} side failed: {answer['error']}")
+        return answer
+
+    def ask(self, **request) -> dict:
+        self._process.stdin.write(json.dumps(request) + "\n")
+        self._process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str
+    pairs: tuple[tuple[float, ...], ...]  # per process pair, its rounds' ratios
+    max_slowdown: float
+
+    @property
+    def pair_medians(self) -> list[float]:
+        return [statistics.median(rounds) for rounds in self.pairs]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.pair_medians)
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return median_interval(self.pair_medians)
+
+    @property
+    def failed(self) -> bool:
+        return self.median < 1 - self.max_slowdown
+
+    def line(self) -> str:
+        low, high = self.interval
+        words = (f"slowed past the {self.max_slowdown:.0%} allowed" if self.failed
+                 else "within bounds")
+        return (f"{self.key}: candidate at {self.median:.3f}x the base's speed (median of "
+                f"{len(self.pairs)} process pairs of {len(self.pairs[0])} rounds, 95% interval "
+                f"{low:.3f} to {high:.3f}): {words}")
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median: the order statistics whose ranks the
+    binomial(n, 1/2) puts `confidence` between (the whole range where n is too small)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = (1 - confidence) / 2
+    below, k = 0.0, 0
+    while k < n and below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    # fewer than k of n values fall below the median with probability <= tail: the k-th
+    # smallest bounds it from below, the k-th largest from above
+    low = max(k - 1, 0)
+    return ordered[low], ordered[n - 1 - low]
+
+
+def run_rounds(base: Server, candidate: Server, config: Config, settings: Settings,
+               data: str, data_root: str | None, rounds: int) -> tuple[float, ...]:
+    """One pair's ratios for `config`: base seconds over candidate seconds, a round each."""
+    request = {"op": "prepare", "config": asdict(config), "settings": asdict(settings),
+               "data": data, "data_root": data_root}
+    steps = base.ask(**request)["steps"]
+    candidate.ask(**request)
+    ratios = []
+    for round_ in range(rounds):
+        # ABBA: a machine that speeds up or slows down over a round favours neither side
+        order = (base, candidate) if round_ % 2 == 0 else (candidate, base)
+        seconds = {side.name: side.ask(op="repeat", steps=steps)["seconds"] for side in order}
+        ratios.append(seconds["base"] / seconds["candidate"])
+    return tuple(ratios)
+
+
+def gate(trees: dict[str, Path], cells: list[Config], settings: Settings, args) -> list[Verdict]:
+    """Every cell's verdict, from --pairs fresh pairs of servers."""
+    found: dict[str, list[tuple[float, ...]]] = {c.key(): [] for c in cells}
+    for _ in range(args.pairs):
+        servers = [Server(name, tree) for name, tree in trees.items()]
+        try:
+            for server in servers:
+                server.ready()
+            for config in cells:
+                found[config.key()].append(run_rounds(*servers, config, settings, args.data,
+                                                      args.data_root, args.rounds))
+        finally:
+            for server in servers:
+                server.close()
+    return [Verdict(key, tuple(pairs), args.max_slowdown) for key, pairs in found.items()]
+
+
+def _tree(text: str) -> Path:
+    path = Path(text).resolve()
+    if not (path / "bench" / "repeat_server.py").is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a source tree of this project with bench/repeat_server.py (a "
+            f"checkout from before bench.ab? gate it with python -m bench.compare)")
+    return path
+
+
+def main(argv=None) -> int:
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=_tree, metavar="BASE_TREE")
+    parser.add_argument("candidate", type=_tree, nargs="?", default=None,
+                        metavar="CANDIDATE_TREE")
+    parser.add_argument("--grid", default="smoke", help="whose cells to gate (default: smoke)")
+    parser.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
+                        help=f"override an axis ({', '.join(AXES)})")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    parser.add_argument("--data", choices=("real", "synthetic"), default="synthetic",
+                        help="the data the steps train on (default: synthetic)")
+    parser.add_argument("--data-root", help="a folder holding Fashion-MNIST's IDX files")
+    parser.add_argument("--pairs", type=positive_int, default=PAIRS,
+                        help=f"fresh pairs of server processes (default {PAIRS})")
+    parser.add_argument("--rounds", type=positive_int, default=ROUNDS,
+                        help=f"repeats of each side per cell and pair (default {ROUNDS})")
+    parser.add_argument("--max-slowdown", type=percentage, default=0.10, metavar="PCT")
+    args = parser.parse_args(argv)
+    try:
+        candidate = args.candidate or _tree(".")
+        device = resolve_device(args.device)
+        grid = get_grid(args.grid, device.type == "cuda", parse_set(args.set))
+    except (UsageError, GridError, argparse.ArgumentTypeError) as exc:
+        fail(PROG, str(exc))
+    settings = Settings(min_repeat_s=grid.min_repeat_s, warmup_steps=grid.warmup_steps)
+    try:
+        verdicts = gate({"base": args.base, "candidate": candidate}, grid.cells(str(device)),
+                        settings, args)
+    except ServerError as exc:
+        fail(PROG, str(exc))
+    for verdict in verdicts:
+        print(verdict.line())
+    failed = [v for v in verdicts if v.failed]
+    print(f"{len(failed)} of {len(verdicts)} cells slowed past {args.max_slowdown:.0%}"
+          if failed else f"passed: {len(verdicts)} cells within {args.max_slowdown:.0%}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The version of what a run directory stores, and the one way stored rows are read back.
+
+Version 1 rows (written before rows carried a version) lack the contention figures; reading fills
+every field a row lacks with its default, so every reader sees every key. A row or plan from a
+newer version than this reader is refused: its fields may mean something this version cannot know.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 2
+
+
+class NewerSchemaError(ValueError):
+    """Stored data written by a newer lenet-bench; the message says what to do."""
+
+
+def upgraded(raw: dict, defaults: dict, where: str) -> dict:
+    """`raw` at this schema: its version checked, every missing field at its default."""
+    version = raw.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise NewerSchemaError(f"{where}: schema_version {version!r} is not a version; the file "
+                               f"was not written by lenet-bench")
+    if version > SCHEMA_VERSION:
+        raise NewerSchemaError(f"{where} was written by a newer lenet-bench (schema {version}; "
+                               f"this one reads up to {SCHEMA_VERSION}): upgrade lenet-bench to "
+                               f"read it")
+    fresh = {name: value() if callable(value) else value for name, value in defaults.items()}
+    return {**fresh, **raw, "schema_version": SCHEMA_VERSION}

@@ -1,0 +1,146 @@
+"""Contention: what else the machine did while a cell was timed. Real CPU hogs for the CPU; the
+GPU's readings through a fake NVML reader (the seam), since no GPU is here."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+from bench.contention import ContentionWatch, CpuTimes, cpu_shares
+from bench.nvml import GpuProcess, NvmlUnavailable
+from helpers import CPU_SYNTHETIC, rows_of, run_module
+
+SPIN = "import time; end = time.monotonic() + 600; exec('while time.monotonic() < end: pass')"
+# Starts a spinning process and exits at once, so the spinner belongs to no process here.
+ORPHAN = ("import subprocess, sys; "
+          f"print(subprocess.Popen([sys.executable, '-c', {SPIN!r}], stdout=subprocess.DEVNULL, "
+          f"stderr=subprocess.DEVNULL).pid)")
+
+
+@contextmanager
+def cpu_hogs(detached=False):
+    """One process per CPU this process may use, each spinning. `detached`: orphaned, so no
+    process of the test's owns them; else children of the test process."""
+    count = len(os.sched_getaffinity(0))
+    if detached:
+        pids = [int(subprocess.run([sys.executable, "-c", ORPHAN], capture_output=True,
+                                   text=True, check=True).stdout) for _ in range(count)]
+    else:
+        pids = [subprocess.Popen([sys.executable, "-c", SPIN]).pid for _ in range(count)]
+    try:
+        time.sleep(0.3)  # spinning before the first reading
+        yield pids
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        if not detached:
+            for pid in pids:
+                os.waitpid(pid, 0)
+
+
+def test_shares_come_from_the_difference_of_two_readings():
+    before = CpuTimes(busy=1000, steal=10, total=2000, own=100)
+    after = CpuTimes(busy=1150, steal=30, total=2200, own=200)
+    others, stolen = cpu_shares(before, after)
+    assert (others, stolen) == (50 / 200, 20 / 200)
+
+
+def test_a_cpu_hog_of_another_process_makes_the_machine_busy():
+    with cpu_hogs(detached=True):
+        watch = ContentionWatch()
+        watch.start()
+        time.sleep(1.0)
+        contention = watch.stop()
+    assert contention.cpu_other_fraction > 0.5
+    assert contention.busy is True
+    assert contention.busy_reasons[0].startswith("other processes used ")
+
+
+def test_the_cells_own_children_are_not_other_processes():
+    """Loader workers are the cell's own: spinning children of the measured process count as its
+    time, not as contention."""
+    with cpu_hogs():
+        watch = ContentionWatch()  # this process is the cell; the hogs are its children
+        watch.start()
+        time.sleep(1.0)
+        contention = watch.stop()
+    assert contention.cpu_other_fraction < 0.3
+
+
+class FakeNvml:
+    """A fake NVML reader (the seam): fixed clocks, clock-event mask, temperature, processes."""
+
+    def __init__(self, clock_mhz, events, processes, fail=False):
+        self.clock_mhz, self.events, self.process_list, self.fail = clock_mhz, events, \
+            processes, fail
+
+    def _read(self, value):
+        if self.fail:
+            raise NvmlUnavailable("NVML_ERROR_GPU_IS_LOST")
+        return value
+
+    def sm_clock_mhz(self):
+        return self._read(self.clock_mhz)
+
+    def max_sm_clock_mhz(self):
+        return self._read(1980)
+
+    def clock_event_reasons(self):
+        return self._read(self.events)
+
+    def temperature_c(self):
+        return self._read(71)
+
+    def processes(self):
+        return self.process_list
+
+
+def _gpu_only(nvml, tmp_path):
+    watch = ContentionWatch(nvml, proc=tmp_path)  # an empty /proc: the CPU part reads nothing
+    watch.start()
+    watch.sample()
+    return watch.stop()
+
+
+def test_a_throttled_shared_gpu_is_busy_and_says_why(tmp_path):
+    me = GpuProcess(os.getpid(), 2**30, "python")
+    other = GpuProcess(4242, 40 * 2**30, "train.py")
+    contention = _gpu_only(FakeNvml(1410, 0x4 | 0x1, [me, other]), tmp_path)
+    assert contention.busy is True
+    assert contention.busy_reasons == (
+        "1 other process on the GPU",
+        "the GPU slowed itself (power cap, SM clock down to 1,410 of 1,980 MHz)")
+    assert contention.gpu_temperature_max_c == 71 and contention.cpu_other_fraction is None
+
+
+def test_an_idle_clock_event_alone_is_quiet(tmp_path):
+    """Between repeats the GPU may report itself idle: that is not contention."""
+    contention = _gpu_only(FakeNvml(1980, 0x1, [GpuProcess(os.getpid(), 2**30, "python")]),
+                           tmp_path)
+    assert contention.busy is False and contention.busy_reasons == ()
+    assert contention.gpu_other_processes == 0
+
+
+def test_hidden_processes_and_failed_reads_leave_figures_empty_not_zero(tmp_path):
+    contention = _gpu_only(FakeNvml(1980, 0, None, fail=True), tmp_path)
+    assert contention.gpu_other_processes is None and contention.gpu_sm_clock_min_mhz is None
+    assert contention.busy is None  # nothing could be read: not "quiet"
+
+
+def test_a_cell_timed_beside_a_cpu_hog_is_named_busy_in_the_rows_and_the_page(tmp_path):
+    out = tmp_path / "run"
+    with cpu_hogs():
+        result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64",
+                            "--set", "placement=device", "--out", str(out),
+                            *[a for a in CPU_SYNTHETIC if a != "--no-report"])
+    assert result.returncode == 0, result.stderr
+    (row,) = rows_of(out)
+    assert row["busy"] is True, row
+    assert row["busy_reasons"][0].startswith("other processes used ")
+    assert "(busy: other processes used " in result.stdout
+    page = (out / "report" / "index.html").read_text()
+    assert ("Every timed cell was measured while the machine was busy, so no figure here is "
+            "vouched for: b64-float32-nchw-device (other processes used ") in page
+    assert "(every timed cell was measured while the machine was busy" in page

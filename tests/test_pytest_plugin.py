@@ -1,0 +1,132 @@
+"""The pytest plugin as another project meets it: a small project, run by pytester in a process of
+its own, that finds the plugin through the installed package's entry point."""
+
+import json
+import re
+
+from helpers import PLUGIN, ROOT, needs_gpu
+
+LOAD = [option for name in PLUGIN for option in ("-p", name)]
+
+PROJECT = """
+import torch
+
+SIZE = {size}
+
+
+def make(n):
+    return torch.ones(n, dtype=torch.float32).sum()
+
+
+def test_make(memory_benchmark):
+    memory_benchmark(make, SIZE)
+
+
+def test_pedantic(memory_benchmark):
+    memory_benchmark.pedantic(make, args=(SIZE,), rounds=3, warmup_rounds=1)
+"""
+
+
+def _run(pytester, size, *options):
+    pytester.makepyfile(test_project=PROJECT.format(size=size))
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *LOAD, *options)
+
+
+def test_the_fixture_records_memory_and_the_machine(pytester):
+    result = _run(pytester, 1000, "--benchmark-json=out.json")
+    assert result.ret == 0, result.stdout.str()
+
+    data = json.loads((pytester.path / "out.json").read_text())
+    (first, second) = data["benchmarks"]
+    # one float32 tensor of 1,000 and the 4-byte sum: the peak of live tensor bytes in one call
+    assert first["extra_info"]["tracked_peak_bytes"] == 4004
+    assert second["extra_info"]["tracked_peak_bytes"] == 4004
+    assert first["extra_info"]["cpu_peak_rss_bytes"] > 0
+    assert "peak_allocated_bytes" not in first["extra_info"]  # CPU code: no CUDA figures
+    assert set(data["machine_info"]) >= {"gpu_name", "driver_version", "cuda_version",
+                                         "torch_version"}
+
+
+def test_memory_growth_past_the_threshold_fails_with_a_line_each(pytester):
+    assert _run(pytester, 1000, "--benchmark-autosave").ret == 0
+    result = _run(pytester, 2000, "--benchmark-compare",
+                  "--benchmark-memory-compare-fail=tracked_peak_bytes:10%")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "MEMORY REGRESSION test_project.py::test_make: tracked_peak_bytes grew from 3.9 KiB "
+        "to 7.8 KiB (+99.9%), past the 10% allowed",
+        "MEMORY REGRESSION test_project.py::test_pedantic: tracked_peak_bytes grew from 3.9 KiB "
+        "to 7.8 KiB (+99.9%), past the 10% allowed",
+    ])
+
+
+def test_nothing_grew_passes(pytester):
+    assert _run(pytester, 1000, "--benchmark-autosave").ret == 0
+    result = _run(pytester, 1000, "--benchmark-compare",
+                  "--benchmark-memory-compare-fail=tracked_peak_bytes:10%",
+                  "--benchmark-memory-compare-fail=cpu_peak_rss_bytes:100%")
+    assert result.ret == 0, result.stdout.str()
+    assert "MEMORY REGRESSION" not in result.stdout.str()
+
+
+def test_a_threshold_that_is_not_field_and_percent_is_a_usage_error(pytester):
+    result = _run(pytester, 1000, "--benchmark-memory-compare-fail=nonsense")
+    assert result.ret == 4  # pytest's usage error, as for --benchmark-compare-fail
+    result.stderr.fnmatch_lines(["*--benchmark-memory-compare-fail: 'nonsense' is not "
+                                 "FIELD:PCT, such as tracked_peak_bytes:5%*"])
+
+
+def test_the_gate_needs_a_baseline(pytester):
+    result = _run(pytester, 1000, "--benchmark-memory-compare-fail=tracked_peak_bytes:5%")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--benchmark-memory-compare-fail needs --benchmark-compare*"])
+
+
+def _readme_example():
+    """The README's example project and its commands, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Use it in your own project's CI"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    commands = re.search(r"```sh\n(.*?)```", section, re.S)[1]
+    return code, [line for line in commands.splitlines() if line.startswith("pytest ")]
+
+
+def test_the_readme_example_runs_as_written(pytester):
+    code, commands = _readme_example()
+    name = re.match(r"# (\S+\.py)", code)[1]
+    (pytester.path / name).write_text(code)
+    assert len(commands) == 2
+    for command in commands:
+        result = pytester.runpytest_subprocess(*LOAD, *command.split()[1:])
+        assert result.ret == 0, result.stdout.str()
+    (saved,) = (pytester.path / ".benchmarks").rglob("*.json")
+    for bench in json.loads(saved.read_text())["benchmarks"]:
+        assert bench["extra_info"]["tracked_peak_bytes"] > 0
+
+
+CUDA_PROJECT = """
+import torch
+
+
+def sleep_on_the_gpu():
+    torch.ones(2**20, device="cuda")  # 4 MiB through the caching allocator
+    torch.cuda._sleep(100_000_000)  # a kernel that spins some 50 ms; the launch returns at once
+
+
+def test_sleep(memory_benchmark):
+    memory_benchmark.pedantic(sleep_on_the_gpu, rounds=3, warmup_rounds=1)
+"""
+
+
+@needs_gpu
+def test_on_cuda_the_round_waits_for_the_gpu_and_memory_is_recorded(pytester):
+    pytester.makepyfile(test_cuda=CUDA_PROJECT)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *LOAD,
+                                           "--benchmark-json=out.json")
+    assert result.ret == 0, result.stdout.str()
+    (bench,) = json.loads((pytester.path / "out.json").read_text())["benchmarks"]
+    assert bench["stats"]["min"] > 0.01  # the kernel's time, not the launch's microseconds
+    info = bench["extra_info"]
+    assert info["peak_allocated_bytes"] >= 4 * 2**20
+    assert info["peak_reserved_bytes"] >= info["peak_allocated_bytes"]
+    assert info["nvml_peak_used_bytes"] > info["peak_reserved_bytes"]
