@@ -24,8 +24,15 @@ def trust_findings(cells: pd.DataFrame) -> list[str]:
     named = "; ".join(f"{row['key']} ({', '.join(row['busy_reasons'])})"
                       for _, row in suspect.iterrows())
     if not suspect.empty and len(suspect) == len(timed(cells)):
+        shares = suspect["cpu_other_fraction"]
+        if shares.notna().all() and all(len(r) == 1 and r[0].startswith("other processes used")
+                                        for r in suspect["busy_reasons"]):
+            # one reason throughout: say it once, with its range, and name the cells
+            low, high = f"{shares.min():.0%}", f"{shares.max():.0%}"
+            named = (f"other processes used {low if low == high else f'{low} to {high}'} of the "
+                     f"CPUs; {', '.join(suspect['key'])}")
         lines.append(f"Every timed cell was measured while the machine was busy, so no figure "
-                     f"here is vouched for: {named}. Run again on a quiet machine.")
+                     f"here is vouched for ({named}). Run again on a quiet machine.")
     elif not suspect.empty:
         lines.append(f"Measured while the machine was busy, so not vouched for and left out of "
                      f"the answers above: {len(suspect)} of {len(timed(cells))} timed cells: "

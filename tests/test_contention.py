@@ -2,13 +2,14 @@
 GPU's readings through a fake NVML reader (the seam), since no GPU is here."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 
-from bench.contention import ContentionWatch, CpuTimes, cpu_shares
+from bench.contention import PROC, ContentionWatch, CpuTimes, cpu_shares, read_cpu_times
 from bench.nvml import GpuProcess, NvmlUnavailable
 from helpers import CPU_SYNTHETIC, rows_of, run_module
 
@@ -58,15 +59,22 @@ def test_a_cpu_hog_of_another_process_makes_the_machine_busy():
     assert contention.busy_reasons[0].startswith("other processes used ")
 
 
-def test_the_cells_own_children_are_not_other_processes():
-    """Loader workers are the cell's own: spinning children of the measured process count as its
-    time, not as contention."""
-    with cpu_hogs():
-        watch = ContentionWatch()  # this process is the cell; the hogs are its children
-        watch.start()
+def _ticks(pid):
+    fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def test_the_cells_own_children_count_as_its_own_time():
+    """Loader workers are the cell's own: the CPU time of the measured process's children is
+    taken off the busy time before the rest is called other processes'. (Counted, not asserted
+    as a share: a busy CI machine shares its CPUs with them.)"""
+    with cpu_hogs() as pids:
+        before, hogs_before = read_cpu_times(), sum(_ticks(pid) for pid in pids)
         time.sleep(1.0)
-        contention = watch.stop()
-    assert contention.cpu_other_fraction < 0.3
+        after, hogs_after = read_cpu_times(), sum(_ticks(pid) for pid in pids)
+    spun = hogs_after - hogs_before
+    assert spun > 10  # the hogs ran
+    assert after.own - before.own >= spun
 
 
 class FakeNvml:
@@ -141,6 +149,7 @@ def test_a_cell_timed_beside_a_cpu_hog_is_named_busy_in_the_rows_and_the_page(tm
     assert row["busy_reasons"][0].startswith("other processes used ")
     assert "(busy: other processes used " in result.stdout
     page = (out / "report" / "index.html").read_text()
-    assert ("Every timed cell was measured while the machine was busy, so no figure here is "
-            "vouched for: b64-float32-nchw-device (other processes used ") in page
+    assert re.search(r"Every timed cell was measured while the machine was busy, so no figure "
+                     r"here is vouched for \(other processes used \d+% of the CPUs; "
+                     r"b64-float32-nchw-device\)", page)
     assert "(every timed cell was measured while the machine was busy" in page
