@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 from bench.grid import DEFAULTS, Config
 from bench.outcome import SIZE_LIMITS, Attempt, Outcome
-from bench.schema import SCHEMA_VERSION, upgraded
+from bench.schema import SCHEMA_VERSION, field_defaults, upgraded
 
 
 @dataclass
@@ -35,9 +35,7 @@ class Boundary:
                 **stored}
 
 
-_DEFAULTS = {**DEFAULTS,
-             **{f.name: (f.default_factory if f.default is MISSING else f.default)
-                for f in fields(Boundary) if f.name != "config"}}
+_DEFAULTS = {**DEFAULTS, **field_defaults(Boundary, leave_out=("config",))}
 
 
 def read_boundary(raw: dict, where: str) -> dict:

@@ -11,7 +11,9 @@ CUDA) are normalised to one cell and run once.
 from __future__ import annotations
 
 import itertools
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from bench.schema import field_defaults
 
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("host", "device")
@@ -92,7 +94,7 @@ def added_axes() -> list[str]:
 
 
 # Each setting's default, as a block that does not name an axis takes it.
-DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+DEFAULTS = field_defaults(Config)
 
 
 # What --set accepts, and how each value is read.

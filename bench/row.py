@@ -6,12 +6,12 @@ is flat, so pandas and jq read it as one record: `as_dict` flattens, `read_row` 
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from bench.contention import Contention
 from bench.grid import DEFAULTS, Config
 from bench.outcome import Attempt, Outcome
-from bench.schema import SCHEMA_VERSION, upgraded
+from bench.schema import SCHEMA_VERSION, field_defaults, upgraded
 
 
 @dataclass
@@ -70,8 +70,10 @@ def _settings_as_stored(settings: dict) -> dict:
 
 _CONTENTION_DEFAULTS = {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
                         for f in fields(Contention)}
-_FIGURE_DEFAULTS = {f.name: (f.default_factory if f.default is MISSING else f.default)
-                    for f in fields(Row) if f.name not in ("config", "contention")}
+# every figure's key, None where the field has no default (a row always has its status)
+_FIGURE_DEFAULTS = {**dict.fromkeys(f.name for f in fields(Row)
+                                    if f.name not in ("config", "contention")),
+                    **field_defaults(Row, leave_out=("config", "contention"))}
 # What a stored row lacks is read as this (the settings an older row predates at their default).
 ROW_DEFAULTS = {**_settings_as_stored(DEFAULTS), **_FIGURE_DEFAULTS, **_CONTENTION_DEFAULTS}
 ROW_KEYS = ("schema_version", "key", *_settings_as_stored({f.name: None for f in fields(Config)}),

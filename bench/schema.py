@@ -7,11 +7,21 @@ newer version than this reader is refused: its fields may mean something this ve
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
+
 SCHEMA_VERSION = 2
 
 
 class NewerSchemaError(ValueError):
     """Stored data written by a newer lenet-bench; the message says what to do."""
+
+
+def field_defaults(cls, leave_out: tuple[str, ...] = ()) -> dict:
+    """A dataclass's defaults by field name, a factory where the field has one (called for each
+    row); fields without a default are left out."""
+    return {f.name: f.default_factory if f.default is MISSING else f.default
+            for f in fields(cls) if f.name not in leave_out
+            and (f.default is not MISSING or f.default_factory is not MISSING)}
 
 
 def upgraded(raw: dict, defaults: dict, where: str) -> dict:

@@ -9,7 +9,14 @@ import sys
 import time
 from contextlib import contextmanager
 
-from bench.contention import PROC, ContentionWatch, CpuTimes, cpu_shares, read_cpu_times
+from bench.contention import (
+    PROC,
+    ContentionWatch,
+    CpuTimes,
+    _ticks_of,
+    cpu_shares,
+    read_cpu_times,
+)
 from bench.nvml import GpuProcess, NvmlUnavailable
 from helpers import CPU_SYNTHETIC, rows_of, run_module
 
@@ -60,8 +67,7 @@ def test_a_cpu_hog_of_another_process_makes_the_machine_busy():
 
 
 def _ticks(pid):
-    fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return _ticks_of(PROC, pid)[1]  # user + system ticks, as the watch reads them
 
 
 def test_the_cells_own_children_count_as_its_own_time():
