@@ -99,7 +99,8 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, signum, status):
     out = tmp_path / "run"
     proc = start_grid_and_wait_for_a_row(out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          text=True)
-    workers = _children(proc.pid)
+    workers = _workers(proc.pid)
+    assert workers
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == status
@@ -110,9 +111,19 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, signum, status):
     assert 1 <= len(rows_of(out)) < 4
 
 
-def _children(pid) -> list[int]:
+def _workers(pid) -> list[int]:
+    """The cell workers among `pid`'s children. Not multiprocessing's resource tracker: it is
+    meant to outlive its parent by a moment (it exits when it reads end-of-file)."""
     path = f"/proc/{pid}/task/{pid}/children"
-    return [int(i) for i in open(path).read().split()] if os.path.exists(path) else []
+    children = [int(i) for i in open(path).read().split()] if os.path.exists(path) else []
+    return [c for c in children if b"spawn_main" in _cmdline(c)]
+
+
+def _cmdline(pid) -> bytes:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+    except FileNotFoundError:
+        return b""
 
 
 def _alive(pid) -> bool:
