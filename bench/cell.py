@@ -21,6 +21,7 @@ import torch
 
 from bench import memory
 from bench.contention import Contention, ContentionWatch
+from bench.energy import Energy, EnergyMeter, RaplCounter
 from bench.grid import Config
 from bench.memory import AllocatorPeaks
 from bench.nvml import PeakSampler
@@ -28,10 +29,10 @@ from bench.oom import failure_kind, halve, one_line, run_with_backoff, status_of
 from bench.outcome import Attempt, Outcome
 from bench.row import Row
 from bench.stats import Measurement
-from bench.timing import timed_steps
+from bench.timing import synchronize, timed_steps
 from lenet.data import TensorData, device_batches, host_batches
 from lenet.model import build_lenet
-from lenet.train import TrainStep
+from lenet.train import build_step
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _prepare(config: Config, batch_size: int, data: TensorData, settings: Settin
     """A fresh LeNet's training step on the device, and the batches that feed it."""
     device = torch.device(config.device)
     net = build_lenet(seed=settings.seed).to(device)
-    step = TrainStep(net, settings.lr, config.dtype, config.channels_last)
+    step = build_step(net, settings.lr, config.dtype, config.channels_last, config.mode)
     if config.placement == "device":
         batches = device_batches(data, batch_size, device, settings.seed)
     else:
@@ -93,6 +94,8 @@ class Measured:
     measurement: Measurement
     peaks: AllocatorPeaks
     contention: Contention
+    energy: Energy
+    setup_s: float  # building the step and the warm-up: compiling and capturing included
     start_rss_bytes: int | None  # the resident set as the attempt began
     tracked_peak_bytes: int | None  # CPU only: live tensor bytes over one step
     loss_first: float
@@ -105,20 +108,29 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     device = torch.device(config.device)
     memory.reset_peaks(device)
     start_rss = memory.rss_bytes()  # read at the reset: where this attempt starts from
+    setup_began = time.perf_counter()
     step, batches = _prepare(config, batch_size, data, settings)
     try:
-        first_loss, _ = step(*next(batches))
+        # losses are read at once: a CUDA graph's outputs are overwritten by its next step
+        first_loss = float(step(*next(batches))[0])
         for _ in range(warmup_steps_for(config, settings) - 1):
             step(*next(batches))
+        synchronize(device)
+        setup_s = time.perf_counter() - setup_began
         steps = steps_per_repeat(lambda n: timed_steps(step, batches, n, device)[0], settings)
         repeat_s = []
         watch = ContentionWatch(nvml)
+        meter = EnergyMeter(nvml, None if nvml is not None else RaplCounter.find())
+        synchronize(device)  # the window holds the timed repeats' work and nothing before it
         watch.start()
+        meter.start()
         for repeat in range(settings.repeats):
             if repeat:
                 watch.sample()  # between repeats: never inside one
             elapsed, last_loss = timed_steps(step, batches, steps, device)
+            last_loss = float(last_loss)
             repeat_s.append(elapsed)
+        energy = meter.stop()
         contention = watch.stop()
         peaks = memory.read_peaks(device)
         tracked = None
@@ -128,8 +140,8 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
             tracked = tracker.peak_bytes
     finally:
         batches.close()  # stops the DataLoader's workers now, not at garbage collection
-    return Measured(Measurement(tuple(repeat_s), steps, batch_size), peaks, contention,
-                    start_rss, tracked, float(first_loss), float(last_loss))
+    return Measured(Measurement(tuple(repeat_s), steps, batch_size), peaks, contention, energy,
+                    setup_s, start_rss, tracked, first_loss, last_loss)
 
 
 def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:
@@ -198,6 +210,13 @@ def _record(row: Row, measured: Measured) -> None:
     for name, value in measured.measurement.summary().items():
         setattr(row, name, value)
     row.contention = measured.contention
+    row.setup_s = measured.setup_s
+    energy, examples = measured.energy, measured.measurement.examples
+    row.energy_j_per_1000_examples = energy.per_1000_examples_j(examples)
+    row.mean_power_w = energy.mean_power_w
+    row.energy_window_s = energy.window_s
+    row.energy_method = energy.method
+    row.energy_note = energy.note
     row.peak_allocated_bytes = measured.peaks.peak_allocated_bytes
     row.peak_reserved_bytes = measured.peaks.peak_reserved_bytes
     # Linux keeps RSS in per-thread counters it folds in lazily, so a high-water mark read later

@@ -6,7 +6,8 @@ BASE and NEW are run directories (results.jsonl + env.json) or pytest-benchmark 
 A change is a regression only when it is past the threshold AND larger than the measured spread
 (IQR) of either side: noise is not a regression. So is a cell that trained in the base and fails
 in the candidate, a figure that is not a number, and a cell the candidate lost (unless
---allow-missing). Runs from different GPUs, torch versions, data or memory caps are refused
+--allow-missing). With --max-energy-growth, joules per 1,000 examples gate too, where both sides
+measured them. Runs from different GPUs, torch versions, data or memory caps are refused
 unless --force. Exit status: 0 passed, 1 a regression, 2 bad input or refused.
 """
 
@@ -30,7 +31,8 @@ PROG = "python -m bench.compare"
 # Which memory figure gates: the allocator's where it was measured, else the tracked tensor peak.
 # The CPU's resident set depends on what earlier cells left; the tracked tensor peak does not.
 MEMORY_FIELDS = ("peak_allocated_bytes", "tracked_peak_bytes", "cpu_peak_rss_bytes")
-NUMBER_FIELDS = ("examples_per_s", "examples_per_s_iqr", *MEMORY_FIELDS)
+ENERGY_FIELD = "energy_j_per_1000_examples"
+NUMBER_FIELDS = ("examples_per_s", "examples_per_s_iqr", *MEMORY_FIELDS, ENERGY_FIELD)
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def _from_pytest_benchmark(path: Path) -> Side:
             "examples_per_s_iqr": rate * iqr / median,
             "peak_allocated_bytes": extra.get("peak_allocated_bytes"),
             "tracked_peak_bytes": extra.get("tracked_peak_bytes"),
+            ENERGY_FIELD: extra.get(ENERGY_FIELD),
         }, str(path)), str(path))
     machine = data.get("machine_info") or {}
     if not isinstance(machine, dict):
@@ -179,12 +182,13 @@ def refusal(base: Side, new: Side) -> str | None:
     return None
 
 
-def compare(base: Side, new: Side, max_slowdown: float, max_memory_growth: float):
+def compare(base: Side, new: Side, max_slowdown: float, max_memory_growth: float,
+            max_energy_growth: float | None = None):
     """Per-cell changes (the worst first), and the keys found on one side only."""
     changes = []
     for key in base.rows.keys() & new.rows.keys():
         change = CellChange(key, base.rows[key], new.rows[key])
-        _check(change, max_slowdown, max_memory_growth)
+        _check(change, max_slowdown, max_memory_growth, max_energy_growth)
         changes.append(change)
     changes.sort(key=lambda c: (not c.failures, _sortable(c.ratio("examples_per_s")),
                                 -_sortable(c.ratio(c.memory_field)) if c.memory_field else 0.0))
@@ -197,7 +201,8 @@ def _sortable(value: float | None) -> float:
     return 0.0 if value is None or math.isnan(value) else value
 
 
-def _check(change: CellChange, max_slowdown: float, max_memory_growth: float) -> None:
+def _check(change: CellChange, max_slowdown: float, max_memory_growth: float,
+           max_energy_growth: float | None) -> None:
     b, n = change.base, change.new
     if b["status"] in TRAINED and n["status"] not in TRAINED:
         change.failures.append(f"status went from {b['status']} to {n['status']}"
@@ -205,7 +210,7 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float) ->
     elif b["status"] == Outcome.OK and n["status"] != Outcome.OK:
         change.failures.append(f"status went from ok to {n['status']}")
     not_numbers = [f"{name} is not a number in the {side}"
-                   for name in ("examples_per_s", *MEMORY_FIELDS)
+                   for name in ("examples_per_s", *MEMORY_FIELDS, ENERGY_FIELD)
                    for side, row in (("base", b), ("candidate", n))
                    if row[name] is not None and math.isnan(row[name])]
     if not_numbers:  # NaN compares false with everything: it would pass every bound
@@ -227,6 +232,12 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float) ->
             change.failures.append(
                 f"{name} grew from {format_bytes(before)} to {format_bytes(after)} "
                 f"({after / before - 1:+.1%}), past the {max_memory_growth:.0%} allowed")
+    before, after = b[ENERGY_FIELD], n[ENERGY_FIELD]
+    if max_energy_growth is not None and before and after is not None \
+            and after - before > max_energy_growth * before:
+        change.failures.append(
+            f"{ENERGY_FIELD} grew from {before:,.3g} J to {after:,.3g} J "
+            f"({after / before - 1:+.1%}), past the {max_energy_growth:.0%} allowed")
 
 
 def busy_notes(changes: list[CellChange], base_name: str, new_name: str) -> list[str]:
@@ -263,6 +274,9 @@ def main(argv=None) -> int:
     parser.add_argument("new", type=Path, help="the candidate")
     parser.add_argument("--max-slowdown", type=percentage, default=0.05, metavar="PCT")
     parser.add_argument("--max-memory-growth", type=percentage, default=0.05, metavar="PCT")
+    parser.add_argument("--max-energy-growth", type=percentage, metavar="PCT",
+                        help="also gate joules per 1,000 examples where both runs measured "
+                             "them (GPU rows; off unless given)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="pass when the candidate lacks cells the base measured")
     parser.add_argument("--force", action="store_true",
@@ -276,7 +290,8 @@ def main(argv=None) -> int:
     if reason and not args.force:
         fail(PROG, f"{reason}; their figures are not comparable (pass --force to compare "
                    f"anyway)")
-    changes, only_base, only_new = compare(base, new, args.max_slowdown, args.max_memory_growth)
+    changes, only_base, only_new = compare(base, new, args.max_slowdown, args.max_memory_growth,
+                                           args.max_energy_growth)
     print("\n".join(table_lines(changes)))
     for key in only_new:
         print(f"only in {new.name}: {key}")
@@ -299,8 +314,10 @@ def main(argv=None) -> int:
         print(f"{len(failing)} of {len(changes)} cells regressed"
               f"{f', {len(lost)} missing' if lost else ''}")
         return 1
+    energy = "" if args.max_energy_growth is None else \
+        f" and {args.max_energy_growth:.0%} energy"
     print(f"passed: {len(changes)} cells within {args.max_slowdown:.0%} speed and "
-          f"{args.max_memory_growth:.0%} memory")
+          f"{args.max_memory_growth:.0%} memory{energy}")
     return 0
 
 

@@ -92,7 +92,7 @@ def report(device: torch.device, needed_bytes: int | None,
 
 def main(argv=None) -> int:
     from bench.grid import GridError, get_grid
-    from bench.predict import model_for
+    from bench.plan import smallest_need_bytes
 
     parser = OneLineParser(prog="python -m bench.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         cells = get_grid(args.grid, device.type == "cuda").cells(str(device))
     except (UsageError, GridError) as exc:
         fail(parser.prog, str(exc))
-    checkup = report(device, min(model_for(c).peak_bytes(c.batch_size) for c in cells))
+    checkup = report(device, smallest_need_bytes(cells))
     print("\n".join(checkup.lines))
     return 0 if checkup.fits else 1
 

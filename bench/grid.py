@@ -14,9 +14,13 @@ import itertools
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.schema import field_defaults
+from lenet.modes import MODES
 
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("host", "device")
+# Modes whose every trial compiles anew (11 s a trial on an H200, about 18 s on two CPU cores):
+# the boundary search, a dozen trials, is not run for them.
+COMPILED_MODES = ("compile", "compile-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Config:
     pin_memory: bool = False
     num_workers: int = 0
     device: str = "cpu"
+    mode: str = "eager"  # how the step runs: lenet.train.MODES
 
     def normalised(self) -> Config:
         """The same measurement with the settings that cannot matter set to their defaults."""
@@ -40,6 +45,15 @@ class Config:
         if not config.device.startswith("cuda"):
             config = replace(config, pin_memory=False)  # pinning only speeds copies to a GPU
         return config
+
+    def unsupported(self) -> str | None:
+        """Why this cell cannot run on its device, or None."""
+        if self.mode in ("graph", "compile-cudagraphs") and not self.device.startswith("cuda"):
+            return f"mode {self.mode} needs a CUDA device"
+        if self.mode == "graph" and self.dtype == "float16":
+            return ("mode graph cannot train float16: its GradScaler checks for infinities on "
+                    "the host each step, which a CUDA graph cannot capture")
+        return None
 
     @property
     def layout(self) -> str:
@@ -135,6 +149,7 @@ AXES = {
     "placement": _choice(PLACEMENTS),
     "pin_memory": _bool,
     "num_workers": _num_workers,
+    "mode": _choice(MODES),
 }
 
 
@@ -164,7 +179,7 @@ class Grid:
     warmup_steps: int = 3
     overrides: dict = field(default_factory=dict)
 
-    def cells(self, device: str) -> list[Config]:
+    def _all_cells(self, device: str) -> list[Config]:
         seen: dict[Config, None] = {}
         for block in self.blocks:
             axes = {name: self.overrides.get(name, block.values(name)) for name in AXES}
@@ -173,23 +188,44 @@ class Grid:
                 seen.setdefault(config, None)
         return list(seen)
 
+    def cells(self, device: str) -> list[Config]:
+        """The cells that can run on `device`."""
+        return [c for c in self._all_cells(device) if c.unsupported() is None]
+
+    def skipped(self, device: str) -> dict[str, str]:
+        """Cell key -> why it cannot run on `device` (a mode --set asked for, say)."""
+        return {c.key(): c.unsupported() for c in self._all_cells(device) if c.unsupported()}
+
 
 _POWERS_OF_4 = (64, 256, 1024, 4096, 16384)
+_FAST_MODES = ("compile", "compile-cudagraphs", "graph")
+# On a GPU each repeat lasts 0.4 s, so the 5 timed repeats give the energy counter the 2 s
+# window it needs (bench.energy.MIN_WINDOW_S).
+_GPU_REPEAT_S = 0.4
 _GPU_GRIDS = {
     "smoke": Grid("smoke", (
         Block(batch_size=(256, 1024), placement=("device", "host")),
-    ), "two batch sizes, float32, device-resident and host loader"),
+    ), "two batch sizes, float32, device-resident and host loader", min_repeat_s=_GPU_REPEAT_S),
     "default": Grid("default", (
         Block(batch_size=_POWERS_OF_4, dtype=DTYPES, channels_last=(False, True)),
         Block(batch_size=_POWERS_OF_4, placement=("host",), pin_memory=(False, True),
               num_workers=(0, 4)),
-    ), "batch 64 to 16,384 at every dtype and layout on device-resident data, and the host "
-       "loader with and without pinning and workers at float32", find_max_batch=True),
+        Block(batch_size=_POWERS_OF_4, dtype=("float32", "bfloat16"), mode=_FAST_MODES),
+    ), "batch 64 to 16,384 at every dtype and layout on device-resident data, the host loader "
+       "with and without pinning and workers at float32, and torch.compile, compile with CUDA "
+       "graphs and a CUDA graph of the whole step at float32 and bfloat16", find_max_batch=True,
+        min_repeat_s=_GPU_REPEAT_S),
     "full": Grid("full", (
         Block(batch_size=tuple(2**k for k in range(5, 17)), dtype=DTYPES,
               channels_last=(False, True), placement=PLACEMENTS, pin_memory=(False, True),
               num_workers=(0, 4)),
-    ), "batch 32 to 65,536, every axis crossed", find_max_batch=True, boundary_budget_s=600),
+        Block(batch_size=tuple(2**k for k in range(5, 17)), dtype=DTYPES,
+              channels_last=(False, True), mode=("compile", "compile-cudagraphs")),
+        Block(batch_size=tuple(2**k for k in range(5, 17)), dtype=("float32", "bfloat16"),
+              channels_last=(False, True), mode=("graph",)),
+    ), "batch 32 to 65,536, every axis crossed in eager mode, and every dtype and layout in the "
+       "other modes on device-resident data", find_max_batch=True, boundary_budget_s=600,
+        min_repeat_s=_GPU_REPEAT_S),
 }
 # Without a GPU the same grids shrink to what a laptop or CI core finishes in minutes.
 _CPU_GRIDS = {
@@ -200,14 +236,18 @@ _CPU_GRIDS = {
     "default": Grid("default", (
         Block(batch_size=(64, 256, 1024), dtype=DTYPES, channels_last=(False, True)),
         Block(batch_size=(64, 256, 1024), placement=("host",), num_workers=(0, 2)),
-    ), "CPU-sized: batch 64 to 1,024 at every dtype and layout, and the host loader with 0 and "
-       "2 workers; boundary search up to batch 65,536 within 60 s", find_max_batch=True,
-        boundary_limit=2**16, boundary_budget_s=60, min_repeat_s=0.1, warmup_steps=2),
+        Block(batch_size=(64, 256, 1024), mode=("compile",)),
+    ), "CPU-sized: batch 64 to 1,024 at every dtype and layout, the host loader with 0 and 2 "
+       "workers, and torch.compile at float32; boundary search up to batch 65,536 within 60 s",
+        find_max_batch=True, boundary_limit=2**16, boundary_budget_s=60, min_repeat_s=0.1,
+        warmup_steps=2),
     "full": Grid("full", (
         Block(batch_size=tuple(2**k for k in range(5, 13)), dtype=DTYPES,
               channels_last=(False, True), placement=PLACEMENTS, num_workers=(0, 2)),
-    ), "CPU-sized: batch 32 to 4,096, every axis crossed", find_max_batch=True,
-        boundary_limit=2**17, boundary_budget_s=300),
+        Block(batch_size=tuple(2**k for k in range(5, 13)), dtype=("float32", "bfloat16"),
+              mode=("compile",)),
+    ), "CPU-sized: batch 32 to 4,096, every axis crossed in eager mode, and torch.compile at "
+       "float32 and bfloat16", find_max_batch=True, boundary_limit=2**17, boundary_budget_s=300),
 }
 
 

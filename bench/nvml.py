@@ -187,6 +187,16 @@ class NvmlReader:
         return self._call("no temperature", self._nvml.nvmlDeviceGetTemperature, self._handle,
                           self._nvml.NVML_TEMPERATURE_GPU)
 
+    def total_energy_mj(self) -> int:
+        """Millijoules used since the driver loaded (Volta and later): a counter, so the energy
+        of a window is the difference of two reads."""
+        return self._call("no energy counter", self._nvml.nvmlDeviceGetTotalEnergyConsumption,
+                          self._handle)
+
+    def power_mw(self) -> int:
+        """Power draw now, in milliwatts (averaged by the driver over a short period)."""
+        return self._call("no power reading", self._nvml.nvmlDeviceGetPowerUsage, self._handle)
+
     def name(self) -> str:
         return self.device.name
 

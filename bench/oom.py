@@ -52,9 +52,10 @@ def failure_kind(exc: BaseException) -> Outcome:
 
 
 def one_line(exc: BaseException) -> str:
-    """The exception as one line, with its type: what a row and a console can show."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:500]
+    """The exception's first line, with its type: what a row and a console can show. The rest of
+    a long message (torch.compile's adds how to get its internal stack trace) stays out."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:500]
 
 
 def halve(batch_size: int, floor: int = 1) -> Iterator[int]:

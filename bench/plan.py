@@ -10,9 +10,9 @@ import torch
 
 from bench.cell import Settings
 from bench.doctor import CONTEXT_ALLOWANCE_BYTES
-from bench.grid import Config, get_grid, parse_set
+from bench.grid import COMPILED_MODES, Config, get_grid, parse_set
 from bench.nvml import NvmlReader, NvmlUnavailable
-from bench.predict import model_for
+from bench.predict import model_for, unmodelled
 from bench.schema import SCHEMA_VERSION
 from bench.store import RunDirError
 from bench.units import format_bytes
@@ -55,16 +55,24 @@ def capacity_bytes(device: torch.device, cap: int | None) -> tuple[int | None, s
 def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
     rows = []
     for config in cells:
-        predicted = model_for(config).peak_bytes(config.batch_size)
+        note = unmodelled(config)
+        predicted = None if note else model_for(config).peak_bytes(config.batch_size)
         rows.append({**config.as_dict(), "key": config.key(), "predicted_peak_bytes": predicted,
-                     "fits": None if capacity is None else predicted <= capacity})
+                     "prediction_note": note,
+                     "fits": None if capacity is None or note else predicted <= capacity})
     return rows
+
+
+def smallest_need_bytes(cells: list[Config]) -> int:
+    """What the smallest cell needs at least: its eager step's predicted peak (a compiled or
+    captured step keeps that much or close to it), for the check that the device has room."""
+    return min(model_for(c).peak_bytes(c.batch_size) for c in cells)
 
 
 def plan_boundaries(cells: list[Config], capacity: int | None) -> list[dict]:
     """The predicted OOM boundary of each search, on device-resident data."""
-    return [{"key": c.boundary_key(), "predicted_max_batch": None if capacity is None else
-             model_for(c).max_batch(capacity)}
+    return [{"key": c.boundary_key(), "predicted_max_batch": None if capacity is None
+             or unmodelled(c) else model_for(c).max_batch(capacity)}
             for c in boundary_configs(cells)]
 
 
@@ -77,6 +85,9 @@ def print_plan(plan: dict, as_json: bool) -> None:
     print(f"{len(plan['cells'])} cells on {plan['device']}; 'fits' is the predicted allocator "
           f"peak against {plan['capacity']}")
     for row in plan["cells"]:
+        if row["prediction_note"]:
+            print(f"  {row['key']:<40} {row['prediction_note']}")
+            continue
         verdict = {True: "fits", False: "DOES NOT FIT", None: "?"}[row["fits"]]
         print(f"  {row['key']:<40} predicted {format_bytes(row['predicted_peak_bytes']):>10}"
               f"  {verdict}")
@@ -86,8 +97,19 @@ def print_plan(plan: dict, as_json: bool) -> None:
 
 
 def boundary_configs(cells: list[Config]) -> list[Config]:
-    """One search per value of every axis but the batch and the loader (Config.for_boundary)."""
-    return list(dict.fromkeys(c.for_boundary() for c in cells))
+    """One search per value of every axis but the batch and the loader (Config.for_boundary),
+    none for the compiled modes: each of a search's trials would compile anew."""
+    return list(dict.fromkeys(c.for_boundary() for c in cells if c.mode not in COMPILED_MODES))
+
+
+def skipped_words(skipped: dict[str, str]) -> list[str]:
+    """One line per reason a cell cannot run here, with how many and which cells."""
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(key)
+    return [f"skipped {len(keys)} cell{'s' if len(keys) > 1 else ''}: {reason} "
+            f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+            for reason, keys in by_reason.items()]
 
 
 def plan_device(args) -> tuple[torch.device, str | None]:
@@ -113,7 +135,10 @@ def new_plan(args) -> tuple[dict, list[Config]]:
     grid = get_grid(args.grid, device.type == "cuda", parse_set(args.set))
     if args.repeats is not None and args.repeats < 5:
         raise UsageError(f"--repeats {args.repeats}: at least 5 are needed for a median and IQR")
-    cells = grid.cells(str(device))
+    cells, skipped = grid.cells(str(device)), grid.skipped(str(device))
+    if not cells:
+        raise UsageError(f"nothing to run on {device}: {skipped_words(skipped)[0]}; choose "
+                         f"another mode with --set mode=..., or run on a CUDA device")
     settings = Settings(repeats=args.repeats or grid.repeats, min_repeat_s=grid.min_repeat_s,
                         warmup_steps=grid.warmup_steps)
     data, notice = resolve_data(args.data, args.data_root)
@@ -128,6 +153,7 @@ def new_plan(args) -> tuple[dict, list[Config]]:
         "boundary_limit": grid.boundary_limit,
         "boundary_budget_s": args.boundary_budget or grid.boundary_budget_s,
         "settings": asdict(settings), "cells": [c.as_dict() for c in cells],
+        "skipped": skipped,
     }
     return plan, cells
 

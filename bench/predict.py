@@ -84,8 +84,28 @@ def memory_model(dtype: str, channels_last: bool, placement: str,
     return MemoryModel(weights + step_fixed, per_sample, dataset, workspace)
 
 
+# Where the model, fitted to an eager step's tensors, does not hold; it says so rather than
+# predict. A compiled step fuses kernels (fewer intermediates) and keeps workspaces of its own; a
+# CUDA graph keeps its step's memory in a private pool between replays, beside static copies of
+# the batch.
+_UNMODELLED = {
+    "compile": "not modelled: torch.compile fuses kernels and keeps workspaces the eager model "
+               "does not see",
+    "compile-cudagraphs": "not modelled: torch.compile fuses kernels, and its CUDA graphs keep "
+                          "a private memory pool",
+    "graph": "not modelled: a CUDA graph keeps its step's memory in a private pool, beside "
+             "static copies of the batch",
+}
+
+
+def unmodelled(config) -> str | None:
+    """Why the model does not predict this cell's peak, or None where it does."""
+    return _UNMODELLED.get(config.mode)
+
+
 def model_for(config) -> MemoryModel:
-    """The memory model of a bench.grid.Config's cell on its device."""
+    """The memory model of a bench.grid.Config's cell on its device, as an eager step (see
+    `unmodelled` for where that does not hold)."""
     return memory_model(config.dtype, config.channels_last, config.placement,
                         device_type=torch.device(config.device).type)
 

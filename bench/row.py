@@ -31,6 +31,7 @@ class Row:
     repeats: int | None = None
     steps_per_repeat: int | None = None
     repeat_s: list[float] = field(default_factory=list)
+    setup_s: float | None = None  # building the step and warming up: compile or capture included
     # what else the machine did during the timed repeats
     contention: Contention | None = None
     # memory: allocator, NVML device-wide and per process, the worker's resident set, prediction
@@ -46,7 +47,14 @@ class Row:
     cpu_baseline_rss_bytes: int | None = None  # its resident set as the measured attempt began
     tracked_peak_bytes: int | None = None  # CPU: live tensor bytes over one step, op by op
     predicted_peak_bytes: int | None = None
+    prediction_note: str | None = None  # where the memory model does not hold for this cell
     memory_cap_bytes: int | None = None
+    # energy of the timed repeats (bench.energy): a figure, or None and the note that says why
+    energy_j_per_1000_examples: float | None = None
+    mean_power_w: float | None = None
+    energy_window_s: float | None = None
+    energy_method: str | None = None
+    energy_note: str | None = None
     # did it learn: a NaN or a loss that never moves is a finding
     loss_first: float | None = None
     loss_last: float | None = None

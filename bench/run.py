@@ -31,7 +31,7 @@ from bench.boundary import Boundary, find_max_batch
 from bench.doctor import report
 from bench.grid import AXES, Config, GridError, grid_names
 from bench.outcome import Outcome
-from bench.predict import model_for
+from bench.predict import model_for, unmodelled
 from bench.runner import Runner
 from bench.schema import NewerSchemaError
 from bench.units import format_bytes, parse_bytes
@@ -155,14 +155,15 @@ def _announce(plan: dict, device: torch.device, resumed: bool) -> None:
         why = "no GPU" if not torch.cuda.is_available() else "--device cpu"
         print(f"{why}: grid '{plan['grid']}' runs CPU-sized settings "
               f"({plan['grid_description']})", file=sys.stderr)
-    for notice in (plan["device_notice"], plan["data_notice"]):
+    for notice in (plan["device_notice"], plan["data_notice"],
+                   *planning.skipped_words(plan["skipped"])):
         if notice:
             print(notice, file=sys.stderr)
 
 
-def _preflight(device: torch.device, planned: list[dict]) -> None:
+def _preflight(device: torch.device, cells: list[Config]) -> None:
     if device.type == "cuda":
-        checkup = report(device, min(p["predicted_peak_bytes"] for p in planned))
+        checkup = report(device, planning.smallest_need_bytes(cells))
         if not checkup.fits:
             raise UsageError(checkup.verdict)
 
@@ -199,7 +200,7 @@ def _run(args) -> int:
                              "capacity": capacity_words, "cells": planned,
                              "boundaries": planning.plan_boundaries(cells, capacity)}, args.json)
         return 0
-    _preflight(device, planned)
+    _preflight(device, cells)
     store.make_dir(run_dir)
     with store.locked(run_dir):
         if not resumed:
@@ -227,7 +228,8 @@ def _measure(runner: Runner, todo: list[tuple], cells: list[Config], plan: dict,
         with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:
             for config, planned_row in bar:
                 bar.set_postfix_str(config.key())
-                row = runner.cell(config, planned_row["predicted_peak_bytes"])
+                row = runner.cell(config, planned_row["predicted_peak_bytes"],
+                                  planned_row["prediction_note"])
                 store.append_row(results, row.as_dict())
         if plan["find_max_batch"]:
             _search_boundaries(runner, cells, plan, capacity, run_dir / store.BOUNDARIES)
@@ -303,7 +305,7 @@ def _search_boundaries(runner: Runner, cells: list[Config], plan: dict, capacity
     start_batch = min(c.batch_size for c in cells)
     for config in tqdm(configs, desc="OOM boundary", unit="search", file=sys.stderr):
         boundary = Boundary(config, predicted_max_batch=model_for(config).max_batch(capacity)
-                            if capacity else None)
+                            if capacity and not unmodelled(config) else None)
         find_max_batch(lambda batch, c=config: runner.trial(replace(c, batch_size=batch), batch),
                        boundary, start_batch, plan["boundary_limit"], budget_s)
         store.append_row(path, boundary.as_dict())

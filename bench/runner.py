@@ -51,7 +51,8 @@ class Runner:
             self.worker.kill()
             self.worker = None
 
-    def cell(self, config: Config, predicted: int) -> Row:
+    def cell(self, config: Config, predicted: int | None,
+             prediction_note: str | None = None) -> Row:
         try:
             row, healthy = self._ensure_worker().cell(config, self.timeout_s)
         except WorkerDied as exc:
@@ -63,7 +64,7 @@ class Runner:
         for name, value in self.nvml_before.items():
             if getattr(row, name) is None:
                 setattr(row, name, value)
-        row.predicted_peak_bytes = predicted
+        row.predicted_peak_bytes, row.prediction_note = predicted, prediction_note
         row.memory_cap_bytes = self.spec.memory_cap_bytes
         # memory that did not come back, or a CUDA error that may be sticky: start afresh
         if not healthy or (row.status == Outcome.ERROR and config.device.startswith("cuda")):

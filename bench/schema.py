@@ -1,6 +1,7 @@
 """The version of what a run directory stores, and the one way stored rows are read back.
 
-Version 1 rows (written before rows carried a version) lack the contention figures; reading fills
+Version 1 rows (written before rows carried a version) lack the contention figures; version 2
+rows lack the mode (they ran eager, its default), setup_s and the energy figures. Reading fills
 every field a row lacks with its default, so every reader sees every key. A row or plan from a
 newer version than this reader is refused: its fields may mean something this version cannot know.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class NewerSchemaError(ValueError):

@@ -15,6 +15,11 @@ class Measurement:
     batch_size: int
 
     @property
+    def examples(self) -> int:
+        """Every timed example, over all repeats."""
+        return self.steps_per_repeat * self.batch_size * len(self.repeat_s)
+
+    @property
     def examples_per_s(self) -> list[float]:
         per_repeat = self.steps_per_repeat * self.batch_size
         return [per_repeat / t for t in self.repeat_s]

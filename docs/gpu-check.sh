@@ -63,13 +63,20 @@ export py
 export -f environment  # so that timeout's bash can call it
 step environment 20 bash -c environment
 step doctor 30 "$py" -m bench.doctor
-step gpu-tests 120 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_nvml.py \
-    tests/benchmarks
+step gpu-tests 150 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_nvml.py \
+    tests/test_energy.py tests/benchmarks
+# every mode at a launch-bound and a large batch, in both fast dtypes, with energy per cell:
+# 16 cells, 8 of them compiling (about 11 s each on a fresh machine)
+step modes 200 "$py" -m bench.run --grid default --set batch_size=256,16384 \
+    --set placement=device --set channels_last=false --set dtype=float32,bfloat16 \
+    --set mode=eager,compile,compile-cudagraphs,graph --no-find-max-batch --data real \
+    --out "$work/modes"
 step cap-2gib 60 "$py" -m bench.run --grid smoke --set batch_size=32768,65536 \
     --set placement=device --memory-cap 2GiB --data real --no-find-max-batch --out "$work/cap-2gib"
-# the default grid at three of its five batch sizes, to fit the budget
-step default-grid 240 "$py" -m bench.run --grid default --set batch_size=256,4096,16384 \
-    --boundary-budget 60 --data real --out "$work/default"
+# the default grid at three of its five batch sizes in eager mode (the modes step ran the
+# others), to fit the budget
+step default-grid 200 "$py" -m bench.run --grid default --set batch_size=256,4096,16384 \
+    --set mode=eager --boundary-budget 60 --data real --out "$work/default"
 step notebook-loop 60 "$py" -m lenet.train --epochs 2 --no-progress
 step harness-overhead 60 "$py" tests/benchmarks/harness_overhead.py --rounds 5
 step fast-tests 400 "$py" -m pytest -q -p no:cacheprovider -m "not slow"

@@ -34,15 +34,24 @@ from lenet.model import build_lenet
 # Training precisions: float32, or autocast to a 16-bit type (float16 needs a GradScaler).
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# torch.compile's mode for each of lenet.modes.MODES that TrainStep compiles
+_COMPILE_MODES = {"compile": "default", "compile-cudagraphs": "reduce-overhead"}
+
 
 class TrainStep:
-    """One SGD step on LeNet at a given precision and memory layout. Never syncs with the device."""
+    """One SGD step on LeNet at a given precision, memory layout and mode. Never syncs with the
+    device. In the CUDA-graph modes the tensors it returns are overwritten by the next step:
+    read them before it."""
 
     def __init__(self, net: nn.Module, lr: float, dtype: str = "float32",
-                 channels_last: bool = False):
+                 channels_last: bool = False, mode: str = "eager"):
         if dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(AUTOCAST_DTYPES)}")
+        if mode not in ("eager", *_COMPILE_MODES):
+            raise ValueError(f"TrainStep runs {', '.join(('eager', *_COMPILE_MODES))}, not "
+                             f"{mode!r} (graph mode is lenet.graph_step.GraphedStep)")
         self.net = net
+        self.mode = mode
         self.device = next(net.parameters()).device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -51,16 +60,29 @@ class TrainStep:
         self.loss_fn = nn.CrossEntropyLoss()
         self.autocast_dtype = AUTOCAST_DTYPES[dtype]
         self.scaler = torch.amp.GradScaler(self.device.type) if dtype == "float16" else None
+        self._forward = self._forward_and_loss
+        if mode in _COMPILE_MODES:
+            # a fresh start for each step built: compiled for this batch's shapes alone, as a
+            # new process would, not with the guards and dynamic shapes of an earlier cell's
+            torch.compiler.reset()
+            self._forward = torch.compile(self._forward_and_loss, mode=_COMPILE_MODES[mode],
+                                          dynamic=False)
+
+    def _forward_and_loss(self, images: torch.Tensor, labels: torch.Tensor):
+        # no autocast cache: a CUDA graph cannot capture one, and each weight is cast once anyway
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None, cache_enabled=False):
+            logits = self.net(images)
+            return self.loss_fn(logits, labels), logits
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         """Returns the loss and the logits, both still on the device."""
         self.net.train()
         images = images.contiguous(memory_format=self.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                            enabled=self.autocast_dtype is not None):
-            logits = self.net(images)
-            loss = self.loss_fn(logits, labels)
+        if self.mode == "compile-cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: outputs may be reused
+        loss, logits = self._forward(images, labels)
         if self.scaler is None:
             loss.backward()
             self.optimizer.step()
@@ -69,6 +91,16 @@ class TrainStep:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return loss.detach(), logits.detach()
+
+
+def build_step(net: nn.Module, lr: float, dtype: str = "float32", channels_last: bool = False,
+               mode: str = "eager"):
+    """The training step in any of lenet.modes.MODES."""
+    if mode == "graph":
+        from lenet.graph_step import GraphedStep  # it builds on TrainStep
+
+        return GraphedStep(TrainStep(net, lr, dtype, channels_last))
+    return TrainStep(net, lr, dtype, channels_last, mode)
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

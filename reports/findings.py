@@ -10,6 +10,7 @@ import pandas as pd
 from bench.grid import AXES
 from bench.stats import NOISY_IQR_FRACTION
 from bench.units import format_bytes
+from lenet.modes import MODES
 from reports.frame import Run, busy, notebook_cell, parts_of, timed, vouched
 
 # The settings that make a cell; cells alike in all but one are compared on that one.
@@ -57,8 +58,34 @@ def _median_ratio(cells: pd.DataFrame, column: str, value, baseline) -> float | 
     return None if both.empty else float((a[both] / b[both]).median())
 
 
-def speed_findings(cells: pd.DataFrame) -> list[str]:
+def mode_findings(cells: pd.DataFrame) -> list[str]:
+    """Each mode against eager on cells alike in every other setting: the median ratio, every
+    pair's two figures, and what setting the mode up cost."""
     lines = []
+    keys = [name for name in SETTINGS if name != "mode"]
+    trained = vouched(cells)
+    eager = trained[trained["mode"] == "eager"].set_index(keys)
+    for mode in MODES[1:]:
+        other = trained[trained["mode"] == mode].set_index(keys)
+        both = other.index.intersection(eager.index)
+        if both.empty:
+            continue
+        ratios = other.loc[both, "examples_per_s"] / eager.loc[both, "examples_per_s"]
+        ratio = float(ratios.median())
+        verdict = "faster" if ratio > 1.05 else "slower" if ratio < 0.95 else "no faster"
+        pairs = "; ".join(
+            f"{other.loc[i, 'key']}: {other.loc[i, 'examples_per_s']:,.0f} against "
+            f"{eager.loc[i, 'examples_per_s']:,.0f} ({r:.2f}x)" for i, r in ratios.items())
+        setup = other.loc[both, "setup_s"].median()
+        lines.append(f"{mode} runs at {ratio:.2f}x eager's speed (median over {len(both)} "
+                     f"matching cells): {verdict}, after a median {setup:,.1f} s of setup a "
+                     f"cell (eager: {eager.loc[both, 'setup_s'].median():,.2f} s). Examples/s, "
+                     f"{mode} against eager: {pairs}.")
+    return lines
+
+
+def speed_findings(cells: pd.DataFrame) -> list[str]:
+    lines = mode_findings(cells)
     for dtype in ("bfloat16", "float16"):
         ratio = _median_ratio(cells, "dtype", dtype, "float32")
         if ratio is not None:
@@ -76,7 +103,8 @@ def speed_findings(cells: pd.DataFrame) -> list[str]:
         best_host = host.loc[host["examples_per_s"].idxmax()]
         same = device[(device["batch_size"] == best_host["batch_size"])
                       & (device["dtype"] == best_host["dtype"])
-                      & (device["channels_last"] == best_host["channels_last"])]
+                      & (device["channels_last"] == best_host["channels_last"])
+                      & (device["mode"] == best_host["mode"])]
         if not same.empty:
             ceiling = same["examples_per_s"].max()
             share = best_host["examples_per_s"] / ceiling

@@ -18,9 +18,9 @@ from bench.outcome import TRAINED
 from bench.row import ROW_KEYS, config_of
 from bench.schema import NewerSchemaError
 
-# The notebook's settings: batch 256, float32, the host DataLoader, no pinning.
+# The notebook's settings: batch 256, float32, the host DataLoader, no pinning, eager PyTorch.
 NOTEBOOK = {"batch_size_requested": 256, "dtype": "float32", "channels_last": False,
-            "placement": "host", "pin_memory": False}
+            "placement": "host", "pin_memory": False, "mode": "eager"}
 
 
 class NotARun(Exception):
@@ -77,7 +77,8 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
     for name in ("peak_allocated_bytes", "peak_reserved_bytes", "nvml_peak_used_bytes",
                  "nvml_baseline_used_bytes", "nvml_driver_reserved_bytes",
                  "cpu_peak_rss_bytes", "cpu_baseline_rss_bytes", "tracked_peak_bytes",
-                 "examples_per_s", "examples_per_s_iqr", "predicted_peak_bytes"):
+                 "examples_per_s", "examples_per_s_iqr", "predicted_peak_bytes", "setup_s",
+                 "energy_j_per_1000_examples", "mean_power_w"):
         if name not in cells:
             cells[name] = float("nan")
         cells[name] = pd.to_numeric(cells[name], errors="coerce")
@@ -153,6 +154,13 @@ def fastest(cells: pd.DataFrame, max_footprint_bytes: float | None = None) -> pd
     if max_footprint_bytes is not None:
         trained = trained[trained["footprint_bytes"] <= max_footprint_bytes]
     return None if trained.empty else trained.loc[trained["examples_per_s"].idxmax()]
+
+
+def most_efficient(cells: pd.DataFrame) -> pd.Series | None:
+    """The timed cell that used the least energy per example, among those with a figure."""
+    measured = timed(cells).dropna(subset=["energy_j_per_1000_examples"])
+    return None if measured.empty else \
+        measured.loc[measured["energy_j_per_1000_examples"].idxmin()]
 
 
 def largest_batch_per_dtype(run: Run) -> dict:

@@ -14,6 +14,7 @@ from reports.frame import (
     fastest,
     flag,
     largest_batch_per_dtype,
+    most_efficient,
     notebook_cell,
     timed,
     vouched,
@@ -104,8 +105,10 @@ def answers(run: Run) -> list[str]:
     best = fastest(trusted)
     if best is None:
         return ["No cell trained: see the table for each cell's error."]
-    lines.append(f"Fastest: <b>{escape(best['key'])}</b> at {_speed(best['examples_per_s'])} "
-                 f"examples/s, needing {_bytes(best['footprint_bytes'])}.{caveat}")
+    lines.append(f"Fastest: <b>{escape(best['key'])}</b> ({_mode_words(best)}) at "
+                 f"{_speed(best['examples_per_s'])} examples/s, needing "
+                 f"{_bytes(best['footprint_bytes'])}.{caveat}")
+    lines.append(_energy_answer(trusted, cells, best))
     overall = fastest(cells)
     if overall["key"] != best["key"]:
         lines.append(f"<span class='warn'>{escape(overall['key'])} measured faster "
@@ -129,12 +132,40 @@ def answers(run: Run) -> list[str]:
         lines.append(line)
     else:
         lines.append("The run has no cell with the notebook's settings (b256, float32, "
-                     "host loader, no pinning) to compare with.")
+                     "host loader, no pinning, eager) to compare with.")
     for dtype, (batch, reason) in largest_batch_per_dtype(run).items():
         batch_words = "none" if pd.isna(batch) else f"{int(batch):,}"
         lines.append(f"Largest batch at {escape(str(dtype))}: {batch_words} "
                      f"({escape(str(reason))}).")
     return lines
+
+
+def _mode_words(cell: pd.Series) -> str:
+    """The mode, with what it cost before training began (MLPerf reports compile time, too)."""
+    setup = "" if _missing(cell.get("setup_s")) else f", {cell['setup_s']:,.1f} s to set up"
+    return f"mode {escape(str(cell['mode']))}{setup}"
+
+
+def _energy_answer(trusted: pd.DataFrame, cells: pd.DataFrame, best: pd.Series) -> str:
+    efficient = most_efficient(trusted)
+    if efficient is None:
+        notes = cells["energy_note"].dropna()
+        why = escape(str(notes.iloc[0])) if not notes.empty else "not measured"
+        return f"Energy: no cell has a figure ({why})."
+    line = (f"Least energy: <b>{escape(efficient['key'])}</b> ({_mode_words(efficient)}) at "
+            f"{efficient['energy_j_per_1000_examples']:,.3g} J per 1,000 examples "
+            f"({efficient['mean_power_w']:,.0f} W, {_speed(efficient['examples_per_s'])} "
+            f"examples/s; {escape(str(efficient['energy_method']))})")
+    if efficient["key"] == best["key"]:
+        return line + ": the fastest cell is also the most frugal."
+    if _missing(best.get("energy_j_per_1000_examples")):
+        return line + "; the fastest cell has no energy figure."
+    return line + (f"; the fastest cell uses {best['energy_j_per_1000_examples']:,.3g} J per "
+                   f"1,000 examples.")
+
+
+def _predicted(value, note) -> str:
+    return "not modelled" if not _missing(note) else _bytes(value)
 
 
 TABLE_COLUMNS = [
@@ -144,6 +175,9 @@ TABLE_COLUMNS = [
     ("examples_per_s", "examples/s", _speed),
     ("examples_per_s_iqr", "IQR", _speed),
     ("step_ms_median", "step ms", _fixed(2)),
+    ("setup_s", "setup s", _fixed(1)),
+    ("energy_j_per_1000_examples", "J per 1k examples", _fixed(3)),
+    ("mean_power_w", "mean W", _fixed(0)),
     ("peak_allocated_bytes", "allocated", _bytes),
     ("peak_reserved_bytes", "reserved", _bytes),
     ("nvml_peak_used_bytes", "NVML used", _bytes),
@@ -164,6 +198,11 @@ def cells_table(cells: pd.DataFrame) -> str:
         for column, _, show in TABLE_COLUMNS:
             if column == "busy":
                 tds.append(f"<td>{_machine_words(row)}</td>")
+                continue
+            if column == "predicted_peak_bytes":
+                note = row.get("prediction_note")
+                title = "" if _missing(note) else f" title='{escape(str(note))}'"
+                tds.append(f"<td{title}>{_predicted(row.get(column), note)}</td>")
                 continue
             value = row.get(column)
             noisy = column == "examples_per_s" and flag(row.get("noisy"))

@@ -15,7 +15,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from bench.grid import added_axes  # noqa: E402
-from reports.frame import Run, notebook_cell, pareto, parts_of, timed  # noqa: E402
+from reports.frame import (  # noqa: E402
+    Run,
+    fastest,
+    most_efficient,
+    notebook_cell,
+    pareto,
+    parts_of,
+    timed,
+)
 
 MiB = 2**20
 DPI = 110
@@ -82,7 +90,8 @@ def throughput(run: Run, folder: Path) -> str | None:
 def memory(run: Run, folder: Path) -> str | None:
     """Peak memory of float32 NCHW cells against batch size, with capacity and the boundary."""
     cells = run.cells[run.cells["trained"] & (run.cells["dtype"] == "float32")
-                      & ~run.cells["channels_last"].astype(bool)]
+                      & ~run.cells["channels_last"].astype(bool)
+                      & (run.cells["mode"] == "eager")]  # the mode the prediction models
     if cells.empty:
         return None
     # On a GPU the device-resident cells reach furthest; on the CPU the host cells are the ones
@@ -178,10 +187,35 @@ def tradeoff(run: Run, folder: Path) -> str | None:
     return _save(fig, folder, "tradeoff.png")
 
 
+def energy(run: Run, folder: Path) -> str | None:
+    """Speed against the energy each example cost, one colour per mode: the fastest and the most
+    efficient cells named."""
+    cells = timed(run.cells).dropna(subset=["energy_j_per_1000_examples"])
+    if cells.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for mode, group in cells.groupby("mode", sort=False):
+        ax.scatter(group["energy_j_per_1000_examples"], group["examples_per_s"], s=18,
+                   label=mode)
+    for title, cell in (("fastest", fastest(cells)), ("least energy", most_efficient(cells))):
+        ax.annotate(f"{title}: {cell['key']}", (cell["energy_j_per_1000_examples"],
+                                                  cell["examples_per_s"]),
+                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("joules per 1,000 examples (timed repeats only)")
+    ax.set_ylabel("examples/s")
+    ax.set_title(f"Speed against energy on {_device_words(run)}")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    _legend_below(ax, ncol=4)
+    return _save(fig, folder, "energy.png")
+
+
 def _device_words(run: Run) -> str:
     return run.env.get("gpu_name") or f"the CPU ({run.env.get('cpu', 'unknown')})"
 
 
 # Each plot by the file it writes.
 ALL = {"throughput.png": throughput, "memory.png": memory, "memory_parts.png": memory_parts,
-       "tradeoff.png": tradeoff}
+       "tradeoff.png": tradeoff, "energy.png": energy}

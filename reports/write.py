@@ -16,12 +16,14 @@ NOT_DRAWN = {
     "memory.png": "no float32 NCHW cell trained",
     "memory_parts.png": "needs the allocator's figures, which only a GPU run has",
     "tradeoff.png": "no trained cell has a memory figure",
+    "energy.png": "no cell has an energy figure (the energy notes in the table say why)",
 }
 ALT_TEXT = {
     "throughput.png": "examples per second against batch size, per dtype, layout and loader",
     "memory.png": "peak memory against batch size with capacity and OOM boundary",
     "memory_parts.png": "the memory parts of one cell, stacked",
     "tradeoff.png": "examples per second against memory needed, best trade-offs joined",
+    "energy.png": "examples per second against joules per 1,000 examples, per mode",
 }
 
 

@@ -88,6 +88,24 @@ def test_a_planted_memory_growth_fails(base_run, tmp_path):
     assert "(+20.0%), past the 5% allowed" in result.stdout
 
 
+def test_energy_gates_only_when_asked_and_where_both_sides_measured_it(base_run, tmp_path):
+    def measured(joules):
+        def change(row):
+            row["energy_j_per_1000_examples"] = joules
+        return change
+
+    base, row = _variant(base_run, tmp_path, "base-energy", measured(0.5))
+    new, _ = _variant(base_run, tmp_path, "new-energy", measured(0.6))
+    assert _gate(base, new).returncode == 0  # not gated unless asked
+    result = _gate(base, new, "--max-energy-growth", "10%")
+    assert result.returncode == 1
+    assert (f"REGRESSION {row['key']}: energy_j_per_1000_examples grew from 0.5 J to 0.6 J "
+            f"(+20.0%), past the 10% allowed") in result.stdout
+    unmeasured = _gate(base_run, new, "--max-energy-growth", "10%")  # the base has no figure
+    assert unmeasured.returncode == 0, unmeasured.stdout
+    assert "within 5% speed and 5% memory and 10% energy" in unmeasured.stdout
+
+
 def test_a_drop_inside_the_measured_spread_is_not_a_regression(base_run, tmp_path):
     def noisy(row):
         row["examples_per_s_iqr"] = 0.2 * row["examples_per_s"]

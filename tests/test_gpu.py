@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from bench.cell import Settings, run_cell
@@ -98,3 +99,35 @@ def test_nvml_reads_the_card_cuda_uses_by_its_uuid():
             print(json.dumps(reader.device.uuid))
     """)
     assert found.lower().removeprefix("gpu-") == uuid.lower()
+
+
+def test_the_cuda_graph_modes_train_to_eagers_loss():
+    from lenet.model import build_lenet
+    from lenet.train import build_step
+
+    data = synthetic_tensors(256, seed=1)
+    images, labels = data.images.cuda(), data.labels.cuda()
+
+    def losses(mode, calls):
+        step = build_step(build_lenet(seed=0).cuda(), lr=0.9, mode=mode)
+        return [float(step(images, labels)[0]) for _ in range(calls)]
+
+    eager = losses("eager", 15)
+    assert eager[-1] < eager[0]
+    assert losses("compile-cudagraphs", 12) == pytest.approx(eager[:12], abs=1e-3)
+    # graph mode's first call trains 3 steps on a side stream before the captured one
+    assert losses("graph", 12) == pytest.approx(eager[3:], abs=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["graph", "compile-cudagraphs"])
+def test_a_graph_mode_cell_records_setup_energy_and_gives_memory_back(mode):
+    data = synthetic_tensors()
+    settings = Settings(min_repeat_s=0.45, warmup_steps=2)  # a window of 5 x 0.45 s
+    with NvmlReader(0) as reader:
+        row, healthy = run_cell(Config(1024, device="cuda:0", mode=mode), data, settings, reader)
+    assert row.status == "ok" and healthy, row.error
+    assert row.setup_s > 0 and row.loss_last < row.loss_first
+    assert row.energy_method == "nvml-energy-counter", row.energy_note
+    assert row.energy_window_s >= 2.0
+    assert 10 < row.mean_power_w < 2000  # watts: a card at work, not noise or a unit slip
+    assert row.energy_j_per_1000_examples > 0

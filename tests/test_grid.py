@@ -16,9 +16,37 @@ def test_gpu_default_covers_every_dtype_layout_and_loader_variant():
         (d, cl) for d in ("float32", "bfloat16", "float16") for cl in (False, True)}
     host = {(c.pin_memory, c.num_workers) for c in cells if c.placement == "host"}
     assert host == {(False, 0), (True, 0), (False, 4), (True, 4)}
-    # 5 batch sizes x (3 dtypes x 2 layouts on the device + 4 loader variants on the host)
-    assert len(cells) == 5 * (6 + 4)
+    assert {c.mode for c in cells} == {"eager", "compile", "compile-cudagraphs", "graph"}
+    fast = {(c.dtype, c.mode) for c in cells if c.mode != "eager"}
+    assert fast == {(d, m) for d in ("float32", "bfloat16")
+                    for m in ("compile", "compile-cudagraphs", "graph")}
+    # 5 batch sizes x (3 dtypes x 2 layouts on the device + 4 loader variants on the host
+    # + 2 dtypes x 3 modes)
+    assert len(cells) == 5 * (6 + 4 + 6)
     assert len(set(cells)) == len(cells)
+
+
+def test_the_cpu_grids_run_the_modes_that_fit_the_cpu():
+    for name in ("default", "full"):
+        grid = get_grid(name, on_gpu=False)
+        assert {c.mode for c in grid.cells("cpu")} == {"eager", "compile"}
+        assert grid.skipped("cpu") == {}
+
+
+def test_a_mode_the_device_cannot_run_is_skipped_with_the_reason():
+    grid = get_grid("smoke", on_gpu=False, overrides={"mode": ("eager", "compile-cudagraphs"),
+                                                      "placement": ("device",)})
+    assert [c.key() for c in grid.cells("cpu")] == ["b64-float32-nchw-device",
+                                                    "b256-float32-nchw-device"]
+    reason = "mode compile-cudagraphs needs a CUDA device"
+    assert grid.skipped("cpu") == {"b64-float32-nchw-device-compile-cudagraphs": reason,
+                                   "b256-float32-nchw-device-compile-cudagraphs": reason}
+    fp16 = get_grid("smoke", on_gpu=True, overrides={"mode": ("graph",), "dtype": ("float16",),
+                                                      "placement": ("device",)})
+    assert fp16.cells("cuda:0") == []
+    assert set(fp16.skipped("cuda:0").values()) == {
+        "mode graph cannot train float16: its GradScaler checks for infinities on the host each "
+        "step, which a CUDA graph cannot capture"}
 
 
 def test_settings_without_effect_are_not_run_twice():
@@ -48,7 +76,9 @@ def test_set_overrides_an_axis_in_every_block():
 
 @pytest.mark.parametrize("item, message", [
     ("colour=red", r"--set: unknown axis 'colour'; axes: batch_size, dtype, channels_last, "
-                   r"placement, pin_memory, num_workers"),
+                   r"placement, pin_memory, num_workers, mode"),
+    ("mode=jit", r"--set mode: 'jit' is not valid; valid: eager, compile, compile-cudagraphs, "
+                 r"graph"),
     ("dtype=float64", r"--set dtype: 'float64' is not valid; valid: float32, bfloat16, float16"),
     ("batch_size=0", r"--set batch_size: '0' is not a batch size; it must be a whole number, "
                      r"1 or more"),
@@ -65,3 +95,6 @@ def test_cell_keys_are_stable_names():
     assert Config(256).key() == "b256-float32-nchw-device"
     assert Config(64, "float16", True, "host", True, 4, "cuda:0").key() == \
         "b64-float16-nhwc-host-w4-pinned"
+    # an axis added later joins the key only away from its default, so old keys still match
+    assert Config(256, mode="graph").key() == "b256-float32-nchw-device-graph"
+    assert Config(256, mode="graph").boundary_key() == "float32-nchw-graph"

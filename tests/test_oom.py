@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bench.oom import Attempt, failure_kind, halve, is_oom, run_with_backoff, status_of
+from bench.oom import Attempt, failure_kind, halve, is_oom, one_line, run_with_backoff, status_of
 
 OOM_TEXTS = [
     "CUDA out of memory. Tried to allocate 2.00 GiB",
@@ -96,3 +96,8 @@ def test_backoff_policy_is_injectable():
 
 def test_first_try_that_fits_is_plain_ok():
     assert status_of([Attempt(64, "ok")]) == "ok"
+
+
+def test_a_long_message_keeps_its_first_line():
+    exc = RuntimeError("InvalidCxxCompiler: no compiler\n\nSet TORCHDYNAMO_VERBOSE=1 for more")
+    assert one_line(exc) == "RuntimeError: InvalidCxxCompiler: no compiler"

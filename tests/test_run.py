@@ -38,6 +38,46 @@ def test_smoke_grid_end_to_end(tmp_path):
     assert "fastest cells:" in result.stdout
 
 
+def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
+    out = tmp_path / "run"
+    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+                        "placement=device", "--set", "mode=eager,compile,graph", "--out",
+                        str(out), *SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 cell: mode graph needs a CUDA device (b64-float32-nchw-device-graph)" \
+        in result.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["skipped"] == {"b64-float32-nchw-device-graph": "mode graph needs a CUDA device"}
+    eager, compiled = rows_of(out)
+    assert (eager["key"], compiled["key"]) == ("b64-float32-nchw-device",
+                                               "b64-float32-nchw-device-compile")
+    assert eager["status"] == compiled["status"] == "ok" and compiled["mode"] == "compile"
+    assert compiled["setup_s"] > eager["setup_s"] > 0  # compiling happens in the warm-up
+    assert compiled["loss_last"] < compiled["loss_first"]
+    assert compiled["prediction_note"].startswith("not modelled: torch.compile fuses kernels")
+    for row in (eager, compiled):  # no energy counter on this machine's CPU: never a zero
+        assert row["energy_j_per_1000_examples"] is None and row["mean_power_w"] is None
+        assert row["energy_note"].startswith("not measured: ")
+
+
+def test_a_compile_that_fails_is_an_error_row_and_the_grid_goes_on(tmp_path):
+    out = tmp_path / "run"
+    # a real failure: inductor finds no working C++ compiler (and no cached kernel to reuse)
+    broken = {"CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64,128", "--set",
+                        "placement=device", "--set", "mode=compile,eager", "--out", str(out),
+                        *SYNTHETIC, env=broken)
+    assert result.returncode == 0, result.stderr
+    by_key = {r["key"]: r for r in rows_of(out)}
+    for batch in (64, 128):
+        failed = by_key[f"b{batch}-float32-nchw-device-compile"]
+        assert failed["status"] == "error" and failed["examples_per_s"] is None
+        assert failed["error"].startswith("InductorError: InvalidCxxCompiler: No working C++ "
+                                          "compiler found")
+        assert "\n" not in failed["error"] and "TORCHDYNAMO_VERBOSE" not in failed["error"]
+        assert by_key[f"b{batch}-float32-nchw-device"]["status"] == "ok"
+
+
 def test_dry_run_json_lists_cells_with_predictions(tmp_path):
     result = run_module("bench.run", "--grid", "smoke", "--dry-run", "--json",
                         "--memory-cap", "100MiB", "--set", "batch_size=64,8192", *SYNTHETIC,
@@ -60,11 +100,18 @@ def test_dry_run_plans_for_a_gpu_that_is_not_here(tmp_path):
     plan = json.loads(result.stdout)
     assert "planning for a GPU that is not here, with 80.0 GiB" in result.stderr
     assert plan["device"] == "cuda:0" and plan["capacity_bytes"] == 80 * 2**30
-    assert len(plan["cells"]) == 50  # the GPU's default grid, not the CPU's
-    assert all(c["fits"] for c in plan["cells"])  # b16,384 of LeNet is under 1 GiB
+    assert len(plan["cells"]) == 80  # the GPU's default grid, not the CPU's
+    eager = [c for c in plan["cells"] if c["mode"] == "eager"]
+    assert len(eager) == 50 and all(c["fits"] for c in eager)  # b16,384 of LeNet is under 1 GiB
+    for cell in plan["cells"]:  # the model predicts the eager step, and says so for the others
+        assert (cell["mode"] == "eager") == (cell["prediction_note"] is None)
+        assert (cell["fits"] is None) == (cell["predicted_peak_bytes"] is None)
     boundaries = {b["key"]: b["predicted_max_batch"] for b in plan["boundaries"]}
+    # graph mode searched too, unpredicted; the compiled modes not searched (each trial compiles)
     assert set(boundaries) == {f"{d}-{layout}" for d in ("float32", "bfloat16", "float16")
-                               for layout in ("nchw", "nhwc")}
+                               for layout in ("nchw", "nhwc")} | {
+        "float32-nchw-graph", "bfloat16-nchw-graph"}
+    assert boundaries["float32-nchw-graph"] is None
     # about 57 KiB a sample at float32 (DESIGN.md measured b1,048,576 in 59.7 GiB)
     assert 1_000_000 < boundaries["float32-nchw"] < 2_000_000
     text = run_module("bench.run", "--dry-run", "--device", "cuda", "--memory-cap", "24GiB",
@@ -87,6 +134,8 @@ def test_dry_run_for_a_gpu_that_is_not_here_needs_its_size(tmp_path):
     (["--set", "batch_size=0"], "'0' is not a batch size"),
     (["--memory-cap", "lots"], "'lots' is not a size; write it like 2GiB"),
     (["--repeats", "3"], "--repeats 3: at least 5 are needed"),
+    (["--set", "mode=graph"], "nothing to run on cpu: skipped 24 cells: mode graph needs a CUDA "
+                              "device (b64-float32-nchw-device-graph, "),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     result = run_module("bench.run", *args, "--out", str(tmp_path / "run"), *SYNTHETIC)

@@ -1,0 +1,140 @@
+"""Energy of a timed window through the seams: a fake NVML reader (the counter, or only power)
+and a powercap tree written in a temporary folder (RAPL). The real counter is read in
+test_gpu.py where there is a GPU."""
+
+import re
+import time
+
+import pytest
+
+from bench.energy import COUNTER, POWER_SAMPLES, RAPL, EnergyMeter, RaplCounter
+
+
+class FakeCard:
+    """An NVML reader's energy and power calls: a card drawing `watts` steadily. The counter
+    advances in steps of `update_s`, as NVML's does."""
+
+    def __init__(self, watts=250.0, update_s=0.0, counter=True, power=True):
+        self.watts, self.update_s, self.counter, self.power = watts, update_s, counter, power
+        self.t0 = time.perf_counter()
+
+    def total_energy_mj(self):
+        if not self.counter:
+            raise RuntimeError("Not Supported")
+        elapsed = time.perf_counter() - self.t0
+        if self.update_s:
+            elapsed -= elapsed % self.update_s
+        return int(5_000_000 + self.watts * elapsed * 1000)
+
+    def power_mw(self):
+        if not self.power:
+            raise RuntimeError("Not Supported")
+        return int(self.watts * 1000)
+
+
+def window(meter, seconds):
+    meter.start()
+    time.sleep(seconds)
+    return meter.stop()
+
+
+def test_the_counter_gives_joules_watts_and_joules_per_1000_examples():
+    energy = window(EnergyMeter(FakeCard(250.0), min_window_s=0.2), 0.3)
+    assert energy.method == COUNTER and energy.note is None
+    assert energy.mean_power_w == pytest.approx(250.0, rel=0.02)
+    assert energy.per_1000_examples_j(30_000) == pytest.approx(energy.joules / 30, rel=1e-9)
+
+
+def test_a_window_shorter_than_the_counter_needs_gives_a_note_not_noise():
+    # a counter that moves in 100 ms steps, read over 150 ms: the raw figure would be 0 or 2x
+    energy = window(EnergyMeter(FakeCard(update_s=0.1), min_window_s=2.0), 0.15)
+    assert energy.joules is None and energy.mean_power_w is None
+    assert energy.per_1000_examples_j(1000) is None
+    assert re.match(r"not measured: the timed window lasted 0\.1\d s, under the 2 s a reading "
+                    r"needs \(counters update every 20 to 100 ms\); give more --repeats$",
+                    energy.note)
+
+
+def test_without_the_counter_power_samples_are_integrated_and_named():
+    energy = window(EnergyMeter(FakeCard(120.0, counter=False), min_window_s=0.2), 0.4)
+    assert energy.method == POWER_SAMPLES
+    assert energy.note.startswith("no energy counter (Not Supported")
+    assert energy.mean_power_w == pytest.approx(120.0, rel=0.1)
+
+
+def test_a_card_with_neither_is_not_measured_never_zero():
+    energy = window(EnergyMeter(FakeCard(counter=False, power=False)), 0.01)
+    assert energy.joules is None and energy.method is None
+    assert energy.note == "not measured: NVML gives neither energy nor power (Not Supported)"
+
+
+def _powercap(root, packages):
+    for index, (uj, range_uj) in enumerate(packages):
+        domain = root / f"intel-rapl:{index}"
+        domain.mkdir(parents=True)
+        (domain / "name").write_text(f"package-{index}\n")
+        (domain / "energy_uj").write_text(f"{uj}\n")
+        (domain / "max_energy_range_uj").write_text(f"{range_uj}\n")
+        sub = root / f"intel-rapl:{index}:0"  # a core domain: inside the package, not added
+        sub.mkdir()
+        (sub / "name").write_text("core\n")
+        (sub / "energy_uj").write_text("0\n")
+    return root
+
+
+def test_rapl_sums_the_packages_and_survives_a_wrap(tmp_path):
+    root = _powercap(tmp_path, [(1_000_000, 10_000_000), (9_900_000, 10_000_000)])
+    rapl = RaplCounter.find(root)
+    meter = EnergyMeter(None, rapl, min_window_s=0.0)
+    assert meter.method == RAPL
+    meter.start()
+    (root / "intel-rapl:0" / "energy_uj").write_text("3000000\n")  # +2 J
+    (root / "intel-rapl:1" / "energy_uj").write_text("400000\n")  # wrapped: +0.5 J
+    energy = meter.stop()
+    assert energy.joules == pytest.approx(2.5)
+    assert energy.note == "the CPU packages' energy, other processes' share included"
+
+
+def test_no_rapl_is_not_measured_with_the_reason(tmp_path):
+    energy = window(EnergyMeter(None, RaplCounter.find(tmp_path / "powercap")), 0.01)
+    assert energy.joules is None and energy.method is None
+    assert energy.note == f"not measured: no RAPL package counter under {tmp_path / 'powercap'}"
+
+
+class FakeGpuReader(FakeCard):
+    """The whole NVML reader a cell uses (the seam), for a CPU cell that pretends to be timed on
+    a card drawing 250 W: memory, processes, clocks and the energy counter."""
+
+    def used_bytes(self):
+        return 2**30
+
+    def processes(self):
+        return None
+
+    def sm_clock_mhz(self):
+        return 1980
+
+    def max_sm_clock_mhz(self):
+        return 1980
+
+    def clock_event_reasons(self):
+        return 0
+
+    def temperature_c(self):
+        return 60
+
+
+def test_a_cell_stores_the_energy_of_its_timed_repeats():
+    from bench.cell import Settings, run_cell
+    from bench.grid import Config
+    from lenet.data import synthetic_tensors
+
+    settings = Settings(min_repeat_s=0.45, warmup_steps=1)  # five repeats: a 2.25 s window
+    row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
+                      FakeGpuReader(250.0))
+    assert row.status == "ok" and row.energy_method == COUNTER and row.energy_note is None
+    assert row.energy_window_s >= sum(row.repeat_s) >= 2.0
+    assert row.mean_power_w == pytest.approx(250.0, rel=0.02)
+    examples = row.repeats * row.steps_per_repeat * row.batch_size
+    assert row.energy_j_per_1000_examples == pytest.approx(
+        1000 * row.mean_power_w * row.energy_window_s / examples, rel=1e-9)
