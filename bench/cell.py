@@ -24,6 +24,7 @@ from bench.contention import Contention, ContentionWatch
 from bench.energy import Energy, EnergyMeter, RaplCounter
 from bench.grid import Config
 from bench.memory import AllocatorPeaks
+from bench.models import build_model
 from bench.nvml import PeakSampler
 from bench.oom import failure_kind, halve, one_line, run_with_backoff, status_of
 from bench.outcome import Attempt, Outcome
@@ -31,7 +32,6 @@ from bench.row import Row
 from bench.stats import Measurement
 from bench.timing import synchronize, timed_steps
 from lenet.data import TensorData, device_batches, host_batches
-from lenet.model import build_lenet
 from lenet.train import build_step
 
 
@@ -48,9 +48,9 @@ class Settings:
 
 
 def _prepare(config: Config, batch_size: int, data: TensorData, settings: Settings):
-    """A fresh LeNet's training step on the device, and the batches that feed it."""
+    """A fresh model's training step on the device, and the batches that feed it."""
     device = torch.device(config.device)
-    net = build_lenet(seed=settings.seed).to(device)
+    net = build_model(config.model, settings.seed).to(device)
     step = build_step(net, settings.lr, config.dtype, config.channels_last, config.mode)
     if config.placement == "device":
         batches = device_batches(data, batch_size, device, settings.seed)

@@ -7,8 +7,9 @@ A change is a regression only when it is past the threshold AND larger than the 
 (IQR) of either side: noise is not a regression. So is a cell that trained in the base and fails
 in the candidate, a figure that is not a number, and a cell the candidate lost (unless
 --allow-missing). With --max-energy-growth, joules per 1,000 examples gate too, where both sides
-measured them. Runs from different GPUs, torch versions, data or memory caps are refused
-unless --force. Exit status: 0 passed, 1 a regression, 2 bad input or refused.
+measured them. Runs from different GPUs, torch versions, data, memory caps or model
+architectures (two versions of a model under one name) are refused unless --force.
+Exit status: 0 passed, 1 a regression, 2 bad input or refused.
 """
 
 from __future__ import annotations
@@ -162,13 +163,17 @@ def load_side(path: Path) -> Side:
     env = {**env,
            "data_source": ", ".join(sorted({str(r["data_source"]) for r in rows})) or None,
            "memory_cap_bytes": ", ".join(sorted({str(r["memory_cap_bytes"]) for r in rows}))
-           or None}
+           or None,
+           "model_fingerprint": ", ".join(sorted({r["model_fingerprint"] for r in rows
+                                                  if r["model_fingerprint"]})) or None}
     where = str(path / store.RESULTS)
     return Side(str(path), env, {r["key"]: _checked_row(r, where) for r in rows})
 
 
 COMPARABLE = (("gpu_name", "GPU"), ("torch_version", "torch"), ("data_source", "data"),
-              ("memory_cap_bytes", "memory cap"))
+              ("memory_cap_bytes", "memory cap"), ("model_fingerprint", "model architecture"))
+# Figures older runs did not record: compared only where both sides have them.
+_RECORDED_LATER = ("model_fingerprint",)
 
 
 def refusal(base: Side, new: Side) -> str | None:
@@ -177,6 +182,8 @@ def refusal(base: Side, new: Side) -> str | None:
         if name not in base.env or name not in new.env:
             continue  # pytest-benchmark's JSON says nothing of data or caps
         a, b = base.env.get(name), new.env.get(name)
+        if name in _RECORDED_LATER and not (a and b):
+            continue
         if a != b:
             return f"the runs differ in {words}: {a or 'none'} against {b or 'none'}"
     return None
@@ -280,7 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-missing", action="store_true",
                         help="pass when the candidate lacks cells the base measured")
     parser.add_argument("--force", action="store_true",
-                        help="compare runs from different GPUs, torch versions, data or caps")
+                        help="compare runs from different GPUs, torch versions, data, caps or "
+                             "model architectures")
     args = parser.parse_args(argv)
     try:
         base, new = load_side(args.base), load_side(args.new)

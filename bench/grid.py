@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from bench.models import LENET
 from bench.schema import field_defaults
 from lenet.modes import MODES
 
@@ -35,7 +36,10 @@ class Config:
     pin_memory: bool = False
     num_workers: int = 0
     device: str = "cpu"
-    mode: str = "eager"  # how the step runs: lenet.train.MODES
+    mode: str = "eager"  # how the step runs: lenet.modes.MODES
+    # the run's model (bench.models) and its input shape where not the model's own ("3x64x64")
+    model: str = LENET
+    input_shape: str = ""
 
     def normalised(self) -> Config:
         """The same measurement with the settings that cannot matter set to their defaults."""
@@ -99,7 +103,8 @@ class Config:
         return asdict(self)
 
 
-# Spelled out in every key (the device is the run's, not the cell's).
+# Spelled out in every key (the device is the run's, not the cell's, as are the model and its
+# input shape, which join the key where they are not LeNet's).
 _KEYED = ("batch_size", "dtype", "channels_last", "placement", "pin_memory", "num_workers",
           "device")
 def added_axes() -> list[str]:
@@ -178,13 +183,16 @@ class Grid:
     min_repeat_s: float = 0.2  # each repeat runs enough steps to last this long
     warmup_steps: int = 3
     overrides: dict = field(default_factory=dict)
+    model: str = LENET
+    input_shape: str = ""
 
     def _all_cells(self, device: str) -> list[Config]:
         seen: dict[Config, None] = {}
         for block in self.blocks:
             axes = {name: self.overrides.get(name, block.values(name)) for name in AXES}
             for values in itertools.product(*axes.values()):
-                config = Config(**dict(zip(axes, values)), device=device).normalised()
+                config = Config(**dict(zip(axes, values)), device=device, model=self.model,
+                                input_shape=self.input_shape).normalised()
                 seen.setdefault(config, None)
         return list(seen)
 
@@ -259,11 +267,18 @@ def grid_names() -> list[str]:
     return sorted(_GPU_GRIDS)
 
 
-def get_grid(name: str, on_gpu: bool, overrides: dict | None = None) -> Grid:
+def get_grid(name: str, on_gpu: bool, overrides: dict | None = None, model: str = LENET,
+             input_shape: str = "") -> Grid:
     grids = _GPU_GRIDS if on_gpu else _CPU_GRIDS
     if name not in grids:
         raise GridError(f"unknown grid {name!r}; known: {', '.join(grid_names())}")
-    return replace(grids[name], overrides=dict(overrides or {}))
+    return replace(grids[name], overrides=dict(overrides or {}), model=model,
+                   input_shape=input_shape)
+
+
+def batch_sizes(grid: Grid) -> list[int]:
+    """The batch sizes the grid's blocks name, smallest first."""
+    return sorted({b for block in grid.blocks for b in block.values("batch_size")})
 
 
 def parse_set(items: list[str]) -> dict[str, tuple]:

@@ -141,7 +141,8 @@ class LiveBytes(TorchDispatchMode):
 
     def _track(self, tensor: torch.Tensor) -> None:
         storage = tensor.untyped_storage()
-        key = storage.data_ptr()
+        # the storage's own identity, not its address: a fake tensor's storage has none
+        key = storage._cdata
         if key in self._tracked or storage.nbytes() == 0:
             return  # a view of a storage already counted
         self._tracked.add(key)

@@ -4,13 +4,14 @@ as plan.json and `--resume` reads it back."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
 from bench.cell import Settings
 from bench.doctor import CONTEXT_ALLOWANCE_BYTES
-from bench.grid import COMPILED_MODES, Config, get_grid, parse_set
+from bench.grid import COMPILED_MODES, Config, Grid, batch_sizes, get_grid, parse_set
+from bench.models import LENET, ModelSpec, describe, resolve
 from bench.nvml import NvmlReader, NvmlUnavailable
 from bench.predict import model_for, unmodelled
 from bench.schema import SCHEMA_VERSION
@@ -20,8 +21,17 @@ from lenet.cli import UsageError, resolve_device
 from lenet.data import DataError, fashion_mnist_root
 
 
-def resolve_data(choice: str, data_root: str | None) -> tuple[str, str | None]:
-    """(source, notice): real data when asked or found, else synthetic, saying so."""
+def resolve_data(choice: str, data_root: str | None,
+                 model: ModelSpec | None = None) -> tuple[str, str | None]:
+    """(source, notice): real data when asked or found, else synthetic, saying so. Fashion-MNIST
+    is LeNet's: another model trains on synthetic data of its input shape."""
+    if model is not None and not model.is_lenet:
+        if choice == "real" or data_root is not None:
+            raise UsageError(f"Fashion-MNIST is LeNet's data: {model.name} trains on synthetic "
+                             f"data of its input shape ({model.shape_words}); drop --data real "
+                             f"and --data-root")
+        return "synthetic", (f"{model.name} trains on synthetic data of its input shape "
+                             f"({model.shape_words}, {model.num_classes} classes)")
     if choice == "synthetic":
         return "synthetic", None
     try:
@@ -84,16 +94,18 @@ def print_plan(plan: dict, as_json: bool) -> None:
         return
     print(f"{len(plan['cells'])} cells on {plan['device']}; 'fits' is the predicted allocator "
           f"peak against {plan['capacity']}")
+    width = max(len(row["key"]) for row in plan["cells"])
     for row in plan["cells"]:
         if row["prediction_note"]:
-            print(f"  {row['key']:<40} {row['prediction_note']}")
+            print(f"  {row['key']:<{width}}  {row['prediction_note']}")
             continue
         verdict = {True: "fits", False: "DOES NOT FIT", None: "?"}[row["fits"]]
-        print(f"  {row['key']:<40} predicted {format_bytes(row['predicted_peak_bytes']):>10}"
+        print(f"  {row['key']:<{width}}  predicted {format_bytes(row['predicted_peak_bytes']):>10}"
               f"  {verdict}")
     print(f"predicted OOM boundary (largest batch) against {plan['capacity']}:")
+    width = max((len(b["key"]) for b in plan["boundaries"]), default=0)
     for b in plan["boundaries"]:
-        print(f"  {b['key']:<18} {b['predicted_max_batch'] or '?':>10}")
+        print(f"  {b['key']:<{width}}  {b['predicted_max_batch'] or '?':>10}")
 
 
 def boundary_configs(cells: list[Config]) -> list[Config]:
@@ -130,9 +142,52 @@ def plan_device(args) -> tuple[torch.device, str | None]:
         f"{format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA context")
 
 
+def placed_batch_sizes(grid: Grid, device: torch.device, capacity: int | None) -> tuple[list[int],
+                                                                                      str]:
+    """Batch sizes for a model that is not LeNet, placed by its memory model: as many as the
+    grid names, the largest powers of two up to a ceiling. The ceiling is the predicted boundary
+    of the model's hungriest cell on `device` (or under the cap), and not past the grid's largest;
+    on the CPU, not past the grid's largest scaled down by how much more memory, and so work, an
+    example takes than one of LeNet's (the CPU grids are sized for LeNet's minutes). Returns them
+    and the words that say so."""
+    named = batch_sizes(grid)
+    cells = grid.cells(str(device))
+    hungriest = max(cells, key=lambda c: model_for(c).peak_bytes(named[-1]))
+    ceiling, why = named[-1], f"the grid's largest, {named[-1]:,}"
+    if device.type == "cpu":
+        lenet = replace(hungriest, model=LENET, input_shape="")
+        ratio = model_for(hungriest).per_sample_bytes / model_for(lenet).per_sample_bytes
+        if named[-1] / ratio < ceiling:
+            ceiling = max(1, int(named[-1] / ratio))
+            why = (f"{ceiling:,}: the grid's largest, {named[-1]:,}, over the {ratio:,.1f} "
+                   f"times LeNet's memory an example needs")
+    if capacity is not None:
+        boundary = model_for(hungriest).max_batch(capacity)
+        if boundary < ceiling:
+            ceiling, why = boundary, f"the predicted boundary, {boundary:,}"
+    if ceiling < 1:
+        raise UsageError(f"{grid.model} does not fit even at batch 1 (predicted "
+                         f"{format_bytes(model_for(hungriest).peak_bytes(1))} against "
+                         f"{format_bytes(capacity)}); give it more memory, a smaller "
+                         f"--input-shape, or another model")
+    top = 2 ** (ceiling.bit_length() - 1)
+    placed = sorted({max(1, top >> k) for k in range(len(named))})
+    return placed, (f"batch sizes placed by the memory model for {grid.model}: "
+                    f"{', '.join(f'{b:,}' for b in placed)} (powers of two up to {why})")
+
+
 def new_plan(args) -> tuple[dict, list[Config]]:
     device, device_notice = plan_device(args)
-    grid = get_grid(args.grid, device.type == "cuda", parse_set(args.set))
+    model = resolve(args.model, args.input_shape or "")
+    data, notice = resolve_data(args.data, args.data_root, model)
+    overrides = parse_set(args.set)
+    grid = get_grid(args.grid, device.type == "cuda", overrides, model.name,
+                    args.input_shape or "")
+    placement_words = None
+    if not model.is_lenet and "batch_size" not in overrides:
+        capacity, _ = capacity_bytes(device, args.memory_cap)
+        placed, placement_words = placed_batch_sizes(grid, device, capacity)
+        grid = replace(grid, overrides={**overrides, "batch_size": tuple(placed)})
     if args.repeats is not None and args.repeats < 5:
         raise UsageError(f"--repeats {args.repeats}: at least 5 are needed for a median and IQR")
     cells, skipped = grid.cells(str(device)), grid.skipped(str(device))
@@ -141,10 +196,12 @@ def new_plan(args) -> tuple[dict, list[Config]]:
                          f"another mode with --set mode=..., or run on a CUDA device")
     settings = Settings(repeats=args.repeats or grid.repeats, min_repeat_s=grid.min_repeat_s,
                         warmup_steps=grid.warmup_steps)
-    data, notice = resolve_data(args.data, args.data_root)
     plan = {
         "schema_version": SCHEMA_VERSION, "grid": grid.name,
-        "grid_description": grid.description, "overrides": grid.overrides,
+        "grid_description": grid.description + (f"; {placement_words}" if placement_words
+                                                else ""),
+        "overrides": overrides, "model": describe(model),
+        "input_shape": args.input_shape or "",
         "device": str(device), "device_notice": device_notice, "data": data,
         "data_notice": notice, "data_root": args.data_root,
         "memory_cap_bytes": args.memory_cap, "cell_timeout_s": args.cell_timeout,

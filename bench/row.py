@@ -47,6 +47,7 @@ class Row:
     cpu_baseline_rss_bytes: int | None = None  # its resident set as the measured attempt began
     tracked_peak_bytes: int | None = None  # CPU: live tensor bytes over one step, op by op
     predicted_peak_bytes: int | None = None
+    model_fingerprint: str | None = None  # the architecture's hash (bench.models.fingerprint)
     prediction_note: str | None = None  # where the memory model does not hold for this cell
     memory_cap_bytes: int | None = None
     # energy of the timed repeats (bench.energy): a figure, or None and the note that says why

@@ -30,6 +30,7 @@ from bench import store
 from bench.boundary import Boundary, find_max_batch
 from bench.doctor import report
 from bench.grid import AXES, Config, GridError, grid_names
+from bench.models import LENET, ModelError
 from bench.outcome import Outcome
 from bench.predict import model_for, unmodelled
 from bench.runner import Runner
@@ -49,9 +50,10 @@ from lenet.data import DataError
 PROG = "python -m bench.run"
 # What a new run uses where the command line is silent. --resume takes none of these: the run
 # carries on with its own plan.
-DEFAULTS = {"grid": "default", "device": "auto", "data": "auto", "cell_timeout": 900.0}
+DEFAULTS = {"grid": "default", "device": "auto", "data": "auto", "cell_timeout": 900.0,
+            "model": LENET}
 PLAN_OPTIONS = ("grid", "set", "device", "data", "data_root", "memory_cap", "cell_timeout",
-                "find_max_batch", "boundary_budget", "repeats")
+                "find_max_batch", "boundary_budget", "repeats", "model", "input_shape")
 SMALLEST_CAP_BYTES = 2**20  # LeNet's weights and one small step
 LARGEST_CAP_BYTES = 2**50  # a PiB: past any card or host
 
@@ -74,6 +76,10 @@ def _parser() -> OneLineParser:
     p.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
                    help=f"override an axis ({', '.join(AXES)})")
     p.add_argument("--device", help="auto (the default), cpu or cuda:N")
+    p.add_argument("--model", help="lenet (the default), torchvision:NAME (randomly "
+                                   "initialised) or package.module:factory (your own)")
+    p.add_argument("--input-shape", metavar="CxHxW",
+                   help="one example's shape where not the model's own, e.g. 3x64x64")
     p.add_argument("--out", type=_directory, help="run directory (default runs/<timestamp>)")
     p.add_argument("--resume", type=_directory, metavar="RUN_DIR",
                    help="finish an interrupted run, with its own plan")
@@ -124,7 +130,8 @@ def main(argv=None) -> int:
         signal.signal(signum, _stop)
     try:
         return _run(args)
-    except (UsageError, GridError, DataError, store.RunDirError, NewerSchemaError) as exc:
+    except (UsageError, GridError, DataError, ModelError, store.RunDirError,
+            NewerSchemaError) as exc:
         fail(PROG, str(exc))
 
 
@@ -208,7 +215,7 @@ def _run(args) -> int:
         todo = _todo(run_dir, cells, planned)
         spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
                           planning.settings_of(plan, str(run_dir / store.PLAN)),
-                          plan["memory_cap_bytes"])
+                          plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"])
         runner = Runner(spec, device.index or 0 if device.type == "cuda" else None,
                         plan["cell_timeout_s"])
         start = time.monotonic()
@@ -230,6 +237,7 @@ def _measure(runner: Runner, todo: list[tuple], cells: list[Config], plan: dict,
                 bar.set_postfix_str(config.key())
                 row = runner.cell(config, planned_row["predicted_peak_bytes"],
                                   planned_row["prediction_note"])
+                row.model_fingerprint = plan["model"]["fingerprint"]
                 store.append_row(results, row.as_dict())
         if plan["find_max_batch"]:
             _search_boundaries(runner, cells, plan, capacity, run_dir / store.BOUNDARIES)

@@ -35,7 +35,10 @@ PLAN_KEYS = ("grid", "device", "data", "settings", "cells")
 PLAN_DEFAULTS = {"grid_description": "", "overrides": dict, "device_notice": None,
                  "data_notice": None, "data_root": None, "memory_cap_bytes": None,
                  "cell_timeout_s": None, "find_max_batch": False, "boundary_limit": 2**24,
-                 "boundary_budget_s": 120.0, "skipped": dict}
+                 "boundary_budget_s": 120.0, "skipped": dict, "input_shape": "",
+                 # plans from before --model trained LeNet; their counts were not recorded
+                 "model": lambda: {"name": "lenet", "input_shape": [1, 28, 28], "num_classes": 10,
+                                   "parameters": None, "fingerprint": None}}
 # What makes a line of results.jsonl a row, and a line of boundaries.jsonl a boundary
 ROW_FIELDS = ("key", "status")
 BOUNDARY_FIELDS = ("key", "dtype")

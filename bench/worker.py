@@ -26,6 +26,8 @@ class WorkerSpec:
     data_root: str | None
     settings: Settings
     memory_cap_bytes: int | None = None
+    model: str = "lenet"  # bench.models: another model trains on synthetic data of its shape
+    input_shape: str = ""
 
 
 class WorkerDied(Exception):
@@ -56,6 +58,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
     import torch
 
     from bench import memory
+    from bench.models import SYNTHETIC_SIZE, resolve
     from bench.nvml import NvmlReader, NvmlUnavailable
     from bench.oom import is_oom
     from lenet.data import real_tensors, synthetic_tensors
@@ -63,7 +66,10 @@ def _serve(conn, spec: WorkerSpec) -> None:
     device = torch.device(spec.device)
     nvml = None
     try:
-        if spec.data == "synthetic":
+        model = resolve(spec.model, spec.input_shape)
+        if not model.is_lenet:
+            data = synthetic_tensors(SYNTHETIC_SIZE, 0, model.input_shape, model.num_classes)
+        elif spec.data == "synthetic":
             data = synthetic_tensors()
         else:
             data = real_tensors(True, spec.data_root)
@@ -77,8 +83,10 @@ def _serve(conn, spec: WorkerSpec) -> None:
                 pass  # NVML columns stay empty, with the reason from the parent's snapshot
         # one small step first, so the first cell does not pay for library start-up; under a
         # tight cap even that may not fit, and then the cells find out how little does
+        first = Config(64 if model.is_lenet else 2, device=spec.device, model=spec.model,
+                       input_shape=spec.input_shape)
         try:
-            single_step(Config(64, device=spec.device), 64, data, spec.settings)
+            single_step(first, first.batch_size, data, spec.settings)
         except Exception as exc:  # noqa: BLE001 - only running out of memory is let go
             if not is_oom(exc):
                 raise

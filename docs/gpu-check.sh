@@ -77,6 +77,9 @@ step cap-2gib 60 "$py" -m bench.run --grid smoke --set batch_size=32768,65536 \
 # others), to fit the budget
 step default-grid 200 "$py" -m bench.run --grid default --set batch_size=256,4096,16384 \
     --set mode=eager --boundary-budget 60 --data real --out "$work/default"
+# another model through the same grid: batch sizes placed by its memory model on this card
+step any-model 90 "$py" -m bench.run --grid smoke --model torchvision:resnet50 \
+    --no-find-max-batch --out "$work/resnet50"
 step notebook-loop 60 "$py" -m lenet.train --epochs 2 --no-progress
 step harness-overhead 60 "$py" tests/benchmarks/harness_overhead.py --rounds 5
 step fast-tests 400 "$py" -m pytest -q -p no:cacheprovider -m "not slow"

@@ -51,7 +51,8 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class TensorData:
-    """A whole split as tensors: images float32 in [0, 1] shaped (N, 1, 28, 28), int64 labels."""
+    """A whole split as tensors: inputs float32 in [0, 1] shaped (N, 1, 28, 28) for LeNet (another
+    model's shape for synthetic data), int64 labels."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -204,11 +205,13 @@ def real_tensors(train: bool = True, data_root: str | Path | None = None) -> Ten
     return TensorData(images, dataset.targets.to(torch.int64), "fashion-mnist")
 
 
-def synthetic_tensors(n: int = TRAIN_SIZE, seed: int = 0) -> TensorData:
-    """Random images and labels of Fashion-MNIST's shape: for speed and memory, not accuracy."""
+def synthetic_tensors(n: int = TRAIN_SIZE, seed: int = 0, shape: tuple[int, ...] = IMAGE_SHAPE,
+                      num_classes: int = NUM_CLASSES) -> TensorData:
+    """Random inputs and labels, of Fashion-MNIST's shape unless told another: for speed and
+    memory, not accuracy."""
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, *IMAGE_SHAPE), generator=generator, dtype=torch.uint8)
-    labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
+    images = torch.randint(0, 256, (n, *shape), generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, num_classes, (n,), generator=generator)
     return TensorData(images.to(torch.float32).div_(255), labels, "synthetic")
 
 

@@ -61,6 +61,7 @@ def header(run: Run) -> str:
     data = plan.get("data") or ", ".join(sorted(set(run.cells.get("data_source", []))))
     wall = run.cells["wall_s"].sum() if "wall_s" in run.cells else None
     facts = [
+        ("model", model_words(plan)),
         ("device", env.get("gpu_name") or f"CPU: {env.get('cpu', 'unknown')}"),
         ("driver", env.get("driver_version")), ("CUDA", env.get("cuda_version")),
         ("torch", env.get("torch_version")), ("torchvision", env.get("torchvision_version")),
@@ -74,6 +75,15 @@ def header(run: Run) -> str:
     ]
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     return f"<table class='facts'>{rows}</table>"
+
+
+def model_words(plan: dict) -> str:
+    """The model, its parameter count and the input it trained on."""
+    model = plan["model"]
+    count = model.get("parameters")
+    counted = "parameters not recorded" if count is None else f"{count:,} parameters"
+    shape = "x".join(str(d) for d in model.get("input_shape") or [])
+    return f"{model['name']}: {counted}, input {shape}, {model.get('num_classes')} classes"
 
 
 def _grid_words(plan: dict) -> str:
@@ -121,23 +131,27 @@ def answers(run: Run) -> list[str]:
                      f"{_speed(fits['examples_per_s'])} examples/s.")
     elif fits is not None:
         lines.append(f"It fits a card of {_bytes(small)} as well.")
-    nb = notebook_cell(cells)
-    if nb is not None:
-        line = (f"The notebook's settings ({escape(nb['key'])}) reach "
-                f"{_speed(nb['examples_per_s'])} examples/s: the fastest cell is "
-                f"<b>{best['examples_per_s'] / nb['examples_per_s']:.1f}x</b> faster.")
-        if flag(nb["busy"]):
-            line += (f" <span class='warn'>The notebook's cell was measured while the machine "
-                     f"was busy ({_busy_words(nb)}): the ratio is not vouched for.</span>")
-        lines.append(line)
-    else:
-        lines.append("The run has no cell with the notebook's settings (b256, float32, "
-                     "host loader, no pinning, eager) to compare with.")
+    if run.plan["model"]["name"] == "lenet":  # the notebook's settings are LeNet's
+        lines.append(_notebook_answer(cells, best))
     for dtype, (batch, reason) in largest_batch_per_dtype(run).items():
         batch_words = "none" if pd.isna(batch) else f"{int(batch):,}"
         lines.append(f"Largest batch at {escape(str(dtype))}: {batch_words} "
                      f"({escape(str(reason))}).")
     return lines
+
+
+def _notebook_answer(cells: pd.DataFrame, best: pd.Series) -> str:
+    nb = notebook_cell(cells)
+    if nb is None:
+        return ("The run has no cell with the notebook's settings (b256, float32, host loader, "
+                "no pinning, eager) to compare with.")
+    line = (f"The notebook's settings ({escape(nb['key'])}) reach "
+            f"{_speed(nb['examples_per_s'])} examples/s: the fastest cell is "
+            f"<b>{best['examples_per_s'] / nb['examples_per_s']:.1f}x</b> faster.")
+    if flag(nb["busy"]):
+        line += (f" <span class='warn'>The notebook's cell was measured while the machine "
+                 f"was busy ({_busy_words(nb)}): the ratio is not vouched for.</span>")
+    return line
 
 
 def _mode_words(cell: pd.Series) -> str:
@@ -262,9 +276,10 @@ def comparison_table(changes, only_base, only_new) -> str:
 def page(run: Run, images: list[tuple[str, str]], missing: list[str],
          comparison: str | None = None, base_name: str | None = None) -> str:
     device = run.env.get("gpu_name") or "CPU"
+    name = "LeNet" if run.plan["model"]["name"] == "lenet" else run.plan["model"]["name"]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-             f"<title>LeNet bench: {escape(device)}</title><style>{CSS}</style></head><body>",
-             f"<h1>LeNet training bench on {escape(device)}</h1>", header(run)]
+             f"<title>{escape(name)} bench: {escape(device)}</title><style>{CSS}</style></head>"
+             f"<body>", f"<h1>{escape(name)} training bench on {escape(device)}</h1>", header(run)]
     for warning in run.warnings:
         parts.append(f"<p class='warn'>{escape(warning)}</p>")
     if run.plan.get("data_notice"):

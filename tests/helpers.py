@@ -47,12 +47,21 @@ def rows_of(run_dir):
     return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
+def _ctrl_c_as_at_a_terminal():
+    """SIGINT's default action, as a terminal gives it: a shell that starts the suite in the
+    background leaves SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_grid_and_wait_for_a_row(out, **popen):
     """Start a four-cell CPU grid writing to `out`; return once its first row is on disk."""
     cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
            "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
            *CPU_SYNTHETIC]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, **popen)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=_ctrl_c_as_at_a_terminal, **popen)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
     while not (results.exists() and results.read_text().count("\n") >= 1):

@@ -106,6 +106,20 @@ def test_energy_gates_only_when_asked_and_where_both_sides_measured_it(base_run,
     assert "within 5% speed and 5% memory and 10% energy" in unmeasured.stdout
 
 
+def test_two_versions_of_a_model_under_one_name_are_refused_unless_forced(base_run, tmp_path):
+    def other_architecture(row):
+        row["model_fingerprint"] = "0123456789ab"
+
+    new, _ = _variant(base_run, tmp_path, "widened", other_architecture)
+    result = _gate(base_run, new)
+    assert result.returncode == 2
+    fingerprint = json.loads((base_run / "results.jsonl").read_text().splitlines()[1])[
+        "model_fingerprint"]
+    assert (f"the runs differ in model architecture: {fingerprint} against 0123456789ab, "
+            f"{fingerprint}; their figures are not comparable") in result.stderr
+    assert _gate(base_run, new, "--force").returncode == 0
+
+
 def test_a_drop_inside_the_measured_spread_is_not_a_regression(base_run, tmp_path):
     def noisy(row):
         row["examples_per_s_iqr"] = 0.2 * row["examples_per_s"]

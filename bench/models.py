@@ -1,0 +1,187 @@
+"""Which model a run trains: LeNet (the default), any torchvision classification model by name, or
+the user's own through a factory.
+
+    --model lenet
+    --model torchvision:resnet18            randomly initialised: nothing is downloaded
+    --model mypackage.models:make_model     the user's own (the contract below)
+    --input-shape 3x64x64                   another input shape, to try a big model quickly
+
+A factory is a callable that takes no arguments and returns `(model, input_shape, num_classes)`:
+a freshly initialised `torch.nn.Module` that maps a batch of `input_shape` inputs to logits of
+`num_classes` classes, the input shape of one example (a tuple of ints, such as (3, 32, 32)), and
+the number of classes. It is called once per cell, after the seed is set, from the directory the
+run started in. Models other than LeNet train on synthetic data of their input shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bench.oom import one_line
+
+LENET = "lenet"
+TORCHVISION = "torchvision:"
+# Samples in another model's synthetic set: batches are drawn with replacement, so any batch size
+# works, and a set of 224x224 images stays at 0.6 GiB where the device holds it.
+SYNTHETIC_SIZE = 1024
+# torchvision's models that take another input size, and those whose auxiliary heads would make
+# training mode return a tuple instead of logits
+_TORCHVISION_SHAPES = {"inception_v3": (3, 299, 299)}
+_AUX_LOGITS = ("googlenet", "inception_v3")
+_TORCHVISION_SHAPE = (3, 224, 224)
+_TORCHVISION_CLASSES = 1000
+
+
+class ModelError(ValueError):
+    """A model that cannot be named, built or trained as given; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model by name, with the input shape and classes its cells train on."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @property
+    def is_lenet(self) -> bool:
+        return self.name == LENET
+
+    @property
+    def shape_words(self) -> str:
+        return "x".join(str(d) for d in self.input_shape)
+
+    def build(self, seed: int | None = 0) -> nn.Module:
+        return build_model(self.name, seed)
+
+
+def build_model(name: str, seed: int | None = 0) -> nn.Module:
+    """A freshly initialised model (the same weights for the same seed)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return _factory(name)()[0]
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """`3x64x64` -> (3, 64, 64)."""
+    parts = text.lower().split("x")
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ModelError(f"--input-shape {text!r}: write one example's shape as whole numbers "
+                         f"joined by x, such as 3x64x64")
+    return tuple(int(p) for p in parts)
+
+
+def _lenet():
+    from lenet.model import IMAGE_SHAPE, NUM_CLASSES, build_lenet
+
+    return build_lenet(), IMAGE_SHAPE, NUM_CLASSES
+
+
+def _torchvision(name: str):
+    from torchvision import models
+
+    known = models.list_models(module=models)  # classification models only
+    if name not in known:
+        close = [k for k in known if k.startswith(name[:4])] or known[:5]
+        raise ModelError(f"torchvision has no classification model {name!r}; such as: "
+                         f"{', '.join(close[:6])} (all: torchvision.models.list_models())")
+    extra = {"aux_logits": False, "init_weights": True} if name in _AUX_LOGITS else {}
+
+    def build():
+        model = models.get_model(name, weights=None, **extra)
+        return model, _TORCHVISION_SHAPES.get(name, _TORCHVISION_SHAPE), _TORCHVISION_CLASSES
+    return build
+
+
+def _user_factory(name: str):
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ModelError(f"--model {name!r}: name lenet, torchvision:NAME or "
+                         f"package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - whatever importing the user's module raises
+        raise ModelError(f"--model {name}: cannot import {module_name} "
+                         f"({one_line(exc)}); run from the directory "
+                         f"that holds it, or install it") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ModelError(f"--model {name}: {module_name} has no callable {attribute!r}")
+
+    def build():
+        try:
+            made = factory()
+        except Exception as exc:  # noqa: BLE001 - the user's code: its failure is the message
+            raise ModelError(f"--model {name}: the factory raised {one_line(exc)}") from None
+        if not (isinstance(made, tuple) and len(made) == 3 and isinstance(made[0], nn.Module)
+                and isinstance(made[1], (tuple, list)) and made[1]
+                and all(isinstance(d, int) and d > 0 for d in made[1])
+                and isinstance(made[2], int) and made[2] > 1):
+            raise ModelError(f"--model {name}: the factory must return (model, input_shape, "
+                             f"num_classes), such as (net, (3, 32, 32), 10); it returned "
+                             f"{_describe(made)}")
+        return made[0], tuple(made[1]), made[2]
+    return build
+
+
+@functools.cache
+def _factory(name: str):
+    if name == LENET:
+        return _lenet
+    if name.startswith(TORCHVISION):
+        return _torchvision(name.removeprefix(TORCHVISION))
+    return _user_factory(name)
+
+
+def resolve(name: str, input_shape: str = "") -> ModelSpec:
+    """The model named, checked: it builds, and one training-mode forward on a batch of two
+    gives logits. ModelError, in one line, where it does not."""
+    model, shape, num_classes = _factory(name)()
+    if input_shape:
+        shape = parse_input_shape(input_shape)
+    spec = ModelSpec(name, shape, num_classes)
+    try:
+        model.train()
+        out = model(torch.rand(2, *shape))
+    except Exception as exc:  # noqa: BLE001 - the model's own failure is the message
+        raise ModelError(f"--model {name} fails on input {spec.shape_words}: "
+                         f"{one_line(exc)}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        raise ModelError(f"--model {name} must map a batch to logits of shape (batch, "
+                         f"{num_classes}); on a batch of 2 it returned {_describe(out)}")
+    return spec
+
+
+def parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of the architecture (layers and parameter shapes, not values): two versions
+    of a model under one name never compare as the same cell."""
+    text = repr(model) + "".join(f"{n}{tuple(p.shape)}{p.dtype}"
+                                 for n, p in model.named_parameters())
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def describe(spec: ModelSpec) -> dict:
+    """What a plan and the page say of the model."""
+    model = spec.build(seed=0)
+    return {"name": spec.name, "input_shape": list(spec.input_shape),
+            "num_classes": spec.num_classes, "parameters": parameters(model),
+            "fingerprint": fingerprint(model)}
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)}: ({', '.join(type(v).__name__ for v in value)})"
+    return f"a {type(value).__name__}"

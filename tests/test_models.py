@@ -1,0 +1,124 @@
+"""Any model through the grid: torchvision's by name, a user's factory, the README's example as
+written, the memory model fitted to each, and every way a model can be named wrong."""
+
+import json
+import math
+import re
+import time
+
+import pytest
+
+from bench.models import resolve
+from bench.predict import memory_model, probe_batches, step_peak_bytes
+from helpers import CPU_SYNTHETIC, ROOT, one_line_error, rows_of, run_module
+
+TESTS = ROOT / "tests"
+
+
+def test_a_torchvision_model_trains_through_the_smoke_grid_and_its_report(tmp_path):
+    out = tmp_path / "run"
+    began = time.monotonic()
+    result = run_module("bench.run", "--grid", "smoke", "--model", "torchvision:resnet18",
+                        "--input-shape", "3x64x64", "--device", "cpu", "--out", str(out))
+    took_s = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    print(f"smoke grid of torchvision:resnet18 at 3x64x64: {took_s:.0f} s")
+    assert "batch sizes placed by the memory model for torchvision:resnet18: 4, 8" \
+        in result.stderr
+    assert "torchvision:resnet18 trains on synthetic data of its input shape (3x64x64, 1000 " \
+           "classes)" in result.stderr
+    rows = rows_of(out)
+    assert [r["key"] for r in rows][:2] == [
+        "b4-float32-nchw-device-torchvision:resnet18-3x64x64",
+        "b4-float32-nchw-host-w0-torchvision:resnet18-3x64x64"]
+    for row in rows:
+        assert row["status"] == "ok" and row["data_source"] == "synthetic"
+        assert row["model"] == "torchvision:resnet18" and row["input_shape"] == "3x64x64"
+        assert re.fullmatch(r"[0-9a-f]{12}", row["model_fingerprint"])
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["model"]["parameters"] == 11_689_512  # torchvision's resnet18, 1000 classes
+    page = (out / "report" / "index.html").read_text()
+    assert "<h1>torchvision:resnet18 training bench on CPU</h1>" in page
+    assert "torchvision:resnet18: 11,689,512 parameters, input 3x64x64, 1000 classes" in page
+    assert "notebook" not in page.split("<h2>The answer</h2>")[1].split("</ul>")[0]
+
+
+def test_a_users_factory_runs_the_same_way(tmp_path):
+    out = tmp_path / "run"
+    result = run_module("bench.run", "--grid", "smoke", "--model", "user_factories:tiny_mlp",
+                        "--out", str(out), *CPU_SYNTHETIC, cwd=TESTS)
+    assert result.returncode == 0, result.stderr
+    assert "batch sizes placed by the memory model for user_factories:tiny_mlp: 128, 256 " \
+           "(powers of two up to the grid's largest, 256)" in result.stderr
+    rows = rows_of(out)
+    assert [r["key"] for r in rows] == [
+        f"b{b}-float32-nchw-{loader}-user_factories:tiny_mlp"
+        for b in (128, 256) for loader in ("device", "host-w0")]
+    assert all(r["status"] == "ok" and math.isfinite(r["loss_last"]) for r in rows)
+
+
+def _readme_model_example():
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Any model: torchvision's or your own"):]
+    section = section[:section.index("\n## ", 1)]
+    code = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    command = re.findall(r"```sh\n(.*?)```", section, re.S)[1].strip()
+    return code, command
+
+
+def test_the_readme_factory_example_runs_as_written(tmp_path):
+    code, command = _readme_model_example()
+    (tmp_path / re.match(r"# (\S+\.py)", code)[1]).write_text(code)
+    args = command.split()
+    assert args[:3] == ["python", "-m", "bench.run"]
+    result = run_module(*args[2:], "--no-report", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = rows_of(tmp_path / "runs" / "my-model")
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert all(r["model"] == "my_model:small_cnn" for r in rows)
+
+
+@pytest.mark.parametrize("model, shape", [("torchvision:resnet18", "3x64x64"),
+                                          ("torchvision:mobilenet_v3_small", "3x64x64")])
+def test_the_memory_model_predicts_a_step_within_10_percent(model, shape):
+    spec = resolve(model, shape)
+    predicted = memory_model("float32", False, "host", model=spec)
+    for batch in (24, 96):
+        assert batch not in probe_batches("float32", False, spec)  # not what it was fitted to
+        tracked = step_peak_bytes(batch, "float32", False, spec)
+        error = predicted.step_bytes(batch) / tracked - 1
+        print(f"{model} {shape} b{batch}: predicted {predicted.step_bytes(batch):,} bytes, "
+              f"tracked {tracked:,} ({error:+.1%})")
+        assert abs(error) < 0.10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "torchvision:resnet19"], "torchvision has no classification model 'resnet19'; "
+                                          "such as: resnet101, resnet152, resnet18"),
+    (["--model", "user_factories:raises"], "--model user_factories:raises: the factory raised "
+                                           "RuntimeError: the weights file is missing"),
+    (["--model", "user_factories:returns_a_model_alone"],
+     "the factory must return (model, input_shape, num_classes), such as (net, (3, 32, 32), "
+     "10); it returned a Linear"),
+    (["--model", "user_factories:wrong_class_count"],
+     "--model user_factories:wrong_class_count must map a batch to logits of shape (batch, 7); "
+     "on a batch of 2 it returned a tensor of shape (2, 3)"),
+    (["--model", "user_factories:nothing"], "user_factories has no callable 'nothing'"),
+    (["--model", "no_such_module:f"], "cannot import no_such_module (ModuleNotFoundError: No "
+                                      "module named 'no_such_module')"),
+    (["--model", "torchvision:vit_b_16", "--input-shape", "3x64x64"],
+     "--model torchvision:vit_b_16 fails on input 3x64x64: AssertionError: Wrong image height!"),
+    (["--input-shape", "3x64"], None),
+    (["--input-shape", "3xsixty"], "--input-shape '3xsixty': write one example's shape as "
+                                   "whole numbers joined by x"),
+    (["--model", "torchvision:resnet18", "--data", "real"],
+     "Fashion-MNIST is LeNet's data: torchvision:resnet18 trains on synthetic data"),
+])
+def test_a_model_named_wrong_is_one_line_and_exit_2(tmp_path, args, message):
+    result = run_module("bench.run", "--grid", "smoke", *args, "--device", "cpu", "--out",
+                        str(tmp_path / "run"), cwd=TESTS)
+    if message is None:  # LeNet's 28x28 images do not fit a 3x64 input: the model says why
+        assert "--model lenet fails on input 3x64: RuntimeError: " in one_line_error(result)
+    else:
+        assert message in one_line_error(result)
+    assert not (tmp_path / "run").exists()
