@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench.grid import LENET
 from bench.oom import one_line
 
-LENET = "lenet"
 TORCHVISION = "torchvision:"
 # Samples in another model's synthetic set: batches are drawn with replacement, so any batch size
 # works, and a set of 224x224 images stays at 0.6 GiB where the device holds it.

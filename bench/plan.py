@@ -10,8 +10,8 @@ import torch
 
 from bench.cell import Settings
 from bench.doctor import CONTEXT_ALLOWANCE_BYTES
-from bench.grid import COMPILED_MODES, Config, Grid, batch_sizes, get_grid, parse_set
-from bench.models import LENET, ModelSpec, describe, resolve
+from bench.grid import COMPILED_MODES, LENET, Config, Grid, batch_sizes, get_grid, parse_set
+from bench.models import ModelSpec, describe, resolve
 from bench.nvml import NvmlReader, NvmlUnavailable
 from bench.predict import model_for, unmodelled
 from bench.schema import SCHEMA_VERSION

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench.grid import LENET
 from bench.memory import LiveBytes
-from bench.models import LENET, SYNTHETIC_SIZE, ModelSpec, parameters, resolve
+from bench.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
 from lenet.data import TRAIN_SIZE
 from lenet.train import TrainStep
 

@@ -29,8 +29,8 @@ from bench import plan as planning
 from bench import store
 from bench.boundary import Boundary, find_max_batch
 from bench.doctor import report
-from bench.grid import AXES, Config, GridError, grid_names
-from bench.models import LENET, ModelError
+from bench.grid import AXES, LENET, Config, GridError, grid_names
+from bench.models import ModelError
 from bench.outcome import Outcome
 from bench.predict import model_for, unmodelled
 from bench.runner import Runner
