@@ -26,6 +26,7 @@ from helpers import (
 )
 
 ONE_CELL = ["--grid", "smoke", "--set", "batch_size=64", "--set", "placement=device"]
+ROW_BYTES = 1900  # about what one row of results.jsonl takes, a CPU row at schema 3
 
 
 def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(tmp_path):
@@ -79,12 +80,14 @@ def test_a_full_disk_stops_with_the_rows_kept_and_the_resume_command(tmp_path):
            "--set", "placement=device", "--out", str(out), *CPU_SYNTHETIC]
 
     def small_files():  # a file-size limit: the second row does not fit, as on a full disk
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1800, 1800))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (ROW_BYTES + ROW_BYTES // 2,) * 2)
 
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             preexec_fn=small_files, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
+    row_bytes = len((out / "results.jsonl").read_bytes())
+    assert ROW_BYTES // 2 < row_bytes <= ROW_BYTES * 3 // 2  # the limit still fits one row
     assert f"cannot write {out / 'results.jsonl'}: File too large; the 1 rows written before " \
            f"it are safe; make room (or fix the file), then carry on with: python -m " \
            f"bench.run --resume {out}" in result.stderr
