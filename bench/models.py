@@ -140,9 +140,11 @@ def _factory(name: str):
     return _user_factory(name)
 
 
+@functools.cache
 def resolve(name: str, input_shape: str = "") -> ModelSpec:
     """The model named, checked: it builds, and one training-mode forward on a batch of two
-    gives logits. ModelError, in one line, where it does not."""
+    gives logits. ModelError, in one line, where it does not. Cached: the plan, the memory model
+    and a worker ask for the same model."""
     model, shape, num_classes = _factory(name)()
     if input_shape:
         shape = parse_input_shape(input_shape)

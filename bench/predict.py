@@ -44,7 +44,7 @@ def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool,
     computes nothing, so a ResNet-50's step at batch 64 costs a second, not minutes. On LeNet,
     resnet18 and mobilenet_v3_small the count matched a real CPU step's to the byte in float32
     and within 0.05% in bfloat16."""
-    model = model or _spec(LENET, "")
+    model = model or resolve(LENET)
     with FakeTensorMode():
         net = model.build(seed=0)
         step = TrainStep(net, lr=0.1, dtype=dtype)
@@ -149,17 +149,12 @@ def _weights_bytes(model: ModelSpec) -> int:
     return parameters(model.build(seed=0)) * 4
 
 
-@functools.cache
-def _spec(name: str, input_shape: str) -> ModelSpec:
-    return resolve(name, input_shape)
-
-
 def memory_model(dtype: str, channels_last: bool, placement: str,
                  dataset_size: int | None = None, device_type: str = "cpu",
                  model: ModelSpec | None = None) -> MemoryModel:
     """`dataset_size` defaults to what a run holds: Fashion-MNIST's training split for LeNet,
     bench.models.SYNTHETIC_SIZE examples for another model."""
-    model = model or _spec(LENET, "")
+    model = model or resolve(LENET)
     if dataset_size is None:
         dataset_size = TRAIN_SIZE if model.is_lenet else SYNTHETIC_SIZE
     (step_fixed, per_sample), (few_fixed, few_per_sample) = _fit(dtype, channels_last, model)[1]
@@ -195,7 +190,7 @@ def model_for(config) -> MemoryModel:
     `unmodelled` for where that does not hold)."""
     return memory_model(config.dtype, config.channels_last, config.placement,
                         device_type=torch.device(config.device).type,
-                        model=_spec(config.model, config.input_shape))
+                        model=resolve(config.model, config.input_shape))
 
 
 def predict_peak_bytes(batch_size: int, dtype: str, channels_last: bool = False,
