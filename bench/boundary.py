@@ -25,6 +25,7 @@ class Boundary:
     failure: str | None = None  # the error text of the first failed batch
     trials: list[Attempt] = field(default_factory=list)
     predicted_max_batch: int | None = None
+    gpu_name: str | None = None  # the card model searched on: one search per model in a pool
 
     def as_dict(self) -> dict:
         """As stored: flat, the cell's settings (but its batch) beside the search's findings."""

@@ -149,7 +149,7 @@ def load_side(path: Path) -> Side:
     if not (path / store.RESULTS).is_file():
         raise UsageError(f"{path} is neither a run directory (no {store.RESULTS}) nor a "
                          f"pytest-benchmark JSON file")
-    rows, warnings = store.read_results(path / store.RESULTS)
+    rows, warnings = store.read_run(path)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     env_path = path / store.ENV

@@ -20,6 +20,9 @@ class Outcome(str, Enum):
     ERROR = "error"
     TIMEOUT = "timeout"  # the worker held a cell past its limit and was stopped
     WORKER_DIED = "worker_died"  # a signal, the OOM killer, a sticky CUDA error
+    # the Slurm job holding the cell ended first (cancelled, timed out, preempted, failed): not a
+    # finding about the cell, so --resume runs it again
+    JOB_ENDED = "job_ended"
 
     def __str__(self) -> str:
         return self.value

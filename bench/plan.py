@@ -127,6 +127,10 @@ def skipped_words(skipped: dict[str, str]) -> list[str]:
 def plan_device(args) -> tuple[torch.device, str | None]:
     """The device, and a notice when a dry run plans for a GPU that is not here."""
     wants_cuda = args.device.startswith("cuda")
+    if getattr(args, "executor", None) == "slurm" and wants_cuda:
+        # the cells run on the card each array task is given, which it sees as cuda:0
+        return torch.device("cuda", 0), ("the cells run on the GPU Slurm gives each array task "
+                                          "(cuda:0 inside it)")
     if not (args.dry_run and wants_cuda and not torch.cuda.is_available()):
         return resolve_device(args.device), None
     if args.memory_cap is None:

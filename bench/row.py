@@ -61,6 +61,13 @@ class Row:
     loss_last: float | None = None
     started_at: str | None = None
     wall_s: float | None = None
+    # where it ran (bench.devices): the host, and the card in that host's numbering
+    host: str | None = None
+    gpu_index: int | None = None
+    gpu_name: str | None = None
+    gpu_uuid: str | None = None
+    worker: str | None = None  # which of the run's workers: GPU 2, cpu cores 0-7
+    slurm_job_id: str | None = None  # the array task that ran it, under --executor slurm
 
     def as_dict(self) -> dict:
         """The row as stored: flat, with its key and schema version first."""

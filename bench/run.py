@@ -4,11 +4,14 @@
     python -m bench.run --grid smoke --set batch_size=64,512 --dry-run
     python -m bench.run --grid default --memory-cap 2GiB --out runs/capped
     python -m bench.run --resume runs/20261127-101500
+    python -m bench.run --grid default --devices all
+    python -m bench.run --grid default --executor slurm --partition gpu --gpus-per-task 1
 
-Each cell runs in a spawned worker; the parent appends one fsync'd row per cell to
-RUN_DIR/results.jsonl, so a killed run loses at most the cell in flight and `--resume` carries on.
-Exit status: 0 the run finished with figures; 1 it stopped before the end (a write failed) or no
-cell produced a figure; 2 bad input; 128 + the signal's number when a signal stopped it (130 for
+Each cell runs in a spawned worker (one per device with --devices); the parent appends one
+fsync'd row per cell to RUN_DIR/results.jsonl, so a killed run loses at most the cells in flight
+and `--resume` carries on.
+Exit status: 0 the run finished with figures; 1 it stopped before the end (a write failed, or a
+Slurm job ended before its cells ran) or no cell produced a figure; 2 bad input; 128 + the signal's number when a signal stopped it (130 for
 Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), the rows kept and the resume command printed.
 """
 
@@ -18,20 +21,22 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from bench import devices as placing
 from bench import env as run_env
 from bench import plan as planning
-from bench import store
+from bench import slurm, store
 from bench.boundary import Boundary, find_max_batch
 from bench.doctor import report
 from bench.grid import AXES, LENET, Config, GridError, grid_names
 from bench.models import ModelError
 from bench.outcome import Outcome
+from bench.pool import Pool
 from bench.predict import model_for, unmodelled
 from bench.runner import Runner
 from bench.schema import NewerSchemaError
@@ -41,6 +46,7 @@ from lenet.cli import (
     OneLineParser,
     UsageError,
     fail,
+    non_negative_int,
     positive_float,
     positive_int,
     resolve_device,
@@ -52,8 +58,11 @@ PROG = "python -m bench.run"
 # carries on with its own plan.
 DEFAULTS = {"grid": "default", "device": "auto", "data": "auto", "cell_timeout": 900.0,
             "model": LENET}
-PLAN_OPTIONS = ("grid", "set", "device", "data", "data_root", "memory_cap", "cell_timeout",
-                "find_max_batch", "boundary_budget", "repeats", "model", "input_shape")
+PLAN_OPTIONS = ("grid", "set", "device", "devices", "data", "data_root", "memory_cap",
+                "cell_timeout", "find_max_batch", "boundary_budget", "repeats", "model",
+                "input_shape", "executor", "partition", "gpus_per_task", "time_limit", "tasks",
+                "slurm")
+POLL_S = 2.0  # how often the submitting process looks at Slurm and the rows
 SMALLEST_CAP_BYTES = 2**20  # LeNet's weights and one small step
 LARGEST_CAP_BYTES = 2**50  # a PiB: past any card or host
 
@@ -76,6 +85,9 @@ def _parser() -> OneLineParser:
     p.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
                    help=f"override an axis ({', '.join(AXES)})")
     p.add_argument("--device", help="auto (the default), cpu or cuda:N")
+    p.add_argument("--devices", metavar="all|0,2,3|cpu,cpu|Nxcpu",
+                   help="one worker per device, pulling cells from one queue (default: --device "
+                        "alone)")
     p.add_argument("--model", help="lenet (the default), torchvision:NAME (randomly "
                                    "initialised) or package.module:factory (your own)")
     p.add_argument("--input-shape", metavar="CxHxW",
@@ -97,6 +109,20 @@ def _parser() -> OneLineParser:
     p.add_argument("--repeats", type=positive_int, help="timed repeats per cell (at least 5)")
     p.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS",
                    help="stop a cell (and its worker) that runs longer than this (default 900)")
+    slurm = p.add_argument_group("Slurm (--executor slurm; pip install 'lenet-bench[slurm]')")
+    slurm.add_argument("--executor", choices=("local", "slurm"),
+                       help="local (the default): this machine; slurm: a job array")
+    slurm.add_argument("--partition", help="the partition to submit to (default: Slurm's)")
+    slurm.add_argument("--gpus-per-task", type=non_negative_int, metavar="N",
+                       help="GPUs each array task holds (default 1 with a CUDA device, else 0)")
+    slurm.add_argument("--time-limit", type=positive_int, metavar="MINUTES",
+                       help="each task's time limit (default 60)")
+    slurm.add_argument("--tasks", type=positive_int, metavar="N",
+                       help="array tasks that share the cells (default: one per cell)")
+    slurm.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other sbatch option, e.g. qos=high, account=ml")
+    slurm.add_argument("--no-wait", action="store_true",
+                       help="submit and return; pick the run up later with --resume RUN_DIR")
     p.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
@@ -138,10 +164,19 @@ def main(argv=None) -> int:
 def _open_plan(args) -> tuple[dict, list[Config], Path, bool]:
     """(plan, cells, run directory, resumed): a new plan, or the plan of the run to resume."""
     if args.resume is None:
+        slots = None
+        if args.devices is not None:
+            slots = placing.parse(args.devices, torch.cuda.device_count())
+            if args.device not in (None, "auto", slots[0].device.partition(":")[0]):
+                raise UsageError(f"--device {args.device} and --devices {args.devices} disagree; "
+                                 f"--devices alone says where the cells run")
+            args.device = slots[0].device
         for name, value in DEFAULTS.items():
             if getattr(args, name) is None:
                 setattr(args, name, value)
         plan, cells = planning.new_plan(args)
+        plan["devices"] = [asdict(s) for s in slots or placing.single(plan["device"])]
+        plan["executor"] = _executor_of(args, plan)
         return plan, cells, args.out or store.default_run_dir(), False
     given = [f"--{n.replace('_', '-')}" for n in PLAN_OPTIONS if getattr(args, n) not in (None, [])]
     if args.out is not None:
@@ -152,8 +187,32 @@ def _open_plan(args) -> tuple[dict, list[Config], Path, bool]:
                          f"'{plan['grid']}' on {plan['device']}); drop {', '.join(given)}, or "
                          f"start a new run")
     cells = planning.cells_of(plan, str(args.resume / store.PLAN))
-    resolve_device(plan["device"])  # the same device must still be there
+    if plan["executor"] is None:
+        resolve_device(plan["device"])  # the same device must still be there
     return plan, cells, args.resume, True
+
+
+def _executor_of(args, plan: dict) -> dict | None:
+    """The plan's executor: None for this machine, else the Slurm job array's options."""
+    slurm_only = [f"--{n.replace('_', '-')}" for n in ("partition", "gpus_per_task",
+                                                          "time_limit", "tasks", "slurm")
+                  if getattr(args, n) not in (None, [])] + (["--no-wait"] if args.no_wait else [])
+    if args.executor != "slurm":
+        if slurm_only:
+            raise UsageError(f"{', '.join(slurm_only)} only apply with --executor slurm")
+        return None
+    if args.devices is not None:
+        raise UsageError("--devices is for this machine's GPUs; under --executor slurm each "
+                         "array task holds --gpus-per-task GPUs")
+    slurm.require()
+    gpus = args.gpus_per_task
+    if gpus is None:
+        gpus = 1 if plan["device"].startswith("cuda") else 0
+    if gpus == 0 and plan["device"].startswith("cuda"):
+        raise UsageError("--gpus-per-task 0 with a CUDA device: each task needs a GPU")
+    options = slurm.SlurmOptions(args.partition, gpus, args.time_limit or 60, args.tasks,
+                                 slurm.parse_extra(args.slurm))
+    return {"name": "slurm", **asdict(options)}
 
 
 def _announce(plan: dict, device: torch.device, resumed: bool) -> None:
@@ -168,11 +227,24 @@ def _announce(plan: dict, device: torch.device, resumed: bool) -> None:
             print(notice, file=sys.stderr)
 
 
-def _preflight(device: torch.device, cells: list[Config]) -> None:
-    if device.type == "cuda":
-        checkup = report(device, planning.smallest_need_bytes(cells))
-        if not checkup.fits:
-            raise UsageError(checkup.verdict)
+def _preflight(slots: list[placing.Slot], cells: list[Config]) -> list[placing.Slot]:
+    """The slots whose card has room for the smallest cell; a busy card is left out with the
+    reason, and a run with no card left is refused."""
+    gpus = [s for s in slots if s.gpu_index is not None]
+    if not gpus:
+        return slots
+    need = planning.smallest_need_bytes(cells)
+    verdicts = {s: report(torch.device("cuda", s.gpu_index), need) for s in gpus}
+    kept = [s for s in slots if verdicts[s].fits]
+    if len(slots) == 1 and not kept:
+        raise UsageError(verdicts[slots[0]].verdict)
+    for slot in slots:
+        if not verdicts[slot].fits:
+            print(f"leaving out {slot.label}: {verdicts[slot].verdict}", file=sys.stderr)
+    if not kept:
+        raise UsageError("every listed GPU is too busy for the smallest cell (see above); free "
+                         "one, or list others with --devices")
+    return kept
 
 
 def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple]:
@@ -181,10 +253,10 @@ def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple
     if store.cut_torn_tail(results):
         print(f"cut a torn last line from {results} (the cell in flight when it was killed)")
     store.cut_torn_tail(run_dir / store.BOUNDARIES)
-    rows, warnings = store.read_results(results)
+    rows, warnings = store.read_run(run_dir)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    done = {r["key"] for r in rows}
+    done = store.done_keys(rows)
     strangers = sorted(done - {c.key() for c in cells})
     if strangers:
         raise store.RunDirError(
@@ -207,7 +279,10 @@ def _run(args) -> int:
                              "capacity": capacity_words, "cells": planned,
                              "boundaries": planning.plan_boundaries(cells, capacity)}, args.json)
         return 0
-    _preflight(device, cells)
+    if plan["executor"] is not None:
+        return _run_slurm(plan, cells, run_dir, resumed, args)
+    slots = _preflight([placing.Slot(**s) for s in plan["devices"]
+                        or [asdict(s) for s in placing.single(plan["device"])]], cells)
     store.make_dir(run_dir)
     with store.locked(run_dir):
         if not resumed:
@@ -216,57 +291,142 @@ def _run(args) -> int:
         spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
                           planning.settings_of(plan, str(run_dir / store.PLAN)),
                           plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"])
-        runner = Runner(spec, device.index or 0 if device.type == "cuda" else None,
-                        plan["cell_timeout_s"])
+        runners = [Runner(replace(spec, device=slot.device, visible_devices=slot.visible_devices,
+                                  cpu_cores=slot.cpu_cores),
+                          slot.gpu_index, plan["cell_timeout_s"], placing.where(slot))
+                   for slot in slots]
+        if len(runners) > 1:
+            print(f"{len(runners)} workers, one queue: "
+                  f"{', '.join(slot.label for slot in slots)}", file=sys.stderr)
         start = time.monotonic()
-        stopped = _measure(runner, todo, cells, plan, capacity, run_dir)
+        stopped = _measure(Pool(runners, [r.where["gpu_name"] or "cpu" for r in runners]), todo,
+                           cells, plan, capacity, run_dir)
         if stopped is not None:
             return stopped
         return _finish(run_dir, len(todo), time.monotonic() - start, args.no_report)
 
 
-def _measure(runner: Runner, todo: list[tuple], cells: list[Config], plan: dict,
+def _measure(pool: Pool, todo: list[tuple], cells: list[Config], plan: dict,
              capacity: int | None, run_dir: Path) -> int | None:
     """Run the cells, then the boundary searches. None when done, else the exit status of a run
     that was stopped, having said what is kept and how to carry on."""
     results = run_dir / store.RESULTS
     carry_on = f"carry on with: {PROG} --resume {run_dir}"
+
+    def measure_cell(runner: Runner, job: tuple):
+        config, planned_row = job
+        return runner.cell(config, planned_row["predicted_peak_bytes"],
+                           planned_row["prediction_note"])
+
     try:
-        with tqdm(todo, desc="cells", unit="cell", file=sys.stderr) as bar:
-            for config, planned_row in bar:
-                bar.set_postfix_str(config.key())
-                row = runner.cell(config, planned_row["predicted_peak_bytes"],
-                                  planned_row["prediction_note"])
+        with tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr) as bar:
+            def record(job: tuple, row) -> None:
                 row.model_fingerprint = plan["model"]["fingerprint"]
                 store.append_row(results, row.as_dict())
+                bar.set_postfix_str(row.config.key())
+                bar.update()
+
+            pool.run(todo, measure_cell, record)
         if plan["find_max_batch"]:
-            _search_boundaries(runner, cells, plan, capacity, run_dir / store.BOUNDARIES)
+            _search_boundaries(pool, cells, plan, capacity, run_dir / store.BOUNDARIES)
     except KeyboardInterrupt:
-        runner.kill_worker()
         print(f"\ninterrupted: every finished cell is saved in {results}; {carry_on}",
               file=sys.stderr)
         return 128 + signal.SIGINT
     except Stopped as exc:
-        runner.kill_worker()
         print(f"\nstopped by {signal.Signals(exc.signum).name}: every finished cell is saved in "
               f"{results}; {carry_on}", file=sys.stderr)
         return 128 + exc.signum
     except store.StoreWriteError as exc:
-        runner.kill_worker()
-        kept = len(store.read_results(results)[0])
+        kept = len(store.read_run(run_dir)[0])
         print(f"{exc}; the {kept} rows written before it are safe; make room (or fix the file), "
               f"then {carry_on}", file=sys.stderr)
         return 1
     finally:
-        runner.retire_worker()
+        for runner in pool.runners:
+            runner.retire_worker()
     return None
+
+
+def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, args) -> int:
+    """Submit what is missing as a job array (tasks still queued or running are picked up), then
+    wait for the tasks, unless told not to."""
+    options = slurm.SlurmOptions(**{k: v for k, v in plan["executor"].items() if k != "name"})
+    store.make_dir(run_dir)
+    with store.locked(run_dir):
+        if not resumed:
+            # this host's: each host that runs cells adds its own (bench.slurm.HOSTS)
+            store.create(run_dir, plan, run_env.collect(torch.device("cpu")))
+            (run_dir / store.RESULTS).touch()
+        submissions = slurm.read_submissions(run_dir)
+        live = slurm.live_tasks(submissions, slurm.task_states(_array_ids(submissions)))
+        done = store.done_keys(store.read_run(run_dir)[0])
+        held = {key for task in live for key in task["keys"]}
+        missing = [c.key() for c in cells if c.key() not in done | held]
+        searches = plan["find_max_batch"] and not any(t["boundaries"] for t in live) and bool(
+            boundary_jobs(cells, [None], {(b["key"], None) for b in
+                                          store.read_run_boundaries(run_dir)[0]}))
+        if live:
+            print(f"picking up {len(live)} Slurm tasks still queued or running "
+                  f"({len(held)} cells)", file=sys.stderr)
+        if missing or searches:
+            submission = slurm.submit(run_dir, missing, options, searches)
+            submissions.append(submission)
+            print(f"submitted Slurm job {submission['array_job_id']}: "
+                  f"{len(submission['tasks'])} tasks for {len(missing)} cells"
+                  f"{' and the boundary searches' if searches else ''}; logs in "
+                  f"{run_dir / slurm.LOGS}", file=sys.stderr)
+        follow = (f"follow it with: {PROG} --resume {run_dir}; stop it with: "
+                  f"{slurm.cancel_words(submissions)}")
+        if args.no_wait:
+            print(f"not waiting: {follow}")
+            return 0
+        start = time.monotonic()
+        try:
+            _wait_for_tasks(run_dir, plan, cells, submissions)
+        except (KeyboardInterrupt, Stopped) as exc:
+            signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+            print(f"\nstopped waiting; the Slurm tasks carry on: {follow}", file=sys.stderr)
+            return 128 + signum
+        status = _finish(run_dir, len(missing) + len(held), time.monotonic() - start,
+                         args.no_report)
+    lost = [r for r in store.read_run(run_dir)[0] if r["error_kind"] == Outcome.JOB_ENDED]
+    if lost:
+        print(f"{len(lost)} cells did not run because their Slurm job ended (the reasons are "
+              f"above); run them again with: {PROG} --resume {run_dir}", file=sys.stderr)
+        return 1
+    return status
+
+
+def _array_ids(submissions: list[dict]) -> list[str]:
+    return [s["array_job_id"] for s in submissions]
+
+
+def _wait_for_tasks(run_dir: Path, plan: dict, cells: list[Config],
+                    submissions: list[dict]) -> None:
+    """Show progress until no task can write another row; then give each cell whose task ended
+    without it a `job_ended` row."""
+    keys = {c.key() for c in cells}
+    with tqdm(total=len(keys), desc="cells (Slurm)", unit="cell", file=sys.stderr) as bar:
+        while True:
+            states = slurm.task_states(_array_ids(submissions))
+            live = slurm.live_tasks(submissions, states)
+            done = store.done_keys(store.read_run(run_dir)[0]) & keys
+            bar.n = len(done)
+            bar.set_postfix_str(f"{len(live)} tasks queued or running")
+            bar.refresh()
+            if not live:
+                break
+            time.sleep(POLL_S)
+    for row in slurm.ended_rows(run_dir, plan, submissions, states, done):
+        store.append_row(run_dir / store.RESULTS, row.as_dict())
 
 
 def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool) -> int:
     """The summary, the report, and the exit status: 1 where no cell produced a figure."""
     results = run_dir / store.RESULTS
-    rows, warnings = store.read_results(results)
-    boundary_rows, _ = store.read_boundaries(run_dir / store.BOUNDARIES)
+    rows, warnings = store.read_run(run_dir)
+    boundary_rows, _ = store.read_run_boundaries(run_dir)
     print("\n".join(warnings + _summary(rows, boundary_rows)))
     print(f"{ran} cells in {elapsed_s:.0f} s; results: {results}")
     if not no_report:
@@ -303,20 +463,43 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
     return lines
 
 
-def _search_boundaries(runner: Runner, cells: list[Config], plan: dict, capacity: int | None,
+def boundary_jobs(cells: list[Config], models: list[str | None],
+                  done: set[tuple[str, str | None]]) -> list[tuple[Config, str | None]]:
+    """The searches still to run: one per boundary and card model (None on the CPU)."""
+    return [(c, m) for m in dict.fromkeys(models) for c in planning.boundary_configs(cells)
+            if (c.boundary_key(), m) not in done]
+
+
+def search_boundary(runner: Runner, job: tuple[Config, str | None], cells: list[Config],
+                    plan: dict, capacity: int | None, budget_s: float) -> Boundary:
+    config, gpu_name = job
+    boundary = Boundary(config, predicted_max_batch=model_for(config).max_batch(capacity)
+                        if capacity and not unmodelled(config) else None, gpu_name=gpu_name)
+    find_max_batch(lambda batch: runner.trial(replace(config, batch_size=batch), batch),
+                   boundary, min(c.batch_size for c in cells), plan["boundary_limit"], budget_s)
+    return boundary
+
+
+def _search_boundaries(pool: Pool, cells: list[Config], plan: dict, capacity: int | None,
                        path: Path) -> None:
-    done = {b["key"] for b in store.read_boundaries(path)[0]}
-    configs = [c for c in planning.boundary_configs(cells) if c.boundary_key() not in done]
-    if not configs:
+    """One search per boundary and card model: identical cards do not search twice, and each
+    model's searches spread over its cards."""
+    done = {(b["key"], b["gpu_name"]) for b in store.read_boundaries(path)[0]}
+    jobs = boundary_jobs(cells, [r.where.get("gpu_name") for r in pool.runners], done)
+    if not jobs:
         return
-    budget_s = plan["boundary_budget_s"] / len(configs)
-    start_batch = min(c.batch_size for c in cells)
-    for config in tqdm(configs, desc="OOM boundary", unit="search", file=sys.stderr):
-        boundary = Boundary(config, predicted_max_batch=model_for(config).max_batch(capacity)
-                            if capacity and not unmodelled(config) else None)
-        find_max_batch(lambda batch, c=config: runner.trial(replace(c, batch_size=batch), batch),
-                       boundary, start_batch, plan["boundary_limit"], budget_s)
-        store.append_row(path, boundary.as_dict())
+    # the budget is wall time: searches side by side on several cards each get a runner's share
+    budget_s = min(plan["boundary_budget_s"],
+                   plan["boundary_budget_s"] * len(pool.runners) / len(jobs))
+
+    with tqdm(total=len(jobs), desc="OOM boundary", unit="search", file=sys.stderr) as bar:
+        def record(job: tuple, boundary: Boundary) -> None:
+            store.append_row(path, boundary.as_dict())
+            bar.update()
+
+        pool.run(jobs, lambda runner, job: search_boundary(runner, job, cells, plan, capacity,
+                                                           budget_s),
+                 record, group_of=lambda job: job[1] or "cpu")
 
 
 def _write_report(run_dir: Path) -> None:

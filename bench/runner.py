@@ -13,8 +13,12 @@ from bench.worker import Worker, WorkerDied, WorkerSpec
 class Runner:
     """Feeds cells to a worker, replacing it when it dies or holds on to memory."""
 
-    def __init__(self, spec: WorkerSpec, cuda_index: int | None, timeout_s: float | None = None):
+    def __init__(self, spec: WorkerSpec, cuda_index: int | None, timeout_s: float | None = None,
+                 where: dict | None = None):
+        # cuda_index: the card in this process's numbering, for NVML; `where`: the row fields
+        # that say where the cells ran (bench.devices.where)
         self.spec, self.cuda_index, self.timeout_s = spec, cuda_index, timeout_s
+        self.where = where or {}
         self.worker: Worker | None = None
         self.nvml_before: dict = {}
 
@@ -66,6 +70,8 @@ class Runner:
                 setattr(row, name, value)
         row.predicted_peak_bytes, row.prediction_note = predicted, prediction_note
         row.memory_cap_bytes = self.spec.memory_cap_bytes
+        for name, value in self.where.items():
+            setattr(row, name, value)
         # memory that did not come back, or a CUDA error that may be sticky: start afresh
         if not healthy or (row.status == Outcome.ERROR and config.device.startswith("cuda")):
             self.retire_worker()

@@ -1,8 +1,9 @@
 """The version of what a run directory stores, and the one way stored rows are read back.
 
 Version 1 rows (written before rows carried a version) lack the contention figures; version 2
-rows lack the mode (they ran eager, its default), setup_s and the energy figures. Reading fills
-every field a row lacks with its default, so every reader sees every key. A row or plan from a
+rows lack the mode (they ran eager, its default), setup_s and the energy figures; version 3 rows
+lack where they ran (host, GPU, Slurm job). Reading fills every field a row lacks with its
+default, so every reader sees every key. A row or plan from a
 newer version than this reader is refused: its fields may mean something this version cannot know.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class NewerSchemaError(ValueError):

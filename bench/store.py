@@ -1,5 +1,7 @@
 """The run directory: `plan.json` (what to run), `env.json` (where), `results.jsonl` (one row per
-cell) and `boundaries.jsonl` (one row per boundary search). The plan and every row carry the
+cell) and `boundaries.jsonl` (one row per boundary search); under `--executor slurm` also
+`parts/`, a results and a boundaries file per array task, each with one writer. `read_run` and
+`read_run_boundaries` read the union. The plan and every row carry the
 schema version they were written at; `read_results` and `read_boundaries` are the one way to read
 rows back, each at this version with every key present (bench.schema).
 
@@ -22,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.boundary import read_boundary
+from bench.outcome import Outcome
 from bench.row import read_row
 from bench.schema import upgraded
 
@@ -30,12 +33,15 @@ ENV = "env.json"
 RESULTS = "results.jsonl"
 BOUNDARIES = "boundaries.jsonl"
 LOCK = ".lock"
+PARTS = "parts"
 PLAN_KEYS = ("grid", "device", "data", "settings", "cells")
 # What a plan written before a field existed is read with.
 PLAN_DEFAULTS = {"grid_description": "", "overrides": dict, "device_notice": None,
                  "data_notice": None, "data_root": None, "memory_cap_bytes": None,
                  "cell_timeout_s": None, "find_max_batch": False, "boundary_limit": 2**24,
                  "boundary_budget_s": 120.0, "skipped": dict, "input_shape": "",
+                 # one device (bench.devices.single), on this host, before --devices and Slurm
+                 "devices": None, "executor": None,
                  # plans from before --model trained LeNet; their counts were not recorded
                  "model": lambda: {"name": "lenet", "input_shape": [1, 28, 28], "num_classes": 10,
                                    "parameters": None, "fingerprint": None}}
@@ -171,6 +177,33 @@ def read_results(path: Path) -> tuple[list[dict], list[str]]:
     Raises NewerSchemaError for a row written by a newer version."""
     rows, warnings = _read_lines(path, ROW_FIELDS)
     return [read_row(row, f"{path}: {row['key']}") for row in rows], warnings
+
+
+def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
+    """The run's rows: its own file's and every Slurm task's. A row saying its job ended gives
+    way to a row of the same cell that ran (the cell was run again by --resume)."""
+    rows, warnings = read_results(run_dir / RESULTS)
+    for part in sorted((run_dir / PARTS).glob("results-*.jsonl")):
+        more, more_warnings = read_results(part)
+        rows += more
+        warnings += more_warnings
+    ran = done_keys(rows)
+    return [r for r in rows if r["error_kind"] != Outcome.JOB_ENDED or r["key"] not in ran], \
+        warnings
+
+
+def done_keys(rows: list[dict]) -> set[str]:
+    """The cells that have a row of their own: every row but one saying its Slurm job ended."""
+    return {r["key"] for r in rows if r["error_kind"] != Outcome.JOB_ENDED}
+
+
+def read_run_boundaries(run_dir: Path) -> tuple[list[dict], list[str]]:
+    rows, warnings = read_boundaries(run_dir / BOUNDARIES)
+    for part in sorted((run_dir / PARTS).glob("boundaries-*.jsonl")):
+        more, more_warnings = read_boundaries(part)
+        rows += more
+        warnings += more_warnings
+    return rows, warnings
 
 
 def read_boundaries(path: Path) -> tuple[list[dict], list[str]]:

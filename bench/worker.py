@@ -8,6 +8,7 @@ Ctrl-C: the parent decides how to stop.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import traceback
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ class WorkerSpec:
     memory_cap_bytes: int | None = None
     model: str = "lenet"  # bench.models: another model trains on synthetic data of its shape
     input_shape: str = ""
+    visible_devices: str | None = None  # pins a pooled GPU worker to its card (bench.devices)
+    cpu_cores: tuple[int, ...] | None = None  # binds a pooled CPU worker to its share
+    threads: int | None = None  # torch's threads where not one per bound core: a Slurm task's CPUs
 
 
 class WorkerDied(Exception):
@@ -55,7 +59,15 @@ def _describe_exit(exitcode: int | None) -> str:
 def _serve(conn, spec: WorkerSpec) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # the parent stops the worker
+    if spec.visible_devices is not None:  # before CUDA starts: it reads this once
+        os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_devices
     import torch
+
+    if spec.cpu_cores:
+        os.sched_setaffinity(0, spec.cpu_cores)
+    if spec.threads or spec.cpu_cores:
+        # more threads than cores spin against each other: many times slower, not 2x
+        torch.set_num_threads(spec.threads or len(spec.cpu_cores))
 
     from bench import memory
     from bench.models import SYNTHETIC_SIZE, resolve

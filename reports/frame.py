@@ -110,8 +110,8 @@ def load_run(path: Path) -> Run:
         raise NotARun(f"{path} holds no {store.RESULTS}; run python -m bench.run --out {path} "
                       f"first")
     try:
-        rows, warnings = store.read_results(results)
-        boundary_rows, boundary_warnings = store.read_boundaries(path / store.BOUNDARIES)
+        rows, warnings = store.read_run(path)
+        boundary_rows, boundary_warnings = store.read_run_boundaries(path)
         plan = store.read_plan(_read_json(path / store.PLAN), path / store.PLAN)
     except NewerSchemaError as exc:
         raise NotARun(str(exc)) from None

@@ -62,7 +62,7 @@ def header(run: Run) -> str:
     wall = run.cells["wall_s"].sum() if "wall_s" in run.cells else None
     facts = [
         ("model", model_words(plan)),
-        ("device", env.get("gpu_name") or f"CPU: {env.get('cpu', 'unknown')}"),
+        ("device", device_words(run)),
         ("driver", env.get("driver_version")), ("CUDA", env.get("cuda_version")),
         ("torch", env.get("torch_version")), ("torchvision", env.get("torchvision_version")),
         ("data", f"{data}{' (synthetic: speed and memory only, not accuracy)' if data == 'synthetic' else ''}"),  # noqa: E501
@@ -75,6 +75,33 @@ def header(run: Run) -> str:
     ]
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     return f"<table class='facts'>{rows}</table>"
+
+
+def device_words(run: Run) -> str:
+    """The cards the rows say they ran on (under Slurm, not the submitting host's), else the
+    run's own device."""
+    named = run.cells["gpu_name"].dropna().unique() if "gpu_name" in run.cells else []
+    if len(named):
+        return ", ".join(sorted(named))
+    return run.env.get("gpu_name") or f"CPU: {run.env.get('cpu', 'unknown')}"
+
+
+def where_table(cells: pd.DataFrame) -> str | None:
+    """Which host, card and worker ran how many cells, and how fast: for a run spread over
+    several (--devices, --executor slurm); None for a run on one."""
+    columns = ["host", "gpu_name", "worker"]
+    if any(c not in cells for c in columns):
+        return None
+    placed = cells.assign(**{c: cells[c].fillna("") for c in columns})
+    groups = placed.groupby(columns, sort=True)
+    if groups.ngroups < 2:
+        return None
+    rows = "".join(
+        f"<tr><td>{_e(host)}</td><td>{_e(gpu or 'CPU')}</td><td>{_e(worker)}</td>"
+        f"<td>{len(group)}</td><td>{_speed(group['examples_per_s'].median())}</td></tr>"
+        for (host, gpu, worker), group in groups)
+    return ("<table><tr><th>host</th><th>device</th><th>worker</th><th>cells</th>"
+            f"<th>median examples/s</th></tr>{rows}</table>")
 
 
 def model_words(plan: dict) -> str:
@@ -275,7 +302,8 @@ def comparison_table(changes, only_base, only_new) -> str:
 
 def page(run: Run, images: list[tuple[str, str]], missing: list[str],
          comparison: str | None = None, base_name: str | None = None) -> str:
-    device = run.env.get("gpu_name") or "CPU"
+    device = device_words(run)
+    device = "CPU" if device.startswith("CPU: ") else device
     name = "LeNet" if run.plan["model"]["name"] == "lenet" else run.plan["model"]["name"]
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>{escape(name)} bench: {escape(device)}</title><style>{CSS}</style></head>"
@@ -306,6 +334,12 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
         parts += [f"<p><img src='{escape(name)}' alt='{escape(alt)}'></p>"
                   for name, alt in images]
     parts += [f"<p>{escape(line)}</p>" for line in missing]
+    placed = where_table(run.cells)
+    if placed:
+        parts += ["<h2>Where the cells ran</h2>",
+                  "<p>Cells side by side on one machine share its memory bandwidth and, on the "
+                  "CPU, its caches: compare speeds within a worker before across workers.</p>",
+                  placed]
     parts += ["<h2>Every cell</h2>", cells_table(run.cells),
               "<h2>OOM boundary</h2>", boundaries_table(run), "</body></html>"]
     return "\n".join(parts)

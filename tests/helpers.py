@@ -55,11 +55,11 @@ def _ctrl_c_as_at_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_grid_and_wait_for_a_row(out, **popen):
+def start_grid_and_wait_for_a_row(out, *more_args, **popen):
     """Start a four-cell CPU grid writing to `out`; return once its first row is on disk."""
     cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
            "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
-           *CPU_SYNTHETIC]
+           *CPU_SYNTHETIC, *more_args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             preexec_fn=_ctrl_c_as_at_a_terminal, **popen)
     results = out / "results.jsonl"

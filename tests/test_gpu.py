@@ -131,3 +131,22 @@ def test_a_graph_mode_cell_records_setup_energy_and_gives_memory_back(mode):
     assert row.energy_window_s >= 2.0
     assert 10 < row.mean_power_w < 2000  # watts: a card at work, not noise or a unit slip
     assert row.energy_j_per_1000_examples > 0
+
+
+def test_a_pooled_gpu_worker_is_pinned_to_its_card_and_its_rows_name_it(tmp_path):
+    last = torch.cuda.device_count() - 1  # the last card: pinning shows where it is not 0
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set", "batch_size=256",
+         "--set", "placement=device", "--data", "synthetic", "--devices", str(last), "--out",
+         str(out), "--no-report"], capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    with NvmlReader(last) as reader:
+        name, uuid = reader.name(), reader.device.uuid
+    assert rows and all(r["status"] == "ok" and r["device"] == "cuda:0" for r in rows)
+    assert {(r["gpu_index"], r["gpu_name"], r["gpu_uuid"], r["worker"]) for r in rows} == {
+        (last, name, uuid, f"GPU {last}")}
+    # the pinned worker's NVML reader found its card through CUDA_VISIBLE_DEVICES
+    assert all(r["nvml_peak_used_bytes"] for r in rows)

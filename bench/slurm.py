@@ -1,0 +1,271 @@
+"""`--executor slurm`: a run's cells as a Slurm job array, submitted through submitit.
+
+Each array task runs a share of the cells on the node Slurm gives it (one GPU each by default)
+and appends its rows to a file of its own, `parts/results-<job>.jsonl`, inside the run directory,
+which must be on storage every node shares; readers take the union (bench.store.read_run). The
+submitting process waits, showing progress, and when a task ends without having run all its
+cells it records one `job_ended` row per unfinished cell, naming the job and the state Slurm
+gives; `--resume RUN_DIR` runs those cells again and picks up tasks still queued or running.
+Slurm's state is read with `scontrol`, which works where accounting (and so `sacct`) is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench import store
+from bench.outcome import Attempt, Outcome
+from bench.row import Row
+from lenet.cli import UsageError
+
+JOBS = "slurm.json"  # every submission: its array job and which cells each task holds
+LOGS = "slurm"  # submitit's folder: each task's pickled call and its stdout and stderr
+HOSTS = "hosts"  # one env.json per host that ran cells: hosts/<host>.json
+# a task in one of these states may still write rows
+LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
+                         "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING",
+                         "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"})
+INSTALL_HINT = "pip install 'lenet-bench[slurm]' (or pip install -e '.[slurm]' in a checkout)"
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What the job array asks Slurm for; stored in the plan, so --resume asks the same."""
+
+    partition: str | None = None
+    gpus_per_task: int = 0
+    time_limit_min: int = 60
+    tasks: int | None = None  # how many array tasks share the cells; None: one per cell
+    extra: dict[str, str] = field(default_factory=dict)  # --slurm KEY=VALUE, as sbatch takes it
+
+
+def parse_extra(pairs: list[str]) -> dict[str, str]:
+    extra = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]*", key.strip()):
+            raise UsageError(f"--slurm {pair!r}: write KEY=VALUE, an sbatch option without its "
+                             f"dashes, e.g. --slurm qos=high or --slurm account=ml")
+        extra[key.strip().replace("-", "_")] = value.strip()
+    return extra
+
+
+def require() -> None:
+    """Refuse --executor slurm, saying what to do, where it cannot submit."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--executor slurm needs submitit: {INSTALL_HINT}") from None
+    if shutil.which("sbatch") is None:
+        raise UsageError("--executor slurm: sbatch is not on PATH; run from a host of the Slurm "
+                         "cluster (a login node)")
+
+
+def _executor(run_dir: Path, options: SlurmOptions):
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=run_dir / LOGS / "%j")
+    known = executor._valid_parameters()
+    extra = {k: v for k, v in options.extra.items() if k not in known}
+    parameters = {k: _number(v) for k, v in options.extra.items() if k in known}
+    parameters.update(time=options.time_limit_min, job_name=f"lenet-bench-{run_dir.name}",
+                      # submitit's warning signal comes this long before the time limit; the
+                      # tasks ignore it (a cell is not resumable mid-way), so it only has to come
+                      # within the limit for Slurm to report TIMEOUT itself
+                      signal_delay_s=min(30, options.time_limit_min * 60 // 2),
+                      additional_parameters=extra)
+    if options.partition:
+        parameters["partition"] = options.partition
+    if options.gpus_per_task:
+        parameters["gpus_per_task"] = options.gpus_per_task
+    try:
+        executor.update_parameters(**parameters)
+    except (NameError, ValueError, TypeError) as exc:
+        raise UsageError(f"--slurm: {str(exc).splitlines()[0]}") from None
+    return executor
+
+
+def _number(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def submit(run_dir: Path, keys: list[str], options: SlurmOptions, boundaries: bool) -> dict:
+    """Submit `keys` (and the boundary searches, as a task of their own) as one job array;
+    record it in slurm.json and return it. UsageError with sbatch's own words if Slurm refuses."""
+    shares = _shares(keys, options.tasks)
+    if boundaries:
+        shares.append([])
+    executor = _executor(run_dir, options)
+    from submitit.core.utils import FailedJobError
+
+    said = io.StringIO()  # sbatch's complaints: the one line that matters goes in the error
+    try:
+        with contextlib.redirect_stderr(said):
+                jobs = executor.map_array(run_task, [str(run_dir)] * len(shares), shares,
+                                      [not share for share in shares])
+    except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
+        lines = [w.strip() for w in f"{exc}\n{said.getvalue()}".splitlines() if w.strip()]
+        # sbatch's fatal line says what is wrong; its error lines before it say how it got there
+        said = next((w for w in lines if "fatal" in w), lines[0] if lines else str(exc))
+        raise UsageError(f"Slurm refused the job: {said}; fix that, then submit with: "
+                         f"python -m bench.run --resume {run_dir}") from None
+    submission = {"array_job_id": jobs[0].job_id.partition("_")[0],
+                  "tasks": [{"job_id": job.job_id, "keys": share, "boundaries": not share}
+                            for job, share in zip(jobs, shares)]}
+    submissions = read_submissions(run_dir) + [submission]
+    store.write_json(run_dir / JOBS, {"submissions": submissions})
+    return submission
+
+
+def _shares(keys: list[str], tasks: int | None) -> list[list[str]]:
+    count = min(tasks or len(keys), len(keys))
+    return [keys[n::count] for n in range(count)] if keys else []
+
+
+def read_submissions(run_dir: Path) -> list[dict]:
+    path = run_dir / JOBS
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())["submissions"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise store.RunDirError(f"cannot read {path}: {exc}; its jobs cannot be followed "
+                                f"(scancel them by name, lenet-bench-{run_dir.name})") from None
+
+
+def task_states(array_job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """(state, Slurm's words for it) per array task id such as 12_3. A task Slurm no longer
+    lists is missing; a pending range (12_[4-9]) is spread over its tasks."""
+    states = {}
+    for array_id in array_job_ids:
+        result = subprocess.run(["scontrol", "show", "job", "-o", array_id],
+                                capture_output=True, text=True, timeout=60)
+        for line in result.stdout.splitlines():
+            fields = dict(re.findall(r"(\w+)=(\S*)", line))
+            state, reason = fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
+            words = state + (f", reason {reason}" if reason not in ("None", "") else "")
+            if state == "FAILED":
+                words += f", exit code {fields.get('ExitCode', '?')}"
+            if "ArrayTaskId" not in fields:  # submitit submits a single task as a plain job
+                states[fields.get("JobId", array_id)] = (state, words)
+            for task in _task_ids(fields.get("ArrayTaskId", "")):
+                states[f"{fields.get('ArrayJobId', array_id)}_{task}"] = (state, words)
+    return states
+
+
+def _task_ids(text: str) -> list[int]:
+    ids = []
+    for part in text.split("%")[0].split(","):
+        low, _, high = part.partition("-")
+        if low.isdigit():
+            ids.extend(range(int(low), int(high or low) + 1))
+    return ids
+
+
+def live_tasks(submissions: list[dict], states: dict[str, tuple[str, str]]) -> list[dict]:
+    return [t for s in submissions for t in s["tasks"]
+            if states.get(t["job_id"], ("GONE", ""))[0] in LIVE_STATES]
+
+
+def ended_rows(run_dir: Path, plan: dict, submissions: list[dict],
+               states: dict[str, tuple[str, str]], done: set[str]) -> list[Row]:
+    """One `job_ended` row per cell whose task ended without its row."""
+    from bench.plan import cells_of
+
+    by_key = {c.key(): c for c in cells_of(plan, str(run_dir / store.PLAN))}
+    rows = []
+    for task in (t for s in submissions for t in s["tasks"]):
+        state, words = states.get(task["job_id"], ("GONE", "no longer listed by Slurm"))
+        if state in LIVE_STATES:
+            continue
+        for key in task["keys"]:
+            if key in done or key not in by_key:
+                continue
+            error = (f"Slurm job {task['job_id']} ended ({words}) before this cell finished; "
+                     f"its log: {run_dir / LOGS / task['job_id']}")
+            rows.append(Row(by_key[key], plan["data"], Outcome.ERROR,
+                            error_kind=Outcome.JOB_ENDED, error=error,
+                            attempts=[Attempt(by_key[key].batch_size, Outcome.JOB_ENDED, error)],
+                            slurm_job_id=task["job_id"]))
+            done.add(key)
+    return rows
+
+
+def cancel_words(submissions: list[dict]) -> str:
+    ids = sorted({s["array_job_id"] for s in submissions})
+    return f"scancel {' '.join(ids)}"
+
+
+def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
+    """One array task, on its node: run `keys` (skipping those already done, as after a
+    requeue), or the boundary searches; rows go to this task's own files. Returns the count."""
+    # the warning signal submitit asks Slurm for: a cell cannot stop mid-way, so the task runs
+    # on and Slurm ends it at its limit (TIMEOUT) with every finished row on disk
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    import submitit
+    import torch
+
+    from bench import devices
+    from bench import env as run_env
+    from bench import plan as planning
+    from bench.run import boundary_jobs, search_boundary
+    from bench.runner import Runner
+    from bench.worker import WorkerSpec
+
+    path = Path(run_dir)
+    job_id = submitit.JobEnvironment().job_id
+    plan = store.open_existing(path)
+    device = torch.device(plan["device"])
+    host = platform.node()
+    hosts = path / HOSTS
+    hosts.mkdir(exist_ok=True)
+    if not (hosts / f"{host}.json").exists():
+        store.write_json(hosts / f"{host}.json", run_env.collect(device))
+    slot = devices.single(plan["device"])[0]
+    spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
+                      planning.settings_of(plan, str(path / store.PLAN)),
+                      plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
+                      # the CPUs Slurm gave the task, which task/none does not bind it to
+                      threads=int(os.environ.get("SLURM_CPUS_PER_TASK")
+                                  or os.environ.get("SLURM_CPUS_ON_NODE", "0")) or None)
+    runner = Runner(spec, slot.gpu_index, plan["cell_timeout_s"],
+                    {**devices.where(slot), "slurm_job_id": job_id})
+    parts = path / store.PARTS
+    parts.mkdir(exist_ok=True)
+    cells = planning.cells_of(plan, str(path / store.PLAN))
+    capacity, _ = planning.capacity_bytes(device, plan["memory_cap_bytes"])
+    written = 0
+    try:
+        if boundaries:
+            done = {(b["key"], b["gpu_name"]) for b in store.read_run_boundaries(path)[0]}
+            for job in boundary_jobs(cells, [runner.where["gpu_name"]], done):
+                boundary = search_boundary(runner, job, cells, plan, capacity,
+                                           plan["boundary_budget_s"] / max(1, len(cells)))
+                store.append_row(parts / f"boundaries-{job_id}.jsonl", boundary.as_dict())
+                written += 1
+            return written
+        done = store.done_keys(store.read_run(path)[0])
+        planned = {row["key"]: row for row in planning.plan_rows(cells, capacity)}
+        for config in (c for c in cells if c.key() in keys and c.key() not in done):
+            row = runner.cell(config, planned[config.key()]["predicted_peak_bytes"],
+                              planned[config.key()]["prediction_note"])
+            row.model_fingerprint = plan["model"]["fingerprint"]
+            store.append_row(parts / f"results-{job_id}.jsonl", row.as_dict())
+            written += 1
+    finally:
+        runner.retire_worker()
+    return written
+
+
+def describe(options: SlurmOptions) -> dict:
+    return asdict(options)

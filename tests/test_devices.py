@@ -1,0 +1,152 @@
+"""--devices: one worker per device, pulling cells from one queue; the parent the one writer."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from bench import devices
+from bench.doctor import Checkup
+from bench.grid import Config
+from bench.pool import Pool
+from bench.run import _preflight, boundary_jobs
+from helpers import (
+    CPU_SYNTHETIC,
+    NO_GPU,
+    one_line_error,
+    rows_of,
+    run_module,
+    start_grid_and_wait_for_a_row,
+)
+from lenet.cli import UsageError
+
+
+def test_cpu_workers_split_the_cores_between_them():
+    assert [s.cpu_cores for s in devices.parse("cpu,cpu", 0, [0, 1, 2, 3, 4])] == [
+        (0, 1, 2), (3, 4)]
+    assert [s.cpu_cores for s in devices.parse("3xcpu", 0, [4, 5, 6])] == [(4,), (5,), (6,)]
+    assert {s.device for s in devices.parse("2xcpu", 8, [0, 1])} == {"cpu"}
+
+
+def test_gpus_by_index_or_all_are_pinned_one_card_each(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    slots = devices.parse("0,2,3", 4, [0])
+    assert [(s.device, s.gpu_index, s.visible_devices) for s in slots] == [
+        ("cuda:0", 0, "0"), ("cuda:0", 2, "2"), ("cuda:0", 3, "3")]
+    assert [s.gpu_index for s in devices.parse("all", 2, [0])] == [0, 1]
+    assert slots[1].label == "GPU 2"
+
+
+def test_a_card_renumbered_by_the_parents_visible_devices_is_pinned_by_its_real_name(
+        monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,GPU-abc")
+    assert [s.visible_devices for s in devices.parse("all", 2, [0])] == ["5", "GPU-abc"]
+
+
+@pytest.mark.parametrize("text, gpus, cores, words", [
+    ("all", 0, 2, "no GPU is visible; use --devices cpu,cpu"),
+    ("0,4", 2, 2, "there is no GPU 4 (this machine has GPUs 0 to 1)"),
+    ("1", 0, 2, "there is no GPU 1 (this machine has no GPU)"),
+    ("0,0", 2, 2, "a GPU is listed twice"),
+    ("3xcpu", 0, 2, "3 CPU workers but 2 cores"),
+    ("0xcpu", 0, 2, "at least one CPU worker"),
+    ("gpu0", 1, 2, "write all, GPU indexes such as 0,2,3, cpu,cpu"),
+    ("", 1, 2, "write all, GPU indexes"),
+])
+def test_what_devices_cannot_name_is_refused_saying_what_to_write(text, gpus, cores, words):
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        devices.parse(text, gpus, list(range(cores)))
+
+
+def test_identical_cards_search_each_boundary_once_and_two_models_twice():
+    cells = [Config(64), Config(256), Config(64, dtype="bfloat16")]
+    assert len(boundary_jobs(cells, ["NVIDIA H200"] * 8, set())) == 2
+    jobs = boundary_jobs(cells, ["NVIDIA H200", "NVIDIA H100", "NVIDIA H200"], set())
+    assert sorted(m for _, m in jobs) == ["NVIDIA H100"] * 2 + ["NVIDIA H200"] * 2
+    done = {(Config(64).boundary_key(), "NVIDIA H100")}
+    assert len(boundary_jobs(cells, ["NVIDIA H100"], done)) == 1
+
+
+def test_a_busy_card_is_left_out_with_the_reason_and_the_others_run(monkeypatch, capsys):
+    # the doctor's verdict is the seam: GPU 1 is full, GPU 0 has room
+    verdicts = {0: Checkup(["ok"]), 1: Checkup(["full"], False, "does not fit: 1 GiB free")}
+    monkeypatch.setattr("bench.run.report", lambda device, need: verdicts[device.index])
+    slots = [devices.Slot("cuda:0", 0, "0"), devices.Slot("cuda:0", 1, "1")]
+    assert _preflight(slots, [Config(64, device="cuda:0")]) == slots[:1]
+    assert "leaving out GPU 1: does not fit: 1 GiB free" in capsys.readouterr().err
+    verdicts[0] = verdicts[1]
+    with pytest.raises(UsageError, match="every listed GPU is too busy"):
+        _preflight(slots, [Config(64, device="cuda:0")])
+
+
+class _Runner:
+    """A stand-in runner (the pool's seam): it records being stopped."""
+
+    def __init__(self):
+        self.killed = False
+
+    def kill_worker(self):
+        self.killed = True
+
+
+def test_the_pool_sends_grouped_jobs_to_their_group_and_the_rest_to_anyone():
+    runners = [_Runner(), _Runner(), _Runner()]
+    ran = {}
+    Pool(runners, ["H200", "H100", "H200"]).run(
+        [("a", "H100"), ("b", "H200"), ("c", "H200"), ("d", "H100")],
+        lambda runner, job: runners.index(runner), ran.__setitem__, group_of=lambda j: j[1])
+    assert {ran[("a", "H100")], ran[("d", "H100")]} == {1}
+    assert {ran[("b", "H200")], ran[("c", "H200")]} <= {0, 2}
+    anyone = {}
+    Pool(runners, ["H200", "H100", "H200"]).run(list(range(30)), lambda r, j: j,
+                                                anyone.__setitem__)
+    assert anyone == {n: n for n in range(30)}
+
+
+def test_a_failure_in_a_worker_thread_stops_the_pool_and_its_workers():
+    runners = [_Runner(), _Runner()]
+
+    def work(runner, job):
+        if job == 3:
+            raise RuntimeError("a harness bug")
+        return job
+
+    with pytest.raises(RuntimeError, match="a harness bug"):
+        Pool(runners, ["cpu", "cpu"]).run(list(range(6)), work, lambda job, result: None)
+    assert all(r.killed for r in runners)
+
+
+def test_two_cpu_workers_share_one_queue_and_the_parent_writes_every_row(tmp_path):
+    out = tmp_path / "run"
+    result = run_module("bench.run", "--grid", "smoke", "--devices", "cpu,cpu", "--out",
+                        str(out), *CPU_SYNTHETIC, env=NO_GPU)
+    assert result.returncode == 0, result.stderr
+    assert "2 workers, one queue: cpu cores 0, cpu cores 1" in result.stderr
+    rows = rows_of(out)
+    assert sorted(r["key"] for r in rows) == sorted(
+        {r["key"] for r in rows}) and len(rows) == 4
+    assert {r["worker"] for r in rows} == {"cpu cores 0", "cpu cores 1"}
+    assert all(r["status"] == "ok" and r["host"] == os.uname().nodename for r in rows)
+
+
+def test_device_and_devices_that_disagree_are_refused(tmp_path):
+    result = run_module("bench.run", "--device", "cuda:0", "--devices", "cpu,cpu", "--out",
+                        str(tmp_path / "r"))
+    assert "--device cuda:0 and --devices cpu,cpu disagree" in one_line_error(result)
+
+
+def test_a_stopped_pool_keeps_its_rows_and_resumes_to_the_end(tmp_path):
+    out = tmp_path / "run"
+    proc = start_grid_and_wait_for_a_row(out, "--devices", "cpu,cpu", stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    kept = rows_of(out)
+    assert 1 <= len(kept) < 4
+    resumed = run_module("bench.run", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    keys = [r["key"] for r in rows_of(out)]
+    assert len(keys) == 4 == len(set(keys))

@@ -1,0 +1,179 @@
+"""--executor slurm against a real one-node Slurm (Debian's slurmctld, slurmd and munge, started
+by tests/slurm-cluster.sh): cells as a job array through submitit, per-task result files, jobs
+that end early, and --resume."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import store
+from helpers import ROOT, one_line_error, rows_of, run_module
+
+# CPU cells on synthetic data, so the suite means the same wherever a GPU is visible
+CPU_CELLS = ["--grid", "smoke", "--device", "cpu", "--data", "synthetic"]
+CLUSTER = ROOT / "tests" / "slurm-cluster.sh"
+
+
+def _why_no_slurm() -> str | None:
+    missing = [t for t in ("slurmctld", "slurmd", "munged", "sbatch") if not shutil.which(t)]
+    if missing:
+        return (f"needs a Slurm to submit to ({', '.join(missing)} missing): apt-get install -y "
+                f"slurmctld slurmd slurm-client munge")
+    if os.geteuid() != 0:
+        return "needs root: tests/slurm-cluster.sh starts slurmctld and slurmd as root"
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return "needs submitit: pip install -e '.[slurm]'"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """SLURM_CONF of a one-node cluster of this module's own, stopped afterwards."""
+    reason = _why_no_slurm()
+    if reason:
+        if os.environ.get("LENET_BENCH_SLURM_TESTS") == "required":  # CI installs all of it
+            pytest.fail(reason)
+        pytest.skip(reason)
+    where = tmp_path_factory.mktemp("slurm")
+    ports = {"SLURMCTLD_PORT": str(_free_port()), "SLURMD_PORT": str(_free_port())}
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(where)], capture_output=True,
+                             text=True, timeout=120, env={**os.environ, **ports})
+    assert started.returncode == 0, started.stderr
+    yield {"SLURM_CONF": started.stdout.strip()}
+    subprocess.run(["bash", str(CLUSTER), "stop", str(where)], timeout=60)
+
+
+def _bench(slurm, *args, timeout=600):
+    return run_module("bench.run", *args, env=slurm, timeout=timeout)
+
+
+def _all_rows(out: Path) -> list[dict]:
+    return store.read_run(out)[0]
+
+
+def test_a_smoke_grid_through_slurm_matches_a_local_run_cell_for_cell(tmp_path, slurm):
+    local = run_module("bench.run", *CPU_CELLS, "--no-report", "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    through = _bench(slurm, *CPU_CELLS, "--executor", "slurm", "--out", str(tmp_path / "slurm"))
+    assert through.returncode == 0, through.stderr
+    assert "submitted Slurm job" in through.stderr
+    same = ("key", "status", "batch_size", "data_source", "dtype", "placement", "device")
+    mine = {r["key"]: r for r in rows_of(tmp_path / "local")}
+    theirs = {r["key"]: r for r in _all_rows(tmp_path / "slurm")}
+    assert {k: [r[f] for f in same] for k, r in theirs.items()} == {
+        k: [r[f] for f in same] for k, r in mine.items()}
+    host = os.uname().nodename
+    assert all(r["host"] == host and r["slurm_job_id"] and r["examples_per_s"]
+               for r in theirs.values())
+    # each task wrote its own file; the submitting process wrote no row
+    assert len(list((tmp_path / "slurm" / "parts").glob("results-*.jsonl"))) == 4
+    assert rows_of(tmp_path / "slurm") == []
+    assert json.loads((tmp_path / "slurm" / "hosts" / f"{host}.json").read_text())["host"] == host
+    assert (tmp_path / "slurm" / "report" / "index.html").is_file()
+
+
+def _wait_for_rows(out: Path, count: int, proc=None, timeout_s: float = 240):
+    deadline = time.monotonic() + timeout_s
+    while len([r for r in _all_rows(out) if r["examples_per_s"]]) < count:
+        assert time.monotonic() < deadline, "the Slurm task wrote no row in time"
+        assert proc is None or proc.poll() is None, proc.communicate()
+        time.sleep(0.5)
+
+
+def _job_of(out: Path) -> str:
+    return json.loads((out / "slurm.json").read_text())["submissions"][-1]["array_job_id"]
+
+
+def test_a_cancelled_job_costs_its_unfinished_cells_and_resume_completes_the_run(tmp_path,
+                                                                                slurm):
+    out = tmp_path / "run"
+    # one task runs the four cells in turn, so cancelling it leaves some unrun
+    submitted = _bench(slurm, *CPU_CELLS, "--repeats", "20", "--no-report", "--executor",
+                       "slurm", "--tasks", "1", "--no-wait", "--out", str(out))
+    assert submitted.returncode == 0, submitted.stderr
+    assert f"not waiting: follow it with: python -m bench.run --resume {out}" in submitted.stdout
+    job = _job_of(out)
+    # a later process picks up the task still running, and waits for it
+    waiter = subprocess.Popen([sys.executable, "-m", "bench.run", "--resume", str(out)],
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **slurm},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_rows(out, 1, waiter)
+    subprocess.run(["scancel", job], check=True, env={**os.environ, **slurm})
+    _, stderr = waiter.communicate(timeout=120)
+    assert waiter.returncode == 1, stderr
+    assert "picking up 1 Slurm tasks still queued or running" in stderr
+    rows = _all_rows(out)
+    ended = [r for r in rows if r["error_kind"] == "job_ended"]
+    assert ended and len(rows) == 4  # one row per cell: what ran, and what the job's end cost
+    assert all(f"Slurm job {job} ended (CANCELLED" in r["error"] for r in ended)
+    assert "run them again with: python -m bench.run --resume" in stderr
+
+    resumed = _bench(slurm, "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"tasks for {len(ended)} cells" in resumed.stderr
+    rows = _all_rows(out)
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_job_past_its_time_limit_costs_its_unfinished_cells_with_slurms_reason(tmp_path,
+                                                                                 slurm):
+    out = tmp_path / "run"
+    # four cells of about 25 s each in one task with a one-minute limit
+    result = _bench(slurm, *CPU_CELLS, "--repeats", "100", "--no-report", "--executor", "slurm",
+                    "--tasks", "1", "--time-limit", "1", "--out", str(out), timeout=300)
+    assert result.returncode == 1, result.stderr
+    rows = _all_rows(out)
+    ended = [r for r in rows if r["error_kind"] == "job_ended"]
+    assert ended and len(rows) == 4
+    assert all("ended (TIMEOUT" in r["error"] for r in ended), ended[0]["error"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--partition", "nope"], "Slurm refused the job: sbatch: error: invalid partition "
+                              "specified: nope; fix that, then submit with: "),
+    (["--slurm", "not-an-option=1"], "Slurm refused the job: sbatch: unrecognized option "
+                                     "'--not-an-option=1'"),
+])
+def test_options_slurm_refuses_are_one_line_and_exit_2(tmp_path, slurm, args, words):
+    result = _bench(slurm, *CPU_CELLS, "--executor", "slurm", *args, "--out",
+                    str(tmp_path / "r"))
+    assert result.returncode == 2, result.stderr
+    # the plan's notice, then the error alone: sbatch's own lines are not repeated
+    notice, error = result.stderr.strip().splitlines()
+    assert notice.startswith("no GPU: grid 'smoke'") and words in error
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--executor", "slurm", "--slurm", "nonsense"], "--slurm 'nonsense': write KEY=VALUE"),
+    (["--partition", "gpu"], "--partition only apply with --executor slurm"),
+    (["--executor", "slurm", "--devices", "cpu,cpu"], "--devices is for this machine's GPUs"),
+])
+def test_slurm_options_that_cannot_work_are_refused_before_submitting(tmp_path, args, words):
+    result = run_module("bench.run", *CPU_CELLS, *args, "--out", str(tmp_path / "r"))
+    assert words in one_line_error(result)
+
+
+def test_without_submitit_the_slurm_executor_says_what_to_install(tmp_path):
+    # submitit made unimportable, as where the extra is not installed
+    argv = [*CPU_CELLS, "--executor", "slurm", "--out", str(tmp_path / "r")]
+    code = ("import sys; sys.modules['submitit'] = None; from bench.run import main; "
+            f"sys.exit(main({argv!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert ("--executor slurm needs submitit: pip install 'lenet-bench[slurm]'"
+            in one_line_error(result))
