@@ -10,9 +10,10 @@
 Each cell runs in a spawned worker (one per device with --devices); the parent appends one
 fsync'd row per cell to RUN_DIR/results.jsonl, so a killed run loses at most the cells in flight
 and `--resume` carries on.
-Exit status: 0 the run finished with figures; 1 it stopped before the end (a write failed, or a
-Slurm job ended before its cells ran) or no cell produced a figure; 2 bad input; 128 + the signal's number when a signal stopped it (130 for
-Ctrl-C, 143 for SIGTERM, 129 for SIGHUP), the rows kept and the resume command printed.
+Exit status: 0 the run finished with figures; 1 it stopped before the end (a write failed, a
+Slurm job ended before its cells ran, Slurm stopped answering) or no cell produced a figure; 2
+bad input; 128 + the signal's number when a signal stopped it (130 for Ctrl-C, 143 for SIGTERM,
+129 for SIGHUP), the rows kept and the resume command printed.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ PLAN_OPTIONS = ("grid", "set", "device", "devices", "data", "data_root", "memory
                 "input_shape", "executor", "partition", "gpus_per_task", "time_limit", "tasks",
                 "slurm")
 POLL_S = 2.0  # how often the submitting process looks at Slurm and the rows
+SLURM_PATIENCE_S = 600.0  # how long it waits for a controller that does not answer
 SMALLEST_CAP_BYTES = 2**20  # LeNet's weights and one small step
 LARGEST_CAP_BYTES = 2**50  # a PiB: past any card or host
 
@@ -388,6 +390,9 @@ def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, ar
             signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
             print(f"\nstopped waiting; the Slurm tasks carry on: {follow}", file=sys.stderr)
             return 128 + signum
+        except slurm.SlurmUnreachable as exc:
+            print(f"\n{exc}; the tasks may still run: {follow}", file=sys.stderr)
+            return 1
         status = _finish(run_dir, len(missing) + len(held), time.monotonic() - start,
                          args.no_report)
     lost = [r for r in store.read_run(run_dir)[0] if r["error_kind"] == Outcome.JOB_ENDED]
@@ -407,9 +412,21 @@ def _wait_for_tasks(run_dir: Path, plan: dict, cells: list[Config],
     """Show progress until no task can write another row; then give each cell whose task ended
     without it a `job_ended` row."""
     keys = {c.key() for c in cells}
+    unanswered_since = None
     with tqdm(total=len(keys), desc="cells (Slurm)", unit="cell", file=sys.stderr) as bar:
         while True:
-            states = slurm.task_states(_array_ids(submissions))
+            try:
+                states = slurm.task_states(_array_ids(submissions))
+                unanswered_since = None
+            except slurm.SlurmUnreachable as exc:
+                # a controller restarting is not a job ending: wait for it, a while
+                unanswered_since = unanswered_since or time.monotonic()
+                if time.monotonic() - unanswered_since > SLURM_PATIENCE_S:
+                    raise slurm.SlurmUnreachable(f"Slurm has not answered for "
+                                                 f"{SLURM_PATIENCE_S:.0f} s ({exc})") from None
+                bar.set_postfix_str(f"Slurm does not answer: {exc}")
+                time.sleep(POLL_S)
+                continue
             live = slurm.live_tasks(submissions, states)
             done = store.done_keys(store.read_run(run_dir)[0]) & keys
             bar.n = len(done)

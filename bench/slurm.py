@@ -143,23 +143,40 @@ def read_submissions(run_dir: Path) -> list[dict]:
                                 f"(scancel them by name, lenet-bench-{run_dir.name})") from None
 
 
+class SlurmUnreachable(Exception):
+    """scontrol did not answer for a reason other than a job it no longer knows."""
+
+
 def task_states(array_job_ids: list[str]) -> dict[str, tuple[str, str]]:
     """(state, Slurm's words for it) per array task id such as 12_3. A task Slurm no longer
-    lists is missing; a pending range (12_[4-9]) is spread over its tasks."""
+    lists is missing; SlurmUnreachable where the controller did not answer."""
     states = {}
     for array_id in array_job_ids:
-        result = subprocess.run(["scontrol", "show", "job", "-o", array_id],
-                                capture_output=True, text=True, timeout=60)
-        for line in result.stdout.splitlines():
-            fields = dict(re.findall(r"(\w+)=(\S*)", line))
-            state, reason = fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
-            words = state + (f", reason {reason}" if reason not in ("None", "") else "")
-            if state == "FAILED":
-                words += f", exit code {fields.get('ExitCode', '?')}"
-            if "ArrayTaskId" not in fields:  # submitit submits a single task as a plain job
-                states[fields.get("JobId", array_id)] = (state, words)
-            for task in _task_ids(fields.get("ArrayTaskId", "")):
-                states[f"{fields.get('ArrayJobId', array_id)}_{task}"] = (state, words)
+        try:
+            result = subprocess.run(["scontrol", "show", "job", "-o", array_id],
+                                    capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmUnreachable(str(exc)) from None
+        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+            raise SlurmUnreachable(result.stderr.strip().splitlines()[-1:] or "scontrol failed")
+        states.update(parse_states(result.stdout, array_id))
+    return states
+
+
+def parse_states(text: str, array_id: str) -> dict[str, tuple[str, str]]:
+    """`scontrol show job -o` lines, one per task or per pending range (12_[4-9] is spread
+    over its tasks), as task id: (state, words)."""
+    states = {}
+    for line in text.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        state, reason = fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
+        words = state + (f", reason {reason}" if reason not in ("None", "") else "")
+        if state == "FAILED":
+            words += f", exit code {fields.get('ExitCode', '?')}"
+        if "ArrayTaskId" not in fields:  # submitit submits a single task as a plain job
+            states[fields.get("JobId", array_id)] = (state, words)
+        for task in _task_ids(fields.get("ArrayTaskId", "")):
+            states[f"{fields.get('ArrayJobId', array_id)}_{task}"] = (state, words)
     return states
 
 
@@ -184,7 +201,9 @@ def ended_rows(run_dir: Path, plan: dict, submissions: list[dict],
 
     by_key = {c.key(): c for c in cells_of(plan, str(run_dir / store.PLAN))}
     rows = []
-    for task in (t for s in submissions for t in s["tasks"]):
+    # the latest submission first: a cell resubmitted after its job ended once is costed to
+    # the job that held it last
+    for task in (t for s in reversed(submissions) for t in s["tasks"]):
         state, words = states.get(task["job_id"], ("GONE", "no longer listed by Slurm"))
         if state in LIVE_STATES:
             continue

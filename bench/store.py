@@ -180,16 +180,19 @@ def read_results(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
-    """The run's rows: its own file's and every Slurm task's. A row saying its job ended gives
-    way to a row of the same cell that ran (the cell was run again by --resume)."""
+    """The run's rows: its own file's and every Slurm task's, one per cell. A row saying its
+    job ended gives way to a row of the same cell that ran (the cell was run again by
+    --resume)."""
     rows, warnings = read_results(run_dir / RESULTS)
     for part in sorted((run_dir / PARTS).glob("results-*.jsonl")):
         more, more_warnings = read_results(part)
         rows += more
         warnings += more_warnings
     ran = done_keys(rows)
-    return [r for r in rows if r["error_kind"] != Outcome.JOB_ENDED or r["key"] not in ran], \
-        warnings
+    # where a cell's job ended more than once (resumed, and ended again), the last one says why
+    last_end = {r["key"]: n for n, r in enumerate(rows) if r["error_kind"] == Outcome.JOB_ENDED}
+    return [r for n, r in enumerate(rows) if r["error_kind"] != Outcome.JOB_ENDED
+            or (r["key"] not in ran and last_end[r["key"]] == n)], warnings
 
 
 def done_keys(rows: list[dict]) -> set[str]:

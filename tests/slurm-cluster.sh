@@ -83,7 +83,7 @@ if ! pgrep -x munged >/dev/null; then
     [[ -f $dir/munged.pid ]] || pgrep -x -n munged > "$dir/munged.pid"
 fi
 slurmctld
-slurmd
+slurmd -N localhost
 for _ in $(seq 100); do
     if [[ $(sinfo -h -o %t 2>/dev/null) == idle ]]; then
         echo "$SLURM_CONF"

@@ -371,3 +371,18 @@ def test_the_loader_finding_compares_a_host_cell_with_the_same_mode_on_the_devic
             _gpu_row(1024, mode="compile", examples_per_s=20_000.0)]
     page = write_report(_make_run(tmp_path / "run", rows)).read_text()
     assert "against 10,000 on device-resident data: 90% of what the step alone can do" in page
+
+
+def test_a_run_spread_over_workers_says_which_ran_what_and_how_fast():
+    import pandas as pd
+
+    from reports.html import where_table
+
+    cells = pd.DataFrame({"host": ["a", "a", "b"], "gpu_name": ["NVIDIA H100", "NVIDIA H100",
+                                                                "NVIDIA H200"],
+                          "worker": ["GPU 0", "GPU 0", "GPU 0"],
+                          "examples_per_s": [1000.0, 3000.0, 5000.0]})
+    table = where_table(cells)
+    assert "<td>a</td><td>NVIDIA H100</td><td>GPU 0</td><td>2</td><td>2,000</td>" in table
+    assert "<td>b</td><td>NVIDIA H200</td><td>GPU 0</td><td>1</td><td>5,000</td>" in table
+    assert where_table(cells.iloc[:2]) is None  # one worker: nothing to say

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -117,8 +118,13 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, signum, status):
 def _workers(pid) -> list[int]:
     """The cell workers among `pid`'s children. Not multiprocessing's resource tracker: it is
     meant to outlive its parent by a moment (it exits when it reads end-of-file)."""
-    path = f"/proc/{pid}/task/{pid}/children"
-    children = [int(i) for i in open(path).read().split()] if os.path.exists(path) else []
+    children = []
+    # every thread's: a worker is started by the thread that feeds it (bench.pool)
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(i) for i in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile
+            pass
     return [c for c in children if b"spawn_main" in _cmdline(c)]
 
 

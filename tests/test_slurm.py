@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import slurm as executor
 from bench import store
 from helpers import ROOT, one_line_error, rows_of, run_module
 
@@ -177,3 +178,29 @@ def test_without_submitit_the_slurm_executor_says_what_to_install(tmp_path):
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert ("--executor slurm needs submitit: pip install 'lenet-bench[slurm]'"
             in one_line_error(result))
+
+
+def test_scontrols_lines_give_each_task_its_state_and_slurms_words():
+    # as `scontrol show job -o 12` prints them (fields trimmed): a finished, a failed and a
+    # timed-out task, and a range still pending
+    text = "\n".join([
+        "JobId=13 ArrayJobId=12 ArrayTaskId=0 JobState=COMPLETED Reason=None ExitCode=0:0",
+        "JobId=14 ArrayJobId=12 ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode "
+        "ExitCode=1:0",
+        "JobId=15 ArrayJobId=12 ArrayTaskId=2 JobState=TIMEOUT Reason=TimeLimit ExitCode=0:15",
+        "JobId=12 ArrayJobId=12 ArrayTaskId=3-5%2 JobState=PENDING Reason=JobArrayTaskLimit",
+    ])
+    states = executor.parse_states(text, "12")
+    assert states == {
+        "12_0": ("COMPLETED", "COMPLETED"),
+        "12_1": ("FAILED", "FAILED, reason NonZeroExitCode, exit code 1:0"),
+        "12_2": ("TIMEOUT", "TIMEOUT, reason TimeLimit"),
+        **{f"12_{n}": ("PENDING", "PENDING, reason JobArrayTaskLimit") for n in (3, 4, 5)}}
+    submissions = [{"array_job_id": "12", "tasks": [{"job_id": f"12_{n}", "keys": [],
+                                                     "boundaries": False} for n in range(7)]}]
+    # 12_6 is not listed (gone from Slurm's memory): ended, not live
+    assert [t["job_id"] for t in executor.live_tasks(submissions, states)] == [
+        "12_3", "12_4", "12_5"]
+    # a single task is submitted as a plain job
+    assert executor.parse_states("JobId=20 JobState=CANCELLED Reason=None", "20") == {
+        "20": ("CANCELLED", "CANCELLED")}

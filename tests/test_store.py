@@ -162,3 +162,23 @@ def test_resume_refuses_a_plan_from_a_newer_version(tmp_path):
                                     "schema_version": SCHEMA_VERSION + 1}, {})
     with pytest.raises(NewerSchemaError, match="plan.json was written by a newer lenet-bench"):
         store.open_existing(tmp_path / "run")
+
+
+def test_a_run_reads_as_one_row_per_cell_across_its_slurm_tasks_files(tmp_path):
+    def row(key, error_kind=None):
+        return {"key": key, "status": "error" if error_kind else "ok", "error_kind": error_kind,
+                "schema_version": SCHEMA_VERSION}
+
+    (tmp_path / store.PARTS).mkdir()
+    # the first job ended before b and c ran; resumed, c ran and b's second job ended too
+    store.append_row(tmp_path / store.RESULTS, row("b", "job_ended"))
+    store.append_row(tmp_path / store.RESULTS, row("c", "job_ended"))
+    store.append_row(tmp_path / store.PARTS / "results-7_0.jsonl", row("a"))
+    store.append_row(tmp_path / store.PARTS / "results-9_1.jsonl", row("c"))
+    store.append_row(tmp_path / store.RESULTS, {**row("b", "job_ended"), "error": "second"})
+    rows, warnings = store.read_run(tmp_path)
+    assert warnings == []
+    assert sorted((r["key"], r["status"]) for r in rows) == [
+        ("a", "ok"), ("b", "error"), ("c", "ok")]
+    assert [r["error"] for r in rows if r["key"] == "b"] == ["second"]
+    assert store.done_keys(rows) == {"a", "c"}
