@@ -20,7 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench import store
@@ -227,7 +227,8 @@ def cancel_words(submissions: list[dict]) -> str:
 
 def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     """One array task, on its node: run `keys` (skipping those already done, as after a
-    requeue), or the boundary searches; rows go to this task's own files. Returns the count."""
+    requeue), or the boundary searches, on every GPU Slurm gave it (one worker each, from one
+    queue) or on its CPUs; rows go to this task's own files. Returns how many it wrote."""
     # the warning signal submitit asks Slurm for: a cell cannot stop mid-way, so the task runs
     # on and Slurm ends it at its limit (TIMEOUT) with every finished row on disk
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -237,6 +238,7 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     from bench import devices
     from bench import env as run_env
     from bench import plan as planning
+    from bench.pool import Pool
     from bench.run import boundary_jobs, search_boundary
     from bench.runner import Runner
     from bench.worker import WorkerSpec
@@ -250,41 +252,47 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     hosts.mkdir(exist_ok=True)
     if not (hosts / f"{host}.json").exists():
         store.write_json(hosts / f"{host}.json", run_env.collect(device))
-    slot = devices.single(plan["device"])[0]
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    slots = devices.parse("all", gpus) if gpus > 1 else devices.single(plan["device"])
     spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
                       planning.settings_of(plan, str(path / store.PLAN)),
                       plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
                       # the CPUs Slurm gave the task, which task/none does not bind it to
                       threads=int(os.environ.get("SLURM_CPUS_PER_TASK")
                                   or os.environ.get("SLURM_CPUS_ON_NODE", "0")) or None)
-    runner = Runner(spec, slot.gpu_index, plan["cell_timeout_s"],
-                    {**devices.where(slot), "slurm_job_id": job_id})
+    runners = [Runner(replace(spec, device=slot.device, visible_devices=slot.visible_devices),
+                      slot.gpu_index, plan["cell_timeout_s"],
+                      {**devices.where(slot), "slurm_job_id": job_id}) for slot in slots]
+    pool = Pool(runners, [r.where["gpu_name"] or "cpu" for r in runners])
     parts = path / store.PARTS
     parts.mkdir(exist_ok=True)
     cells = planning.cells_of(plan, str(path / store.PLAN))
     capacity, _ = planning.capacity_bytes(device, plan["memory_cap_bytes"])
-    written = 0
+    written = []
     try:
         if boundaries:
             done = {(b["key"], b["gpu_name"]) for b in store.read_run_boundaries(path)[0]}
-            for job in boundary_jobs(cells, [runner.where["gpu_name"]], done):
-                boundary = search_boundary(runner, job, cells, plan, capacity,
-                                           plan["boundary_budget_s"] / max(1, len(cells)))
-                store.append_row(parts / f"boundaries-{job_id}.jsonl", boundary.as_dict())
-                written += 1
-            return written
+            jobs = boundary_jobs(cells, [r.where["gpu_name"] for r in runners], done)
+            budget_s = plan["boundary_budget_s"] / max(1, len(jobs))
+            pool.run(jobs, lambda runner, job: search_boundary(runner, job, cells, plan,
+                                                               capacity, budget_s),
+                     lambda job, boundary: written.append(store.append_row(
+                         parts / f"boundaries-{job_id}.jsonl", boundary.as_dict())),
+                     group_of=lambda job: job[1] or "cpu")
+            return len(written)
         done = store.done_keys(store.read_run(path)[0])
         planned = {row["key"]: row for row in planning.plan_rows(cells, capacity)}
-        for config in (c for c in cells if c.key() in keys and c.key() not in done):
+
+        def measure(runner: Runner, config) -> Row:
             row = runner.cell(config, planned[config.key()]["predicted_peak_bytes"],
                               planned[config.key()]["prediction_note"])
             row.model_fingerprint = plan["model"]["fingerprint"]
-            store.append_row(parts / f"results-{job_id}.jsonl", row.as_dict())
-            written += 1
+            return row
+
+        pool.run([c for c in cells if c.key() in keys and c.key() not in done], measure,
+                 lambda config, row: written.append(store.append_row(
+                     parts / f"results-{job_id}.jsonl", row.as_dict())))
     finally:
-        runner.retire_worker()
-    return written
-
-
-def describe(options: SlurmOptions) -> dict:
-    return asdict(options)
+        for runner in runners:
+            runner.retire_worker()
+    return len(written)

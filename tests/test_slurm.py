@@ -70,7 +70,8 @@ def _all_rows(out: Path) -> list[dict]:
 def test_a_smoke_grid_through_slurm_matches_a_local_run_cell_for_cell(tmp_path, slurm):
     local = run_module("bench.run", *CPU_CELLS, "--no-report", "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
-    through = _bench(slurm, *CPU_CELLS, "--executor", "slurm", "--out", str(tmp_path / "slurm"))
+    through = _bench(slurm, *CPU_CELLS, "--executor", "slurm", "--find-max-batch",
+                     "--boundary-budget", "10", "--out", str(tmp_path / "slurm"))
     assert through.returncode == 0, through.stderr
     assert "submitted Slurm job" in through.stderr
     same = ("key", "status", "batch_size", "data_source", "dtype", "placement", "device")
@@ -86,6 +87,9 @@ def test_a_smoke_grid_through_slurm_matches_a_local_run_cell_for_cell(tmp_path, 
     assert rows_of(tmp_path / "slurm") == []
     assert json.loads((tmp_path / "slurm" / "hosts" / f"{host}.json").read_text())["host"] == host
     assert (tmp_path / "slurm" / "report" / "index.html").is_file()
+    # the boundary search ran as a task of its own, into its own file
+    [boundary] = store.read_run_boundaries(tmp_path / "slurm")[0]
+    assert boundary["key"] == "float32-nchw" and boundary["max_ok_batch"]
 
 
 def _wait_for_rows(out: Path, count: int, proc=None, timeout_s: float = 240):
