@@ -45,6 +45,14 @@ def single(device: str) -> list[Slot]:
     return [Slot(device)]
 
 
+def from_plan(plan: dict) -> list[Slot]:
+    """The slots a stored plan names (as JSON, cores are a list), or its one device."""
+    if not plan.get("devices"):
+        return single(plan["device"])
+    return [Slot(**{**stored, "cpu_cores": tuple(stored["cpu_cores"])
+                    if stored.get("cpu_cores") else None}) for stored in plan["devices"]]
+
+
 def parse(text: str, gpu_count: int, cores: list[int] | None = None) -> list[Slot]:
     """The slots `--devices TEXT` names; UsageError, saying what to write, for anything else."""
     text = text.strip().lower()

@@ -283,8 +283,7 @@ def _run(args) -> int:
         return 0
     if plan["executor"] is not None:
         return _run_slurm(plan, cells, run_dir, resumed, args)
-    slots = _preflight([placing.Slot(**s) for s in plan["devices"]
-                        or [asdict(s) for s in placing.single(plan["device"])]], cells)
+    slots = _preflight(placing.from_plan(plan), cells)
     store.make_dir(run_dir)
     with store.locked(run_dir):
         if not resumed:

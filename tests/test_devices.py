@@ -150,3 +150,13 @@ def test_a_stopped_pool_keeps_its_rows_and_resumes_to_the_end(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     keys = [r["key"] for r in rows_of(out)]
     assert len(keys) == 4 == len(set(keys))
+
+
+def test_a_plans_devices_read_back_as_the_slots_it_was_written_with():
+    import json
+    from dataclasses import asdict
+
+    slots = devices.parse("2xcpu", 0, [0, 1, 2])
+    stored = json.loads(json.dumps({"device": "cpu", "devices": [asdict(s) for s in slots]}))
+    assert devices.from_plan(stored) == slots
+    assert devices.from_plan({"device": "cuda:1", "devices": None}) == [devices.Slot("cuda:1", 1)]
