@@ -32,7 +32,8 @@ ROW_BYTES = 1900  # about what one row of results.jsonl takes, a CPU row at sche
 
 def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
-    first = start_grid_and_wait_for_a_row(out, stdout=subprocess.DEVNULL,
+    # cells long enough (seconds each) that the first run is still live when the second starts
+    first = start_grid_and_wait_for_a_row(out, "--repeats", "40", stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL)
     try:
         second = run_module("bench.run", "--resume", str(out))
