@@ -1,12 +1,17 @@
 """The OOM boundary: the largest batch that trains, per dtype and layout.
 
-Double from a start until a step fails, then bisect between the last batch that worked and the
-first that failed until they are within 5% of each other. It also stops at the batch limit (the
-grid's cap) or when its time budget is spent, and says which. Each trial is one training step.
+Bracket the boundary, then bisect between the last batch that worked and the first that failed
+until they are within 1% of each other. The bracket starts at the memory model's predicted
+boundary (5% past it, then 2x, 4x... away from it, up or down, until the outcome turns); where
+there is no prediction (graph mode, a model that refuses the fake-tensor trace) it doubles from
+the grid's smallest batch. The search also stops at the batch limit (the grid's cap) or when
+its time budget is spent, and says which. Each trial is one training step.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,6 +41,9 @@ class Boundary:
                 **stored}
 
 
+TOLERANCE = 0.01  # the search ends when the last batch that trained is within 1% of the first
+# that did not
+
 _DEFAULTS = {**DEFAULTS, **field_defaults(Boundary, leave_out=("config",))}
 
 
@@ -45,9 +53,10 @@ def read_boundary(raw: dict, where: str) -> dict:
 
 
 def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: int, limit: int,
-                   budget_s: float, tolerance: float = 0.05,
+                   budget_s: float, tolerance: float = TOLERANCE,
                    clock: Callable[[], float] = time.monotonic) -> Boundary:
-    """Fill `boundary` from trials, each one step at a batch."""
+    """Fill `boundary` from trials, each one step at a batch: bracket the boundary from its
+    prediction where there is one, else by doubling from `start`, then bisect."""
     deadline = clock() + budget_s
 
     def run(batch: int) -> bool:
@@ -61,22 +70,15 @@ def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: i
         boundary.failure = attempt.error
         return False
 
-    batch = start
-    while True:  # grow
-        if clock() > deadline:
-            boundary.stop_reason = "time budget"
-            return boundary
-        if not run(batch):
-            break
-        if batch >= limit:
-            boundary.stop_reason = "batch limit"
-            return boundary
-        batch = min(batch * 2, limit)
-    if boundary.stop_reason not in SIZE_LIMITS:
-        return boundary  # an error or a timeout: a smaller batch would not say where memory ends
+    def out_of_time() -> bool:
+        return clock() > deadline
+
+    bracket = _from_prediction if boundary.predicted_max_batch else _by_doubling
+    if not bracket(boundary, run, out_of_time, start, limit):
+        return boundary
     low, high = boundary.max_ok_batch or 0, boundary.first_failed_batch
     while high - low > max(1, tolerance * low):  # narrow
-        if clock() > deadline:
+        if out_of_time():
             boundary.stop_reason += ", then the time budget"
             return boundary
         middle = (low + high) // 2
@@ -85,3 +87,53 @@ def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: i
         else:
             high = middle
     return boundary
+
+
+def _by_doubling(boundary: Boundary, run, out_of_time, start: int, limit: int) -> bool:
+    """Double from `start` until a step fails. True when a bisection should follow."""
+    batch = start
+    while True:
+        if out_of_time():
+            boundary.stop_reason = "time budget"
+            return False
+        if not run(batch):
+            return boundary.stop_reason in SIZE_LIMITS
+        if batch >= limit:
+            boundary.stop_reason = "batch limit"
+            return False
+        batch = min(batch * 2, limit)
+
+
+def _from_prediction(boundary: Boundary, run, out_of_time, start: int, limit: int) -> bool:
+    """Try the predicted batch, then 5% beyond it, then twice, four times... as far from it (up
+    where it trained, down where it did not) until the outcome turns. A prediction within 5%
+    brackets the boundary in two trials; one off by 2x costs three or four. True when a
+    bisection should follow."""
+    predicted = min(boundary.predicted_max_batch, limit)
+    grows, last = None, None  # grows: the prediction trained, so the search goes up
+    factors = itertools.chain((1.0, 1.05), (2.0**k for k in itertools.count(1)))
+    while True:  # ends at a return: the outcome turns, batch 1 fails, a limit is reached
+        factor = next(factors)
+        if grows is None:
+            batch = predicted
+        elif grows:
+            batch = min(math.ceil(predicted * factor), limit)
+        else:
+            batch = math.floor(predicted / factor)
+        if batch == last:
+            continue
+        if batch < 1:
+            return False  # even batch 1 did not train
+        if out_of_time():
+            boundary.stop_reason = "time budget"
+            return False
+        fits, last = run(batch), batch
+        if not fits and boundary.stop_reason not in SIZE_LIMITS:
+            return False  # an error or a timeout: a smaller batch would not say where memory ends
+        if fits and batch >= limit:
+            boundary.stop_reason = "batch limit"
+            return False
+        if grows is None:
+            grows = fits
+        elif fits != grows:
+            return True

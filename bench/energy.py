@@ -4,7 +4,8 @@ kernel lets this user read it. Nowhere is a missing figure a zero.
 
 Both counters are read at the two ends of the timed window. NVML's updates every 20 to 100 ms, so
 each end can be off by up to 100 ms of energy: a window of 2 s keeps that under 10%. A shorter
-window gives no figure, only a note saying why.
+window gives no figure, only a note saying why; a cell therefore times repeats until its window
+lasts the minimum (`EnergyMeter.short_s`).
 """
 
 from __future__ import annotations
@@ -138,6 +139,13 @@ class EnergyMeter:
         elif self.method == POWER_SAMPLES:
             self._integral = _PowerIntegral(self._nvml.power_mw)
             self._integral.start()
+
+    def short_s(self) -> float:
+        """How much longer the window must last for a figure (0 where it is long enough, or
+        where nothing is measured): the timed repeats go on until it is 0."""
+        if self.method is None:
+            return 0.0
+        return max(0.0, self._min_window_s - (time.perf_counter() - self._began))
 
     def stop(self) -> Energy:
         window_s = time.perf_counter() - self._began

@@ -207,8 +207,8 @@ class Grid:
 
 _POWERS_OF_4 = (64, 256, 1024, 4096, 16384)
 _FAST_MODES = ("compile", "compile-cudagraphs", "graph")
-# On a GPU each repeat lasts 0.4 s, so the 5 timed repeats give the energy counter the 2 s
-# window it needs (bench.energy.MIN_WINDOW_S).
+# On a GPU each repeat lasts 0.4 s, so the 5 timed repeats give the energy counter about the 2 s
+# window it needs (bench.energy.MIN_WINDOW_S); a cell whose repeats fall short times another.
 _GPU_REPEAT_S = 0.4
 _GPU_GRIDS = {
     "smoke": Grid("smoke", (
@@ -242,10 +242,15 @@ _CPU_GRIDS = {
     ), "CPU-sized: two batch sizes, float32, device-resident and host loader",
         min_repeat_s=0.2, warmup_steps=2),
     "default": Grid("default", (
-        Block(batch_size=(64, 256, 1024), dtype=DTYPES, channels_last=(False, True)),
+        Block(batch_size=(64, 256, 1024), dtype=("float32", "bfloat16"),
+              channels_last=(False, True)),
+        # CPU autocast to float16 is about 20x slower than float32 at every batch size: one
+        # tells that, and three took longer than the rest of the grid together
+        Block(batch_size=(256,), dtype=("float16",), channels_last=(False, True)),
         Block(batch_size=(64, 256, 1024), placement=("host",), num_workers=(0, 2)),
         Block(batch_size=(64, 256, 1024), mode=("compile",)),
-    ), "CPU-sized: batch 64 to 1,024 at every dtype and layout, the host loader with 0 and 2 "
+    ), "CPU-sized: batch 64 to 1,024 at float32 and bfloat16 in both layouts, float16 at batch "
+       "256 alone (CPU autocast runs it about 20x slower), the host loader with 0 and 2 "
        "workers, and torch.compile at float32; boundary search up to batch 65,536 within 60 s",
         find_max_batch=True, boundary_limit=2**16, boundary_budget_s=60, min_repeat_s=0.1,
         warmup_steps=2),

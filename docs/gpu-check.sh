@@ -63,8 +63,8 @@ export py
 export -f environment  # so that timeout's bash can call it
 step environment 20 bash -c environment
 step doctor 30 "$py" -m bench.doctor
-step gpu-tests 150 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_nvml.py \
-    tests/test_energy.py tests/benchmarks
+step gpu-tests 150 "$py" -m pytest -q -p no:cacheprovider -m "" tests/test_gpu.py \
+    tests/test_nvml.py tests/test_energy.py tests/benchmarks
 # every mode at a launch-bound and a large batch, in both fast dtypes, with energy per cell:
 # 16 cells, 8 of them compiling (about 11 s each on a fresh machine)
 step modes 200 "$py" -m bench.run --grid default --set batch_size=256,16384 \
@@ -82,5 +82,5 @@ step any-model 90 "$py" -m bench.run --grid smoke --model torchvision:resnet50 \
     --no-find-max-batch --out "$work/resnet50"
 step notebook-loop 60 "$py" -m lenet.train --epochs 2 --no-progress
 step harness-overhead 60 "$py" tests/benchmarks/harness_overhead.py --rounds 5
-step fast-tests 400 "$py" -m pytest -q -p no:cacheprovider -m "not slow"
+step fast-tests 400 "$py" -m pytest -q -p no:cacheprovider
 echo "packed: $out/gpu-check.tgz after $((SECONDS - started)) s"

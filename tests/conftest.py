@@ -15,3 +15,26 @@ def empty_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("FASHION_MNIST_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./data from the checkout
     return cache
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """A machine without a GPU, for a command called in this process (helpers.run_main): torch
+    answers that no CUDA device is visible. A fake at torch's own seam, so a test that means
+    "no GPU" means it where a GPU is visible too, as CUDA_VISIBLE_DEVICES="" does for a process."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.fixture(scope="session")
+def one_cell_run(tmp_path_factory):
+    """A finished one-cell CPU run (b64, device-resident, synthetic) from bench.run called in
+    this process: one worker, a few seconds. Copy it before changing it."""
+    from helpers import CPU_SYNTHETIC, ONE_CELL, run_main
+
+    out = tmp_path_factory.mktemp("one-cell") / "run"
+    result = run_main("bench.run", *ONE_CELL, "--out", out, *CPU_SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    return out

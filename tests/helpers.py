@@ -1,7 +1,12 @@
-"""What several test modules share: paths, skip marks, running a module as a user does."""
+"""What several test modules share: paths, skip marks, running a module as a user does, and run
+directories crafted from rows (a report or a gate tested without measuring anything)."""
 
+import contextlib
+import importlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = [] if any(ep.value == "bench.pytest_plugin" for ep in entry_points(group="pytest11")) \
     else ["bench.pytest_plugin"]
 DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
+MiB = 2**20
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 needs_real_data = pytest.mark.skipif(
@@ -38,9 +44,33 @@ def run_module(*args, cwd=None, env=None, timeout=300):
                           cwd=cwd or ROOT, env=full_env, timeout=timeout)
 
 
+def run_main(module, *args, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` called in this process, `main(argv)` with its output captured,
+    answered as run_module answers (returncode, stdout, stderr): no interpreter start and no
+    torch import, so the fast tier tests what a command prints without a process of its own.
+    `cwd` runs it from another directory."""
+    main = importlib.import_module(module if "." in module else f"{module}.__main__").main
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:
+                code = exc.code
+    finally:  # bench.run stops on SIGTERM and SIGHUP as on Ctrl-C; pytest must not
+        os.chdir(here)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 # bench.run options for tests that mean the CPU, so the suite passes where a GPU is visible too
 CPU_SYNTHETIC = ["--device", "cpu", "--data", "synthetic", "--no-report"]
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # a machine without a GPU, wherever the test runs
+ONE_CELL = ["--grid", "smoke", "--set", "batch_size=64", "--set", "placement=device"]
 
 
 def rows_of(run_dir):
@@ -95,3 +125,67 @@ def _slowed(self, images, labels):
 TrainStep.__call__ = _slowed
 """)
     return dest
+
+
+def crafted_row(batch, dtype="float32", status="ok", placement="device", workers=0,
+                pin_memory=False, device="cuda:0", mode="eager", data_source="fashion-mnist",
+                **extra) -> dict:
+    """A stored row with the figures of a GPU cell that trained (LeNet's 57 KiB a sample); any
+    field of bench.row.Row can be given."""
+    from bench.grid import Config
+    from bench.outcome import Attempt, Outcome
+    from bench.row import Row
+
+    config = Config(batch, dtype, placement=placement, num_workers=workers,
+                    pin_memory=pin_memory, device=device, mode=mode)
+    row = Row(config, data_source, status, batch_size=batch,
+              attempts=[Attempt(batch, Outcome.OK)],
+              examples_per_s=1000.0 * batch ** 0.5, examples_per_s_iqr=5.0, noisy=False,
+              step_ms_median=1.0, repeats=5, steps_per_repeat=10, repeat_s=[0.1] * 5,
+              peak_allocated_bytes=57 * 1024 * batch + 2 * MiB,
+              peak_reserved_bytes=57 * 1024 * batch + 20 * MiB,
+              nvml_total_bytes=80 * 1024 * MiB, nvml_driver_reserved_bytes=615 * MiB,
+              nvml_baseline_used_bytes=10 * MiB,
+              nvml_peak_used_bytes=57 * 1024 * batch + 20 * MiB + 617 * MiB + 10 * MiB,
+              predicted_peak_bytes=58 * 1024 * batch + 2 * MiB, loss_first=2.3, loss_last=1.9,
+              wall_s=2.0)
+    for name, value in extra.items():
+        assert hasattr(row, name), name
+        setattr(row, name, value)
+    return row.as_dict()
+
+
+def crafted_cpu_row(batch, **extra) -> dict:
+    """A stored row of a CPU cell on synthetic data: no allocator or NVML figures, the tracked
+    tensor peak instead, as `bench.run --device cpu --data synthetic` writes it."""
+    cpu = {"device": "cpu", "data_source": "synthetic", "peak_allocated_bytes": None,
+           "peak_reserved_bytes": None, "nvml_total_bytes": None,
+           "nvml_driver_reserved_bytes": None, "nvml_baseline_used_bytes": None,
+           "nvml_peak_used_bytes": None, "nvml_note": "no GPU",
+           "cpu_peak_rss_bytes": 900 * MiB, "cpu_baseline_rss_bytes": 880 * MiB,
+           "tracked_peak_bytes": 57 * 1024 * batch, "model_fingerprint": "5d1e8b2c7a90",
+           "examples_per_s": 50.0 * batch ** 0.5 * 100, "examples_per_s_iqr": 300.0}
+    return crafted_row(batch, **{**cpu, **extra})
+
+
+CPU_ENV = {"gpu_name": None, "driver_version": None, "cuda_version": None,
+           "torch_version": "2.14.1", "created_at": "2026-11-27T10:00:00+00:00",
+           "commit": "abc123"}
+
+
+def crafted_run(path, rows, device="cuda:0", boundaries=(), env=None, torn=False):
+    """A run directory holding `rows` (stored dicts): env.json, plan.json, results.jsonl and
+    boundaries.jsonl, as a finished run leaves them."""
+    path.mkdir(parents=True)
+    (path / "env.json").write_text(json.dumps(env or {
+        "gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "580.65.06",
+        "cuda_version": "13.0", "torch_version": "2.14.1", "gpu_total_bytes": 80 * 1024 * MiB,
+        "created_at": "2026-11-27T10:00:00+00:00", "commit": "abc123"}))
+    (path / "plan.json").write_text(json.dumps({"grid": "default", "device": device,
+                                                "data": "fashion-mnist"}))
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if torn:
+        text += '{"key": "b9-flo'
+    (path / "results.jsonl").write_text(text)
+    (path / "boundaries.jsonl").write_text("".join(json.dumps(b) + "\n" for b in boundaries))
+    return path

@@ -2,8 +2,10 @@
 
 import re
 
+import pytest
+
 from bench.ab import median_interval
-from helpers import ROOT, one_line_error, run_module, slowed_tree
+from helpers import ROOT, one_line_error, run_main, run_module, slowed_tree
 
 ONE_CELL = ["--set", "batch_size=64", "--set", "placement=device", "--device", "cpu"]
 
@@ -14,6 +16,7 @@ def test_the_median_interval_takes_the_binomial_ranks():
     assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few: the whole range
 
 
+@pytest.mark.e2e
 def test_a_planted_slowdown_fails_the_gate_and_names_the_cell(tmp_path):
     slow = slowed_tree(tmp_path / "slow", every=1)  # every step twice: half the speed
     result = run_module("bench.ab", str(ROOT), str(slow), *ONE_CELL, "--pairs", "2",
@@ -28,11 +31,12 @@ def test_a_planted_slowdown_fails_the_gate_and_names_the_cell(tmp_path):
 
 
 def test_a_tree_that_is_not_this_project_is_refused(tmp_path):
-    line = one_line_error(run_module("bench.ab", str(tmp_path), *ONE_CELL))
+    line = one_line_error(run_main("bench.ab", tmp_path, *ONE_CELL))
     assert line.startswith(f"python -m bench.ab: error: argument BASE_TREE: {tmp_path} is not a "
                            f"source tree of this project")
 
 
+@pytest.mark.e2e
 def test_a_side_that_cannot_build_its_cell_is_named(tmp_path):
     line = one_line_error(run_module("bench.ab", str(ROOT), str(ROOT), *ONE_CELL, "--data",
                                      "real", "--data-root", str(tmp_path / "nowhere")))

@@ -21,11 +21,54 @@ def _boundary():
     return Boundary(Config(1))
 
 
-def test_doubles_then_bisects_to_within_five_percent():
+def test_without_a_prediction_doubles_then_bisects_to_within_one_percent():
     trial, tried = _card(limit=1000)
     b = find_max_batch(trial, _boundary(), start=64, limit=2**20, budget_s=60)
-    assert tried == [64, 128, 256, 512, 1024, 768, 896, 960, 992]
-    assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (992, 1024, "oom")
+    assert tried == [64, 128, 256, 512, 1024, 768, 896, 960, 992, 1008, 1000]
+    assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (1000, 1008, "oom")
+
+
+def _predicted(batch):
+    return Boundary(Config(1), predicted_max_batch=batch)
+
+
+def test_a_close_prediction_brackets_the_boundary_in_two_trials():
+    trial, tried = _card(limit=1000)
+    b = find_max_batch(trial, _predicted(990), start=64, limit=2**20, budget_s=60)
+    # 990 trains, 5% above (1,040) does not; then bisect to 1%
+    assert tried == [990, 1040, 1015, 1002, 996]
+    assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (996, 1002, "oom")
+
+
+def test_a_prediction_twice_too_high_still_beats_doubling_from_the_grid():
+    """The CPU under a 512 MiB cap: 2,816 trains, 2,944 does not, the model predicted 5,827 (the
+    cap also holds the worker's libraries). Doubling from 64 to within 5% took 11 trials."""
+    trial, tried = _card(limit=2816)
+    b = find_max_batch(trial, _predicted(5827), start=64, limit=2**16, budget_s=60)
+    # 5% under, then halving, until one trains; then bisect to 1%
+    assert tried == [5827, 5549, 2913, 1456, 2184, 2548, 2730, 2821, 2775, 2798]
+    assert (b.max_ok_batch, b.first_failed_batch) == (2798, 2821)
+    assert b.first_failed_batch - b.max_ok_batch <= 0.01 * b.max_ok_batch
+
+
+def test_a_prediction_too_low_grows_to_the_batch_limit():
+    trial, tried = _card(limit=10**9)
+    b = find_max_batch(trial, _predicted(1000), start=64, limit=3000, budget_s=60)
+    assert tried == [1000, 1050, 2000, 3000]
+    assert (b.max_ok_batch, b.stop_reason) == (3000, "batch limit")
+
+
+def test_a_prediction_past_the_batch_limit_starts_at_the_limit():
+    trial, tried = _card(limit=10**9)
+    b = find_max_batch(trial, _predicted(10**6), start=64, limit=4096, budget_s=60)
+    assert tried == [4096] and b.stop_reason == "batch limit"
+
+
+def test_when_even_batch_1_fails_the_search_says_so():
+    trial, tried = _card(limit=0)
+    b = find_max_batch(trial, _predicted(8), start=64, limit=2**16, budget_s=60)
+    assert tried == [8, 7, 4, 2, 1]
+    assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (None, 1, "oom")
 
 
 def test_a_kernel_limit_is_named_as_such():
@@ -56,7 +99,7 @@ def test_a_first_trial_that_fails_bisects_downwards():
     trial, tried = _card(limit=40)
     b = find_max_batch(trial, _boundary(), start=64, limit=2**20, budget_s=60)
     assert tried[:3] == [64, 32, 48]
-    assert b.max_ok_batch == 40 and b.first_failed_batch == 42  # within 5% of 40
+    assert b.max_ok_batch == 40 and b.first_failed_batch == 41
 
 
 def test_a_failure_that_is_not_about_size_ends_the_search_at_once():

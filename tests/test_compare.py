@@ -5,19 +5,21 @@ import shutil
 
 import pytest
 
-from helpers import run_module
+from helpers import CPU_ENV, crafted_cpu_row, crafted_run, run_main, run_module
 
 GATE = ["--max-slowdown", "5%", "--max-memory-growth", "5%"]
 
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gate") / "base"
-    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64,128", "--set",
-                        "placement=device", "--device", "cpu", "--data", "synthetic", "--no-report",
-                        "--no-find-max-batch", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
+    """A finished CPU run of two cells, as `bench.run --grid smoke --set batch_size=64,128 --set
+    placement=device --device cpu --data synthetic` writes it: the gate reads nothing else."""
+    rows = [crafted_cpu_row(64), crafted_cpu_row(128)]
+    return crafted_run(tmp_path_factory.mktemp("gate") / "base", rows, device="cpu", env=CPU_ENV)
+
+
+def _gate(base, new, *extra):
+    return run_main("bench.compare", base, new, *GATE, *extra)
 
 
 def _variant(base, tmp_path, name, change=None, env_change=None, drop_key=None):
@@ -34,10 +36,6 @@ def _variant(base, tmp_path, name, change=None, env_change=None, drop_key=None):
         env.update(env_change)
         (new / "env.json").write_text(json.dumps(env))
     return new, rows[0]
-
-
-def _gate(base, new, *extra):
-    return run_module("bench.compare", str(base), str(new), *GATE, *extra)
 
 
 def test_the_same_results_pass(base_run):
@@ -158,14 +156,15 @@ def test_runs_from_another_gpu_are_refused_unless_forced(base_run, tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
-    result = run_module("bench.compare", str(tmp_path), str(tmp_path))
+    result = run_main("bench.compare", tmp_path, tmp_path)
     assert result.returncode == 2
     assert "is neither a run directory (no results.jsonl) nor a pytest-benchmark JSON file" in \
         result.stderr
-    result = run_module("bench.compare", str(tmp_path), str(tmp_path), "--max-slowdown", "lots")
+    result = run_main("bench.compare", tmp_path, tmp_path, "--max-slowdown", "lots")
     assert result.returncode == 2 and "'lots' is not a percentage like 5%" in result.stderr
 
 
+@pytest.mark.e2e
 def test_pytest_benchmark_json_is_gated_on_time_and_memory(tmp_path):
     saved = tmp_path / "bench.json"
     result = run_module("pytest", "tests/benchmarks", "-q", "-k", "64 and cpu",
@@ -187,20 +186,23 @@ def test_pytest_benchmark_json_is_gated_on_time_and_memory(tmp_path):
     assert "examples_per_s fell from" in result.stdout and "(-66.7%)" in result.stdout
 
 
-def test_two_runs_of_the_same_code_pass_the_gate(base_run, tmp_path):
+@pytest.mark.e2e
+@pytest.mark.core
+def test_two_runs_of_the_same_code_pass_the_gate(tmp_path):
     """What the project's CI checks: a baseline and a candidate on one machine, one job. On the
     shared 2-core CI machine a worker process runs a cell steadily but at a speed of its own:
     runs of b64 gave 9,089, 17,395, 15,661, 14,810 and 4,356 examples/s, each with a tight IQR.
     No speed bound holds there, so this gate checks memory alone (tracked tensor by tensor, it
     repeats to the byte) at 5%; --max-slowdown 100% turns the speed check off."""
-    candidate = tmp_path / "candidate"
-    result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64,128", "--set",
-                        "placement=device", "--device", "cpu", "--data", "synthetic", "--no-report",
-                        "--no-find-max-batch", "--out", str(candidate))
-    assert result.returncode == 0, result.stderr
-    result = run_module("bench.compare", str(base_run), str(candidate), "--max-slowdown", "100%",
-                        "--max-memory-growth", "5%")
+    for side in ("base", "candidate"):
+        result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+                            "placement=device", "--device", "cpu", "--data", "synthetic",
+                            "--no-report", "--no-find-max-batch", "--out", str(tmp_path / side))
+        assert result.returncode == 0, result.stderr
+    result = run_module("bench.compare", str(tmp_path / "base"), str(tmp_path / "candidate"),
+                        "--max-slowdown", "100%", "--max-memory-growth", "5%")
     assert result.returncode == 0, result.stdout
+    assert "passed: 1 cells within 100% speed and 5% memory" in result.stdout
 
 
 def test_a_cell_that_backed_off_and_now_fails_outright_is_a_regression(base_run, tmp_path):
@@ -283,7 +285,7 @@ GOOD_BENCHMARK = {"fullname": "t", "stats": {"median": 0.5, "iqr": 0.01}, "extra
 def test_malformed_gate_input_is_exit_2_with_one_line(tmp_path, text, message):
     good = _benchmark_json(tmp_path, "good", json.dumps({"benchmarks": [GOOD_BENCHMARK]}))
     bad = _benchmark_json(tmp_path, "bad", text)
-    result = run_module("bench.compare", str(good), str(bad))
+    result = run_main("bench.compare", good, bad)
     if message is None:  # extra_info: null is read as empty
         assert result.returncode == 0, result.stderr
         return

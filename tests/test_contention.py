@@ -9,6 +9,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+import pytest
+
 from bench.contention import (
     PROC,
     ContentionWatch,
@@ -143,6 +145,7 @@ def test_hidden_processes_and_failed_reads_leave_figures_empty_not_zero(tmp_path
     assert contention.busy is None  # nothing could be read: not "quiet"
 
 
+@pytest.mark.e2e
 def test_a_cell_timed_beside_a_cpu_hog_is_named_busy_in_the_rows_and_the_page(tmp_path):
     out = tmp_path / "run"
     with cpu_hogs():

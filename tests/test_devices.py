@@ -16,6 +16,7 @@ from helpers import (
     NO_GPU,
     one_line_error,
     rows_of,
+    run_main,
     run_module,
     start_grid_and_wait_for_a_row,
 )
@@ -117,6 +118,7 @@ def test_a_failure_in_a_worker_thread_stops_the_pool_and_its_workers():
     assert all(r.killed for r in runners)
 
 
+@pytest.mark.e2e
 def test_two_cpu_workers_share_one_queue_and_the_parent_writes_every_row(tmp_path):
     out = tmp_path / "run"
     result = run_module("bench.run", "--grid", "smoke", "--devices", "cpu,cpu", "--out",
@@ -131,11 +133,12 @@ def test_two_cpu_workers_share_one_queue_and_the_parent_writes_every_row(tmp_pat
 
 
 def test_device_and_devices_that_disagree_are_refused(tmp_path):
-    result = run_module("bench.run", "--device", "cuda:0", "--devices", "cpu,cpu", "--out",
-                        str(tmp_path / "r"))
+    result = run_main("bench.run", "--device", "cuda:0", "--devices", "cpu,cpu", "--out",
+                      tmp_path / "r")
     assert "--device cuda:0 and --devices cpu,cpu disagree" in one_line_error(result)
 
 
+@pytest.mark.e2e
 def test_a_stopped_pool_keeps_its_rows_and_resumes_to_the_end(tmp_path):
     out = tmp_path / "run"
     proc = start_grid_and_wait_for_a_row(out, "--devices", "cpu,cpu", stdout=subprocess.PIPE,

@@ -2,7 +2,7 @@ import torch
 
 from bench.doctor import fits, report
 from bench.nvml import GpuProcess, MemoryInfo, NvmlUnavailable
-from helpers import run_module
+from helpers import run_main
 
 GiB = 2**30
 
@@ -74,7 +74,7 @@ def test_without_nvml_it_says_so_and_carries_on():
                          "Found); NVML columns will read 'not measured'")
 
 
-def test_doctor_command_on_a_machine_without_a_gpu():
-    result = run_module("bench.doctor", env={"CUDA_VISIBLE_DEVICES": ""})
+def test_doctor_command_on_a_machine_without_a_gpu(no_gpu):
+    result = run_main("bench.doctor")
     assert result.returncode == 0, result.stderr
     assert "device: cpu (no CUDA GPU is visible)" in result.stdout

@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from bench.energy import COUNTER, POWER_SAMPLES, RAPL, EnergyMeter, RaplCounter
+from bench.energy import (
+    COUNTER,
+    MIN_WINDOW_S,
+    POWER_SAMPLES,
+    RAPL,
+    EnergyMeter,
+    RaplCounter,
+)
 
 
 class FakeCard:
@@ -129,12 +136,29 @@ def test_a_cell_stores_the_energy_of_its_timed_repeats():
     from bench.grid import Config
     from lenet.data import synthetic_tensors
 
-    settings = Settings(min_repeat_s=0.45, warmup_steps=1)  # five repeats: a 2.25 s window
+    # five repeats of 0.05 s make 0.25 s: short of the 2 s the counter needs, so the cell times
+    # more repeats of the same size until the window is long enough (repeats sized from the
+    # faster of two blocks made 5 x 0.4 s land either side of 2 s: energy lost at random)
+    settings = Settings(min_repeat_s=0.05, warmup_steps=1)
     row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
                       FakeGpuReader(250.0))
     assert row.status == "ok" and row.energy_method == COUNTER and row.energy_note is None
-    assert row.energy_window_s >= sum(row.repeat_s) >= 2.0
+    assert row.energy_window_s >= MIN_WINDOW_S and row.energy_window_s >= sum(row.repeat_s)
+    assert len(row.repeat_s) == row.repeats >= settings.repeats
+    if row.repeats > settings.repeats:  # none more than the window needed
+        assert row.energy_window_s - row.repeat_s[-1] < MIN_WINDOW_S
     assert row.mean_power_w == pytest.approx(250.0, rel=0.02)
     examples = row.repeats * row.steps_per_repeat * row.batch_size
     assert row.energy_j_per_1000_examples == pytest.approx(
         1000 * row.mean_power_w * row.energy_window_s / examples, rel=1e-9)
+
+
+def test_without_an_energy_figure_to_take_a_cell_times_just_its_repeats():
+    from bench.cell import Settings, run_cell
+    from bench.grid import Config
+    from lenet.data import synthetic_tensors
+
+    settings = Settings(min_repeat_s=0.01, warmup_steps=1)
+    row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
+                      FakeGpuReader(250.0, counter=False, power=False))
+    assert row.energy_method is None and row.repeats == settings.repeats

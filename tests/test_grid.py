@@ -1,6 +1,6 @@
 import pytest
 
-from bench.grid import Config, GridError, get_grid, parse_set
+from bench.grid import DTYPES, Config, GridError, get_grid, parse_set
 
 
 def test_unknown_grid_lists_the_known_ones():
@@ -31,6 +31,19 @@ def test_the_cpu_grids_run_the_modes_that_fit_the_cpu():
         grid = get_grid(name, on_gpu=False)
         assert {c.mode for c in grid.cells("cpu")} == {"eager", "compile"}
         assert grid.skipped("cpu") == {}
+
+
+def test_the_cpu_default_grid_times_float16_at_one_batch_size_and_says_why():
+    """CPU autocast to float16 runs a step about 20 times slower than float32: one batch size
+    tells that, and six cells of it took longer than the rest of the grid."""
+    grid = get_grid("default", on_gpu=False)
+    eager = [c for c in grid.cells("cpu") if c.mode == "eager" and c.placement == "device"]
+    by_dtype = {d: sorted({c.batch_size for c in eager if c.dtype == d}) for d in DTYPES}
+    assert by_dtype == {"float32": [64, 256, 1024], "bfloat16": [64, 256, 1024],
+                        "float16": [256]}
+    assert {c.channels_last for c in eager if c.dtype == "float16"} == {False, True}
+    assert "float16 at batch 256 alone (CPU autocast runs it about 20x slower)" in \
+        grid.description
 
 
 def test_a_mode_the_device_cannot_run_is_skipped_with_the_reason():

@@ -1,8 +1,10 @@
-"""The pytest plugin as another project meets it: a small project, run by pytester in a process of
-its own, that finds the plugin through the installed package's entry point."""
+"""The pytest plugin as another project meets it: a small project, run by pytester, that finds the
+plugin through the installed package's entry point; the README's example in processes of its own."""
 
 import json
 import re
+
+import pytest
 
 from helpers import PLUGIN, ROOT, needs_gpu
 
@@ -28,8 +30,12 @@ def test_pedantic(memory_benchmark):
 
 
 def _run(pytester, size, *options):
+    """The small project's tests, run by pytest in this process (pytester's in-process run loads
+    the plugins afresh, as a new process does). Timing rounds are kept short: these tests read
+    memory, which does not depend on how long a benchmark is timed."""
     pytester.makepyfile(test_project=PROJECT.format(size=size))
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *LOAD, *options)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", *LOAD,
+                                        "--benchmark-max-time=0.05", *options)
 
 
 def test_the_fixture_records_memory_and_the_machine(pytester):
@@ -91,6 +97,7 @@ def _readme_example():
     return code, [line for line in commands.splitlines() if line.startswith("pytest ")]
 
 
+@pytest.mark.e2e
 def test_the_readme_example_runs_as_written(pytester):
     code, commands = _readme_example()
     name = re.match(r"# (\S+\.py)", code)[1]

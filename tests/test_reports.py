@@ -10,78 +10,37 @@ import pandas as pd
 import pytest
 
 from bench.contention import Contention
-from bench.grid import Config
-from bench.outcome import Attempt, Outcome
-from bench.row import Row
-from helpers import ROOT, run_module
+from helpers import ROOT, MiB, crafted_row, crafted_run, run_main
 from reports.frame import load_run, pareto
 from reports.write import write_report
 
-MiB = 2**20
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
 
 
-def _gpu_row(batch, dtype="float32", status="ok", placement="device", workers=0,
-             pin_memory=False, device="cuda:0", mode="eager", **extra):
-    config = Config(batch, dtype, placement=placement, num_workers=workers,
-                    pin_memory=pin_memory, device=device, mode=mode)
-    row = Row(config, "fashion-mnist", status, batch_size=batch,
-              attempts=[Attempt(batch, Outcome.OK)],
-              examples_per_s=1000.0 * batch ** 0.5, examples_per_s_iqr=5.0, noisy=False,
-              step_ms_median=1.0, repeats=5, steps_per_repeat=10, repeat_s=[0.1] * 5,
-              peak_allocated_bytes=57 * 1024 * batch + 2 * MiB,
-              peak_reserved_bytes=57 * 1024 * batch + 20 * MiB,
-              nvml_total_bytes=80 * 1024 * MiB, nvml_driver_reserved_bytes=615 * MiB,
-              nvml_baseline_used_bytes=10 * MiB,
-              nvml_peak_used_bytes=57 * 1024 * batch + 20 * MiB + 617 * MiB + 10 * MiB,
-              predicted_peak_bytes=58 * 1024 * batch + 2 * MiB, loss_first=2.3, loss_last=1.9,
-              wall_s=2.0)
-    for name, value in extra.items():
-        assert hasattr(row, name), name
-        setattr(row, name, value)
-    return row.as_dict()
-
-
-def _make_run(path, rows, device="cuda:0", boundaries=(), env=None, torn=False):
-    path.mkdir(parents=True)
-    (path / "env.json").write_text(json.dumps(env or {
-        "gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "580.65.06",
-        "cuda_version": "13.0", "torch_version": "2.14.1", "gpu_total_bytes": 80 * 1024 * MiB,
-        "created_at": "2026-11-27T10:00:00+00:00", "commit": "abc123"}))
-    (path / "plan.json").write_text(json.dumps({"grid": "default", "device": device,
-                                                "data": "fashion-mnist"}))
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    if torn:
-        text += '{"key": "b9-flo'
-    (path / "results.jsonl").write_text(text)
-    (path / "boundaries.jsonl").write_text("".join(json.dumps(b) + "\n" for b in boundaries))
-    return path
-
-
 def _every_status_run(tmp_path):
-    rows = [_gpu_row(b) for b in (64, 256, 1024, 4096)]
-    rows.append(_gpu_row(256, placement="host", workers=4, examples_per_s=9000.0))
-    rows.append(_gpu_row(16384, status="oom_backed_off", batch_size=8192,
+    rows = [crafted_row(b) for b in (64, 256, 1024, 4096)]
+    rows.append(crafted_row(256, placement="host", workers=4, examples_per_s=9000.0))
+    rows.append(crafted_row(16384, status="oom_backed_off", batch_size=8192,
                          attempts=[{"batch_size": 16384, "outcome": "oom", "error": "CUDA oom"},
                                    {"batch_size": 8192, "outcome": "ok", "error": None}]))
     # a second cell that backed off to the same batch, with the prediction for the one it asked
-    rows.append(_gpu_row(32768, status="oom_backed_off", batch_size=8192,
+    rows.append(crafted_row(32768, status="oom_backed_off", batch_size=8192,
                          predicted_peak_bytes=58 * 1024 * 32768 + 2 * MiB,
                          attempts=[{"batch_size": 32768, "outcome": "oom", "error": "CUDA oom"},
                                    {"batch_size": 16384, "outcome": "oom", "error": "CUDA oom"},
                                    {"batch_size": 8192, "outcome": "ok", "error": None}]))
-    rows.append(_gpu_row(65536, dtype="bfloat16", status="oom", batch_size=None,
+    rows.append(crafted_row(65536, dtype="bfloat16", status="oom", batch_size=None,
                          examples_per_s=None, error="OutOfMemoryError: " + HOSTILE))
-    rows.append(_gpu_row(4096, dtype="float16", status="error", batch_size=None,
+    rows.append(crafted_row(4096, dtype="float16", status="error", batch_size=None,
                          examples_per_s=None, error_kind="kernel_limit",
                          error="RuntimeError: integer out of range"))
-    rows.append(_gpu_row(1024, dtype="float16", loss_last=float("nan")))
+    rows.append(crafted_row(1024, dtype="float16", loss_last=float("nan")))
     boundaries = [{"key": "float32-nchw", "dtype": "float32", "channels_last": False,
                    "placement": "device", "max_ok_batch": 1048576,
                    "first_failed_batch": 2097152, "stop_reason": "kernel_limit",
                    "failure": "RuntimeError: integer out of range", "trials": [],
                    "predicted_max_batch": 1400000}]
-    return _make_run(tmp_path / "gpu", rows, boundaries=boundaries)
+    return crafted_run(tmp_path / "gpu", rows, boundaries=boundaries)
 
 
 def _check_pngs(folder, expected):
@@ -109,14 +68,14 @@ def test_every_status_gives_a_page_with_escaped_text(tmp_path):
 
 
 def test_a_cpu_run_shows_not_measured_never_zero(tmp_path):
-    rows = [_gpu_row(b, peak_allocated_bytes=None, peak_reserved_bytes=None,
+    rows = [crafted_row(b, peak_allocated_bytes=None, peak_reserved_bytes=None,
                      nvml_total_bytes=None, nvml_driver_reserved_bytes=None,
                      nvml_baseline_used_bytes=None, nvml_peak_used_bytes=None,
                      nvml_note="no GPU", device="cpu", cpu_peak_rss_bytes=900 * MiB,
                      cpu_baseline_rss_bytes=880 * MiB, tracked_peak_bytes=b * 57 * 1024,
                      placement=placement)
             for b in (64, 256) for placement in ("device", "host")]
-    run_dir = _make_run(tmp_path / "cpu", rows, device="cpu",
+    run_dir = crafted_run(tmp_path / "cpu", rows, device="cpu",
                         env={"cpu": "AMD EPYC", "torch_version": "2.14.1"})
     page = write_report(run_dir).read_text()
     assert "not measured" in page
@@ -128,7 +87,7 @@ def test_a_cpu_run_shows_not_measured_never_zero(tmp_path):
 
 
 def test_a_torn_file_is_read_up_to_the_tear_with_a_warning(tmp_path):
-    run_dir = _make_run(tmp_path / "torn", [_gpu_row(64), _gpu_row(256)], torn=True)
+    run_dir = crafted_run(tmp_path / "torn", [crafted_row(64), crafted_row(256)], torn=True)
     run = load_run(run_dir)
     assert len(run.cells) == 2
     assert run.warnings == [f"{run_dir}/results.jsonl: skipped a torn last line (the run was "
@@ -137,9 +96,9 @@ def test_a_torn_file_is_read_up_to_the_tear_with_a_warning(tmp_path):
 
 
 def test_a_single_cell_and_an_all_failed_run(tmp_path):
-    single = _make_run(tmp_path / "one", [_gpu_row(64)])
+    single = crafted_run(tmp_path / "one", [crafted_row(64)])
     assert "Fastest: <b>b64-float32-nchw-device</b>" in write_report(single).read_text()
-    failed = _make_run(tmp_path / "failed", [_gpu_row(64, status="error", examples_per_s=None,
+    failed = crafted_run(tmp_path / "failed", [crafted_row(64, status="error", examples_per_s=None,
                                                       error="boom")])
     assert "No cell trained" in write_report(failed).read_text()
 
@@ -153,9 +112,9 @@ def test_pareto_keeps_only_cells_nothing_beats(tmp_path):
 
 
 def test_comparison_page_puts_the_worst_first(tmp_path):
-    base = _make_run(tmp_path / "base", [_gpu_row(64), _gpu_row(256)])
-    new = _make_run(tmp_path / "new", [_gpu_row(64), _gpu_row(256, examples_per_s=100.0)])
-    result = run_module("reports", str(base), str(new))
+    base = crafted_run(tmp_path / "base", [crafted_row(64), crafted_row(256)])
+    new = crafted_run(tmp_path / "new", [crafted_row(64), crafted_row(256, examples_per_s=100.0)])
+    result = run_main("reports", str(base), str(new))
     assert result.returncode == 0, result.stderr
     page = (new / "compare" / "index.html").read_text()
     assert page.index("b256-float32-nchw-device") < page.index("b64-float32-nchw-device")
@@ -163,7 +122,7 @@ def test_comparison_page_puts_the_worst_first(tmp_path):
 
 
 def test_not_a_run_is_one_line(tmp_path):
-    result = run_module("reports", str(tmp_path))
+    result = run_main("reports", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == (f"python -m reports: error: {tmp_path} holds no "
                                      f"results.jsonl; run python -m bench.run --out {tmp_path} "
@@ -187,6 +146,8 @@ window.addEventListener('load', () => {
 </script></body>"""
 
 
+@pytest.mark.e2e
+@pytest.mark.core
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_page_renders_in_chromium_with_every_image_loaded(tmp_path):
     index = write_report(_every_status_run(tmp_path))
@@ -215,18 +176,18 @@ def test_page_renders_in_chromium_with_every_image_loaded(tmp_path):
 
 def test_cells_that_backed_off_to_the_same_batch(tmp_path):
     """The 2 GiB cap check's shape: b32768 and b65536 both trained at 16384."""
-    rows = [_gpu_row(asked, status="oom_backed_off", batch_size=16384,
+    rows = [crafted_row(asked, status="oom_backed_off", batch_size=16384,
                      predicted_peak_bytes=58 * 1024 * asked,
                      attempts=[{"batch_size": asked, "outcome": "oom", "error": "CUDA oom"},
                                {"batch_size": 16384, "outcome": "ok", "error": None}])
             for asked in (32768, 65536)]
-    index = write_report(_make_run(tmp_path / "cap", rows))
+    index = write_report(crafted_run(tmp_path / "cap", rows))
     _check_pngs(index.parent, ["memory.png"])
 
 
 def test_a_run_with_no_rows_gets_a_page_that_says_so(tmp_path):
-    run_dir = _make_run(tmp_path / "empty", [])
-    result = run_module("reports", str(run_dir))
+    run_dir = crafted_run(tmp_path / "empty", [])
+    result = run_main("reports", str(run_dir))
     assert result.returncode == 0, result.stderr
     page = (run_dir / "report" / "index.html").read_text()
     assert "This run holds no result yet" in page
@@ -234,17 +195,17 @@ def test_a_run_with_no_rows_gets_a_page_that_says_so(tmp_path):
 
 
 def test_a_read_only_run_directory_is_one_line_and_out_writes_elsewhere(tmp_path):
-    run_dir = _make_run(tmp_path / "run", [_gpu_row(64)])
+    run_dir = crafted_run(tmp_path / "run", [crafted_row(64)])
     (run_dir / "report").mkdir()
     (run_dir / "report").chmod(0o500)
     (run_dir / "report" / "index.html").mkdir()  # unwritable even for root: a folder in the way
-    result = run_module("reports", str(run_dir))
+    result = run_main("reports", str(run_dir))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "cannot write the report into" in result.stderr
     assert "write it elsewhere with --out DIR" in result.stderr
     elsewhere = tmp_path / "elsewhere"
-    result = run_module("reports", str(run_dir), "--out", str(elsewhere))
+    result = run_main("reports", str(run_dir), "--out", str(elsewhere))
     assert result.returncode == 0, result.stderr
     assert "Fastest: <b>b64-float32-nchw-device</b>" in (elsewhere / "index.html").read_text()
 
@@ -254,10 +215,10 @@ MACHINE_TEXT = "$\\frac{1}$ <b>GPU</b> & 50% $x^2$"
 
 
 def test_text_from_the_machine_stays_plain_in_plots_and_page(tmp_path):
-    rows = [_gpu_row(b, error=None) for b in (64, 256)]
-    rows.append(_gpu_row(1024, status="error", examples_per_s=None, error=MACHINE_TEXT))
+    rows = [crafted_row(b, error=None) for b in (64, 256)]
+    rows.append(crafted_row(1024, status="error", examples_per_s=None, error=MACHINE_TEXT))
     env = {"gpu_name": MACHINE_TEXT, "host": MACHINE_TEXT, "created_at": "2026-11-27"}
-    index = write_report(_make_run(tmp_path / "odd", rows, env=env))
+    index = write_report(crafted_run(tmp_path / "odd", rows, env=env))
     page = index.read_text()
     assert "<b>GPU</b>" not in page and "&lt;b&gt;GPU&lt;/b&gt;" in page
     _check_pngs(index.parent, ["throughput.png", "tradeoff.png"])
@@ -266,9 +227,9 @@ def test_text_from_the_machine_stays_plain_in_plots_and_page(tmp_path):
 def test_missing_batches_and_flags_stay_missing(tmp_path):
     """A failed cell has no batch and no noisy flag: the batch column must stay whole numbers
     (not 1024.0) and a missing flag must not read as noisy."""
-    rows = [_gpu_row(1024), _gpu_row(64, status="oom", batch_size=None, examples_per_s=None,
+    rows = [crafted_row(1024), crafted_row(64, status="oom", batch_size=None, examples_per_s=None,
                                      noisy=None, error="CUDA oom")]
-    run_dir = _make_run(tmp_path / "mixed", rows)
+    run_dir = crafted_run(tmp_path / "mixed", rows)
     run = load_run(run_dir)
     assert str(run.cells["batch_size"].dtype) == "Int64"
     assert list(run.cells["noisy"].astype(object)) == [False, pd.NA]
@@ -279,17 +240,17 @@ def test_missing_batches_and_flags_stay_missing(tmp_path):
 
 @pytest.mark.parametrize("plan", ["[]", "42", '{"grid": '])
 def test_a_plan_or_env_that_is_not_an_object_still_gives_a_page(tmp_path, plan):
-    run_dir = _make_run(tmp_path / "odd", [_gpu_row(64), "not a row", 42])
+    run_dir = crafted_run(tmp_path / "odd", [crafted_row(64), "not a row", 42])
     (run_dir / "plan.json").write_text(plan)
     (run_dir / "env.json").write_text(plan)
-    result = run_module("reports", str(run_dir))
+    result = run_main("reports", str(run_dir))
     assert result.returncode == 0, result.stderr
     assert "skipped line 2: not a row" in result.stderr
     assert "b64-float32-nchw-device" in (run_dir / "report" / "index.html").read_text()
 
 
 def test_the_page_says_what_set_changed_of_the_grid(tmp_path):
-    run_dir = _make_run(tmp_path / "set", [_gpu_row(256)])
+    run_dir = crafted_run(tmp_path / "set", [crafted_row(256)])
     plan = json.loads((run_dir / "plan.json").read_text())
     plan.update(grid_description="batch 64 to 16,384", overrides={"batch_size": [256, 4096]})
     (run_dir / "plan.json").write_text(json.dumps(plan))
@@ -298,8 +259,8 @@ def test_the_page_says_what_set_changed_of_the_grid(tmp_path):
 
 
 def test_pinned_loaders_and_noisy_cells_are_named(tmp_path):
-    rows = [_gpu_row(256, placement="host", workers=2, pin_memory=True, noisy=True)]
-    run_dir = _make_run(tmp_path / "pinned", rows)
+    rows = [crafted_row(256, placement="host", workers=2, pin_memory=True, noisy=True)]
+    run_dir = crafted_run(tmp_path / "pinned", rows)
     assert list(load_run(run_dir).cells["loader"]) == ["host, 2 workers, pinned"]
     assert write_report(run_dir).read_text().count("(noisy)") == 1
 
@@ -308,12 +269,12 @@ def test_a_busy_cell_is_named_and_left_out_of_the_answers(tmp_path):
     """A cell timed beside other work measured faster than the rest: the page ranks the cells it
     can vouch for, says the busy one was not counted, and keeps noisy-by-nature apart."""
     reasons = ["other processes used 48% of the CPUs"]
-    rows = [_gpu_row(64), _gpu_row(256, noisy=True),
-            _gpu_row(1024, examples_per_s=10**6, contention=Contention(
+    rows = [crafted_row(64), crafted_row(256, noisy=True),
+            crafted_row(1024, examples_per_s=10**6, contention=Contention(
                 cpu_other_fraction=0.48, busy=True, busy_reasons=tuple(reasons)))]
     for row in rows[:2]:
         row.update(busy=False, cpu_other_fraction=0.01)
-    page = write_report(_make_run(tmp_path / "busy", rows)).read_text()
+    page = write_report(crafted_run(tmp_path / "busy", rows)).read_text()
     assert "Fastest: <b>b256-float32-nchw-device</b>" in page
     assert ("b1024-float32-nchw-device measured faster (1,000,000 examples/s), but while the "
             "machine was busy (other processes used 48% of the CPUs): not counted.") in page
@@ -332,12 +293,12 @@ def _energy(examples_per_s, watts):
 
 
 def test_modes_and_energy_name_the_fastest_and_the_most_frugal_cell(tmp_path):
-    rows = [_gpu_row(256, **_energy(180_000, 150), setup_s=0.05),
-            _gpu_row(256, mode="graph", **_energy(735_000, 200), setup_s=0.4),
-            _gpu_row(16384, **_energy(1_740_000, 600), setup_s=0.05),
-            _gpu_row(16384, mode="graph", **_energy(1_780_000, 640), setup_s=0.5,
+    rows = [crafted_row(256, **_energy(180_000, 150), setup_s=0.05),
+            crafted_row(256, mode="graph", **_energy(735_000, 200), setup_s=0.4),
+            crafted_row(16384, **_energy(1_740_000, 600), setup_s=0.05),
+            crafted_row(16384, mode="graph", **_energy(1_780_000, 640), setup_s=0.5,
                      prediction_note="not modelled: a CUDA graph keeps its step's memory")]
-    index = write_report(_make_run(tmp_path / "run", rows))
+    index = write_report(crafted_run(tmp_path / "run", rows))
     page = index.read_text()
     assert "Fastest: <b>b16384-float32-nchw-device-graph</b> (mode graph, 0.5 s to set up) at " \
            "1,780,000 examples/s" in page
@@ -357,8 +318,8 @@ def test_modes_and_energy_name_the_fastest_and_the_most_frugal_cell(tmp_path):
 
 def test_a_run_without_energy_figures_says_why_and_draws_no_energy_plot(tmp_path):
     note = "not measured: no RAPL package counter under /sys/class/powercap"
-    rows = [_gpu_row(b, device="cpu", energy_note=note) for b in (64, 256)]
-    index = write_report(_make_run(tmp_path / "run", rows, device="cpu", env={"cpu": "x86"}))
+    rows = [crafted_row(b, device="cpu", energy_note=note) for b in (64, 256)]
+    index = write_report(crafted_run(tmp_path / "run", rows, device="cpu", env={"cpu": "x86"}))
     page = index.read_text()
     assert f"Energy: no cell has a figure ({note})." in page
     assert "energy.png not drawn: no cell has an energy figure" in page
@@ -366,10 +327,10 @@ def test_a_run_without_energy_figures_says_why_and_draws_no_energy_plot(tmp_path
 
 
 def test_the_loader_finding_compares_a_host_cell_with_the_same_mode_on_the_device(tmp_path):
-    rows = [_gpu_row(1024, placement="host", examples_per_s=9_000.0),
-            _gpu_row(1024, examples_per_s=10_000.0),
-            _gpu_row(1024, mode="compile", examples_per_s=20_000.0)]
-    page = write_report(_make_run(tmp_path / "run", rows)).read_text()
+    rows = [crafted_row(1024, placement="host", examples_per_s=9_000.0),
+            crafted_row(1024, examples_per_s=10_000.0),
+            crafted_row(1024, mode="compile", examples_per_s=20_000.0)]
+    page = write_report(crafted_run(tmp_path / "run", rows)).read_text()
     assert "against 10,000 on device-resident data: 90% of what the step alone can do" in page
 
 

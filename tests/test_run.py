@@ -12,11 +12,21 @@ from bench.grid import Config
 from bench.outcome import Outcome
 from bench.runner import Runner
 from bench.worker import Worker, WorkerSpec
-from helpers import CPU_SYNTHETIC, NO_GPU, rows_of, run_module, start_grid_and_wait_for_a_row
+from helpers import (
+    CPU_ENV,
+    CPU_SYNTHETIC,
+    crafted_cpu_row,
+    crafted_run,
+    rows_of,
+    run_main,
+    run_module,
+    start_grid_and_wait_for_a_row,
+)
 
 SYNTHETIC = CPU_SYNTHETIC
 
 
+@pytest.mark.e2e
 def test_smoke_grid_end_to_end(tmp_path):
     out = tmp_path / "run"
     result = run_module("bench.run", "--grid", "smoke", "--out", str(out), *SYNTHETIC)
@@ -38,6 +48,8 @@ def test_smoke_grid_end_to_end(tmp_path):
     assert "fastest cells:" in result.stdout
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
     out = tmp_path / "run"
     result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
@@ -60,6 +72,7 @@ def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
         assert row["energy_note"].startswith("not measured: ")
 
 
+@pytest.mark.e2e
 def test_a_compile_that_fails_is_an_error_row_and_the_grid_goes_on(tmp_path):
     out = tmp_path / "run"
     # a real failure: inductor finds no working C++ compiler (and no cached kernel to reuse)
@@ -78,10 +91,10 @@ def test_a_compile_that_fails_is_an_error_row_and_the_grid_goes_on(tmp_path):
         assert by_key[f"b{batch}-float32-nchw-device"]["status"] == "ok"
 
 
-def test_dry_run_json_lists_cells_with_predictions(tmp_path):
-    result = run_module("bench.run", "--grid", "smoke", "--dry-run", "--json",
-                        "--memory-cap", "100MiB", "--set", "batch_size=64,8192", *SYNTHETIC,
-                        cwd=tmp_path, env=NO_GPU)
+def test_dry_run_json_lists_cells_with_predictions(tmp_path, no_gpu):
+    result = run_main("bench.run", "--grid", "smoke", "--dry-run", "--json",
+                      "--memory-cap", "100MiB", "--set", "batch_size=64,8192", *SYNTHETIC,
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)  # standard output is the JSON alone; notices go to stderr
     assert "no GPU: grid 'smoke' runs CPU-sized settings" in result.stderr
@@ -93,9 +106,9 @@ def test_dry_run_json_lists_cells_with_predictions(tmp_path):
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
-def test_dry_run_plans_for_a_gpu_that_is_not_here(tmp_path):
-    result = run_module("bench.run", "--dry-run", "--json", "--device", "cuda",
-                        "--memory-cap", "80GiB", cwd=tmp_path, env=NO_GPU)
+def test_dry_run_plans_for_a_gpu_that_is_not_here(tmp_path, no_gpu):
+    result = run_main("bench.run", "--dry-run", "--json", "--device", "cuda",
+                      "--memory-cap", "80GiB", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert "planning for a GPU that is not here, with 80.0 GiB" in result.stderr
@@ -114,15 +127,15 @@ def test_dry_run_plans_for_a_gpu_that_is_not_here(tmp_path):
     assert boundaries["float32-nchw-graph"] is None
     # about 57 KiB a sample at float32 (DESIGN.md measured b1,048,576 in 59.7 GiB)
     assert 1_000_000 < boundaries["float32-nchw"] < 2_000_000
-    text = run_module("bench.run", "--dry-run", "--device", "cuda", "--memory-cap", "24GiB",
-                      cwd=tmp_path, env=NO_GPU)
+    text = run_main("bench.run", "--dry-run", "--device", "cuda", "--memory-cap", "24GiB",
+                    cwd=tmp_path)
     assert text.returncode == 0, text.stderr
     assert "predicted OOM boundary (largest batch) against the 24.0 GiB cap:" in text.stdout
     assert not (tmp_path / "runs").exists()
 
 
-def test_dry_run_for_a_gpu_that_is_not_here_needs_its_size(tmp_path):
-    result = run_module("bench.run", "--dry-run", "--device", "cuda", cwd=tmp_path, env=NO_GPU)
+def test_dry_run_for_a_gpu_that_is_not_here_needs_its_size(tmp_path, no_gpu):
+    result = run_main("bench.run", "--dry-run", "--device", "cuda", cwd=tmp_path)
     assert result.returncode == 2
     assert "give its memory with --memory-cap, e.g. --memory-cap 80GiB" in result.stderr
 
@@ -134,11 +147,11 @@ def test_dry_run_for_a_gpu_that_is_not_here_needs_its_size(tmp_path):
     (["--set", "batch_size=0"], "'0' is not a batch size"),
     (["--memory-cap", "lots"], "'lots' is not a size; write it like 2GiB"),
     (["--repeats", "3"], "--repeats 3: at least 5 are needed"),
-    (["--set", "mode=graph"], "nothing to run on cpu: skipped 24 cells: mode graph needs a CUDA "
+    (["--set", "mode=graph"], "nothing to run on cpu: skipped 20 cells: mode graph needs a CUDA "
                               "device (b64-float32-nchw-device-graph, "),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
-    result = run_module("bench.run", *args, "--out", str(tmp_path / "run"), *SYNTHETIC)
+    result = run_main("bench.run", *args, "--out", tmp_path / "run", *SYNTHETIC)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"python -m bench.run: error: "
                                                   f"{result.stderr.split('error: ', 1)[1].strip()}"]
@@ -146,9 +159,9 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_cuda_without_a_gpu(tmp_path):
-    result = run_module("bench.run", "--device", "cuda", "--out", str(tmp_path / "r"),
-                        "--data", "synthetic", env=NO_GPU)
+def test_cuda_without_a_gpu(tmp_path, no_gpu):
+    result = run_main("bench.run", "--device", "cuda", "--out", tmp_path / "r", "--data",
+                      "synthetic")
     assert result.returncode == 2 and "needs a CUDA GPU, but none is visible" in result.stderr
     assert not (tmp_path / "r").exists()
 
@@ -157,35 +170,34 @@ def test_cuda_without_a_gpu(tmp_path):
 def test_unwritable_out_as_non_root(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    result = run_module("bench.run", "--grid", "smoke", "--out", str(locked / "r"), *SYNTHETIC)
+    result = run_main("bench.run", "--grid", "smoke", "--out", locked / "r", *SYNTHETIC)
     assert result.returncode == 2 and "choose a writable --out" in result.stderr
 
 
 def test_unwritable_out(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = run_module("bench.run", "--grid", "smoke", "--out", str(blocker / "run"),
-                        *SYNTHETIC)
+    result = run_main("bench.run", "--grid", "smoke", "--out", blocker / "run", *SYNTHETIC)
     assert result.returncode == 2
     assert "cannot write the run directory" in result.stderr and "writable --out" in result.stderr
 
 
 def test_resume_needs_a_run_directory(tmp_path):
-    result = run_module("bench.run", "--resume", str(tmp_path), *SYNTHETIC)
+    result = run_main("bench.run", "--resume", tmp_path, *SYNTHETIC)
     assert result.returncode == 2 and "is not a run directory (no plan.json)" in result.stderr
 
 
 def test_out_that_holds_a_run_is_refused(tmp_path):
-    out = tmp_path / "run"
-    args = ["bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
-            "placement=device", "--out", str(out), *SYNTHETIC]
-    assert run_module(*args).returncode == 0
+    out = crafted_run(tmp_path / "run", [crafted_cpu_row(64)], device="cpu", env=CPU_ENV)
     before = (out / "results.jsonl").read_text()
-    result = run_module(*args)
+    result = run_main("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+                      "placement=device", "--out", out, *SYNTHETIC)
     assert result.returncode == 2 and f"--resume {out}" in result.stderr
     assert (out / "results.jsonl").read_text() == before
 
 
+@pytest.mark.e2e
+@pytest.mark.core
 def test_a_real_oom_under_a_memory_cap_backs_off(tmp_path):
     """The CPU cap is an address-space rlimit: allocations past it fail for real."""
     out = tmp_path / "capped"
@@ -202,6 +214,8 @@ def test_a_real_oom_under_a_memory_cap_backs_off(tmp_path):
     assert row["batch_size"] == tried[-1] and row["examples_per_s"] > 0
 
 
+@pytest.mark.e2e
+@pytest.mark.core
 def test_kill_9_loses_at_most_the_cell_in_flight_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
     proc = start_grid_and_wait_for_a_row(out, stdout=subprocess.DEVNULL,
@@ -230,6 +244,7 @@ def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
     assert alive.status == "ok" and alive.examples_per_s > 0
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     proc = start_grid_and_wait_for_a_row(out, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -243,6 +258,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert 1 <= len(rows) < 4
 
 
+@pytest.mark.e2e
 def test_a_cell_past_its_time_limit_costs_one_row(tmp_path):
     out = tmp_path / "slow"
     # b65536 takes over 30 s here (nine steps of about 3.6 s); b64 about 1.5 s, and a worker
@@ -264,6 +280,7 @@ def test_a_boundary_trial_whose_worker_cannot_start_is_a_finding(tmp_path):
     assert "the worker could not start: DataError" in attempt.error
 
 
+@pytest.mark.e2e
 def test_a_boundary_search_under_a_tiny_cap_still_ends_in_a_summary(tmp_path):
     out = tmp_path / "run"
     result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",

@@ -1,9 +1,11 @@
 """bench.run against what users and machines do to it: a second process on a run, a resume that
 does not match, a full disk, SIGTERM and SIGHUP, hostile values, tight caps, stuck workers."""
 
+import json
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,17 +21,20 @@ from bench.runner import Runner
 from bench.worker import WorkerSpec
 from helpers import (
     CPU_SYNTHETIC,
+    ONE_CELL,
     ROOT,
+    crafted_cpu_row,
     one_line_error,
     rows_of,
+    run_main,
     run_module,
     start_grid_and_wait_for_a_row,
 )
 
-ONE_CELL = ["--grid", "smoke", "--set", "batch_size=64", "--set", "placement=device"]
 ROW_BYTES = 1900  # about what one row of results.jsonl takes, a CPU row at schema 3
 
 
+@pytest.mark.e2e
 def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     # cells long enough (seconds each) that the first run is still live when the second starts
@@ -53,29 +58,30 @@ def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(tmp_path):
     (["--set", "batch_size=128"], "--set"),
     (["--memory-cap", "1GiB", "--device", "cpu"], "--device, --memory-cap"),
 ])
-def test_resume_with_plan_options_says_what_it_keeps(tmp_path, extra, named):
+def test_resume_with_plan_options_says_what_it_keeps(one_cell_run, tmp_path, extra, named):
     out = tmp_path / "run"
-    assert run_module("bench.run", *ONE_CELL, "--out", str(out), *CPU_SYNTHETIC).returncode == 0
-    result = run_module("bench.run", "--resume", str(out), *extra)
+    shutil.copytree(one_cell_run, out)
+    result = run_main("bench.run", "--resume", out, *extra)
     assert result.returncode == 2
     assert one_line_error(result).endswith(
         f"--resume carries on {out} with its own plan (grid 'smoke' on cpu); drop {named}, "
         f"or start a new run")
 
 
-def test_resume_refuses_a_directory_that_mixes_two_runs(tmp_path):
-    out, other = tmp_path / "run", tmp_path / "other"
-    for path, batch in ((out, "64"), (other, "128")):
-        args = ["--grid", "smoke", "--set", f"batch_size={batch}", "--set", "placement=device"]
-        assert run_module("bench.run", *args, "--out", str(path), *CPU_SYNTHETIC).returncode == 0
-    with (out / "results.jsonl").open("a") as f:
-        f.write((other / "results.jsonl").read_text())
-    result = run_module("bench.run", "--resume", str(out))
+def test_resume_refuses_a_directory_that_mixes_two_runs(one_cell_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(one_cell_run, out)
+    (stored,) = rows_of(out)
+    other = crafted_cpu_row(128, model_fingerprint=stored["model_fingerprint"])
+    with (out / "results.jsonl").open("a") as f:  # a row of another run's cell
+        f.write(json.dumps(other) + "\n")
+    result = run_main("bench.run", "--resume", out)
     assert result.returncode == 2
     assert "holds 1 rows of cells that plan.json does not plan (such as " \
            "b128-float32-nchw-device): it mixes two runs" in one_line_error(result)
 
 
+@pytest.mark.e2e
 def test_a_full_disk_stops_with_the_rows_kept_and_the_resume_command(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set", "batch_size=32,64",
@@ -99,6 +105,7 @@ def test_a_full_disk_stops_with_the_rows_kept_and_the_resume_command(tmp_path):
     assert len(rows_of(out)) == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, signum, status):
     out = tmp_path / "run"
@@ -154,12 +161,13 @@ def _alive(pid) -> bool:
      "--set batch_size is given twice; give its values once: --set batch_size=v1,v2"),
 ])
 def test_values_that_cannot_work_are_refused_at_the_command_line(tmp_path, args, message):
-    result = run_module("bench.run", *args, *CPU_SYNTHETIC, cwd=tmp_path)
+    result = run_main("bench.run", *args, *CPU_SYNTHETIC, cwd=tmp_path)
     assert result.returncode == 2
     assert message in one_line_error(result)
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.e2e
 def test_every_cell_failing_exits_1_and_says_so(tmp_path):
     """Under an 8 MiB cap LeNet cannot train even at batch 1: each cell is an OOM."""
     out = tmp_path / "run"

@@ -15,7 +15,7 @@ import pytest
 
 from bench import slurm as executor
 from bench import store
-from helpers import ROOT, one_line_error, rows_of, run_module
+from helpers import ROOT, one_line_error, rows_of, run_main, run_module
 
 # CPU cells on synthetic data, so the suite means the same wherever a GPU is visible
 CPU_CELLS = ["--grid", "smoke", "--device", "cpu", "--data", "synthetic"]
@@ -67,6 +67,9 @@ def _all_rows(out: Path) -> list[dict]:
     return store.read_run(out)[0]
 
 
+@pytest.mark.slurm
+@pytest.mark.e2e
+@pytest.mark.core
 def test_a_smoke_grid_through_slurm_matches_a_local_run_cell_for_cell(tmp_path, slurm):
     local = run_module("bench.run", *CPU_CELLS, "--no-report", "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
@@ -104,6 +107,8 @@ def _job_of(out: Path) -> str:
     return json.loads((out / "slurm.json").read_text())["submissions"][-1]["array_job_id"]
 
 
+@pytest.mark.slurm
+@pytest.mark.e2e
 def test_a_cancelled_job_costs_its_unfinished_cells_and_resume_completes_the_run(tmp_path,
                                                                                 slurm):
     out = tmp_path / "run"
@@ -135,6 +140,8 @@ def test_a_cancelled_job_costs_its_unfinished_cells_and_resume_completes_the_run
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.slurm
+@pytest.mark.e2e
 def test_a_job_past_its_time_limit_costs_its_unfinished_cells_with_slurms_reason(tmp_path,
                                                                                  slurm):
     out = tmp_path / "run"
@@ -148,6 +155,8 @@ def test_a_job_past_its_time_limit_costs_its_unfinished_cells_with_slurms_reason
     assert all("ended (TIMEOUT" in r["error"] for r in ended), ended[0]["error"]
 
 
+@pytest.mark.slurm
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, words", [
     (["--partition", "nope"], "Slurm refused the job: sbatch: error: invalid partition "
                               "specified: nope; fix that, then submit with: "),
@@ -169,17 +178,13 @@ def test_options_slurm_refuses_are_one_line_and_exit_2(tmp_path, slurm, args, wo
     (["--executor", "slurm", "--devices", "cpu,cpu"], "--devices is for this machine's GPUs"),
 ])
 def test_slurm_options_that_cannot_work_are_refused_before_submitting(tmp_path, args, words):
-    result = run_module("bench.run", *CPU_CELLS, *args, "--out", str(tmp_path / "r"))
+    result = run_main("bench.run", *CPU_CELLS, *args, "--out", tmp_path / "r")
     assert words in one_line_error(result)
 
 
-def test_without_submitit_the_slurm_executor_says_what_to_install(tmp_path):
-    # submitit made unimportable, as where the extra is not installed
-    argv = [*CPU_CELLS, "--executor", "slurm", "--out", str(tmp_path / "r")]
-    code = ("import sys; sys.modules['submitit'] = None; from bench.run import main; "
-            f"sys.exit(main({argv!r}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+def test_without_submitit_the_slurm_executor_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", None)  # unimportable, as without the extra
+    result = run_main("bench.run", *CPU_CELLS, "--executor", "slurm", "--out", tmp_path / "r")
     assert ("--executor slurm needs submitit: pip install 'lenet-bench[slurm]'"
             in one_line_error(result))
 

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from helpers import needs_real_data, one_line_error, run_module
+from helpers import needs_real_data, one_line_error, run_main, run_module
 from lenet.data import synthetic_tensors
 from lenet.model import build_lenet
 from lenet.train import TrainStep, build_step
@@ -51,24 +51,24 @@ def test_unknown_dtype_is_refused():
         TrainStep(build_lenet(), lr=0.1, dtype="float8")
 
 
-def test_cuda_without_a_gpu_is_one_line_with_the_fix():
-    line = one_line_error(run_module("lenet.train", "--device", "cuda",
-                                      env={"CUDA_VISIBLE_DEVICES": ""}))
+def test_cuda_without_a_gpu_is_one_line_with_the_fix(no_gpu):
+    line = one_line_error(run_main("lenet.train", "--device", "cuda"))
     assert "--device cuda needs a CUDA GPU, but none is visible" in line
     assert line.endswith("use --device cpu")
 
 
 def test_negative_batch_size_is_one_line():
-    line = one_line_error(run_module("lenet.train", "--batch-size", "-5"))
+    line = one_line_error(run_main("lenet.train", "--batch-size", "-5"))
     assert line == "python -m lenet.train: error: argument --batch-size: -5 must be at least 1"
 
 
-def test_missing_data_root_is_one_line_with_the_fix(tmp_path):
-    line = one_line_error(run_module("lenet.train", "--data-root", str(tmp_path),
-                                      env={"LENET_BENCH_CACHE": str(tmp_path / "cache")}))
+def test_missing_data_root_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENET_BENCH_CACHE", str(tmp_path / "cache"))
+    line = one_line_error(run_main("lenet.train", "--data-root", tmp_path))
     assert "Fashion-MNIST not found" in line and "apt-get install dataset-fashion-mnist" in line
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @needs_real_data
 def test_ten_epochs_reach_the_notebooks_accuracy():
