@@ -31,6 +31,7 @@ class Boundary:
     trials: list[Attempt] = field(default_factory=list)
     predicted_max_batch: int | None = None
     gpu_name: str | None = None  # the card model searched on: one search per model in a pool
+    search_s: float | None = None  # the search's wall time, every trial's worker included
 
     def as_dict(self) -> dict:
         """As stored: flat, the cell's settings (but its batch) beside the search's findings."""

@@ -21,7 +21,7 @@ import torch
 
 from bench import memory
 from bench.contention import Contention, ContentionWatch
-from bench.energy import Energy, EnergyMeter, RaplCounter
+from bench.energy import Energy, meter_for
 from bench.grid import Config
 from bench.memory import AllocatorPeaks
 from bench.models import build_model
@@ -96,6 +96,7 @@ class Measured:
     contention: Contention
     energy: Energy
     setup_s: float  # building the step and the warm-up: compiling and capturing included
+    sizing_s: float  # the blocks of steps that sized the repeats
     start_rss_bytes: int | None  # the resident set as the attempt began
     tracked_peak_bytes: int | None  # CPU only: live tensor bytes over one step
     loss_first: float
@@ -111,16 +112,21 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     setup_began = time.perf_counter()
     step, batches = _prepare(config, batch_size, data, settings)
     try:
-        # losses are read at once: a CUDA graph's outputs are overwritten by its next step
-        first_loss = float(step(*next(batches))[0])
+        # losses are read at once: a CUDA graph's outputs are overwritten by its next step. A
+        # graphed step's first call trains a few steps before the one it returns: its own
+        # first loss is the one before any training
+        loss = step(*next(batches))[0]
+        first_loss = float(getattr(step, "first_loss", loss))
         for _ in range(warmup_steps_for(config, settings) - 1):
             step(*next(batches))
         synchronize(device)
         setup_s = time.perf_counter() - setup_began
+        sizing_began = time.perf_counter()
         steps = steps_per_repeat(lambda n: timed_steps(step, batches, n, device)[0], settings)
+        sizing_s = time.perf_counter() - sizing_began
         repeat_s = []
         watch = ContentionWatch(nvml)
-        meter = EnergyMeter(nvml, None if nvml is not None else RaplCounter.find())
+        meter = meter_for(device.type, nvml)
         synchronize(device)  # the window holds the timed repeats' work and nothing before it
         watch.start()
         meter.start()
@@ -143,7 +149,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     finally:
         batches.close()  # stops the DataLoader's workers now, not at garbage collection
     return Measured(Measurement(tuple(repeat_s), steps, batch_size), peaks, contention, energy,
-                    setup_s, start_rss, tracked, first_loss, last_loss)
+                    setup_s, sizing_s, start_rss, tracked, first_loss, last_loss)
 
 
 def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:
@@ -191,14 +197,15 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
         measured, attempts = run_with_backoff(
             lambda batch: measure(config, batch, data, settings, nvml), config.batch_size,
             release=lambda: memory.release(device), policy=functools.partial(halve, floor=floor))
+    # this process's share as the driver sees it, the allocator's cache still held: before
+    # settled_bytes empties it
+    process_used, process_note = _process_used_bytes(nvml) if nvml is not None else (None, None)
     healthy = memory.settled_bytes(device) <= baseline
     last: Attempt = attempts[-1]
     row = Row(config, data.source, status_of(attempts), attempts=attempts, started_at=started_at,
               **({"batch_size": last.batch_size} if last.outcome == Outcome.OK else
                  {"error_kind": last.outcome, "error": last.error}))
     if sampler is not None:
-        # this process's share as the driver sees it, the allocator's cache still held
-        process_used, process_note = _process_used_bytes(nvml)
         row.nvml_peak_used_bytes = sampler.peak
         row.nvml_process_used_bytes = process_used
         row.nvml_note = sampler.error or process_note
@@ -213,6 +220,7 @@ def _record(row: Row, measured: Measured) -> None:
         setattr(row, name, value)
     row.contention = measured.contention
     row.setup_s = measured.setup_s
+    row.sizing_s = measured.sizing_s
     energy, examples = measured.energy, measured.measurement.examples
     row.energy_j_per_1000_examples = energy.per_1000_examples_j(examples)
     row.mean_power_w = energy.mean_power_w

@@ -51,6 +51,8 @@ class CellChange:
     base: dict
     new: dict
     failures: list = field(default_factory=list)
+    # the two sides' energy methods where they differ: those figures are not compared
+    energy_methods: tuple[str, str] | None = None
 
     def ratio(self, name: str) -> float | None:
         a, b = self.base[name], self.new[name]
@@ -241,6 +243,11 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float,
                 f"({after / before - 1:+.1%}), past the {max_memory_growth:.0%} allowed")
     before, after = b[ENERGY_FIELD], n[ENERGY_FIELD]
     if max_energy_growth is not None and before and after is not None \
+            and b["energy_method"] != n["energy_method"]:
+        # a card's counter, its power samples and the CPU packages' counter measure different
+        # things: a change between them says nothing of the code
+        change.energy_methods = (b["energy_method"], n["energy_method"])
+    elif max_energy_growth is not None and before and after is not None \
             and after - before > max_energy_growth * before:
         change.failures.append(
             f"{ENERGY_FIELD} grew from {before:,.3g} J to {after:,.3g} J "
@@ -258,6 +265,13 @@ def busy_notes(changes: list[CellChange], base_name: str, new_name: str) -> list
                              f"({'; '.join(row['busy_reasons'])}): its speed is not vouched "
                              f"for; on a shared machine gate speed with python -m bench.ab")
     return notes
+
+
+def method_notes(changes: list[CellChange], base_name: str, new_name: str) -> list[str]:
+    """A line for each cell whose energy the two sides measured in different ways."""
+    return [f"note: {c.key}'s energy was measured by {a} in {base_name} and by {b} in "
+            f"{new_name}: not compared" for c in changes if c.energy_methods
+            for a, b in [c.energy_methods]]
 
 
 def table_lines(changes: list[CellChange]) -> list[str]:
@@ -307,7 +321,8 @@ def main(argv=None) -> int:
     for c in failing:
         for failure in c.failures:
             print(f"REGRESSION {c.key}: {failure}")
-    for line in busy_notes(changes, base.name, new.name):
+    for line in busy_notes(changes, base.name, new.name) + method_notes(changes, base.name,
+                                                                         new.name):
         print(line)
     lost = [] if args.allow_missing else only_base
     for key in only_base:

@@ -40,6 +40,9 @@ class Energy:
         return None if self.joules is None else 1000 * self.joules / examples
 
 
+RAPL_ROOT = Path("/sys/class/powercap")
+
+
 class RaplCounter:
     """The CPU packages' energy, summed over packages, from the kernel's powercap interface. It
     counts everything the packages ran, other processes included, and wraps at its range."""
@@ -48,7 +51,7 @@ class RaplCounter:
         self._domains = domains
 
     @classmethod
-    def find(cls, root: Path = Path("/sys/class/powercap")) -> RaplCounter | str:
+    def find(cls, root: Path = RAPL_ROOT) -> RaplCounter | str:
         """The counter, or why there is none (recent kernels let only root read it)."""
         packages = [d for d in sorted(root.glob("intel-rapl:*"))
                     if d.name.count(":") == 1 and (d / "name").is_file()
@@ -172,3 +175,15 @@ class EnergyMeter:
         if self._integral.error is not None:
             raise RuntimeError(self._integral.error)
         return self._integral.joules
+
+
+def meter_for(device_type: str, nvml, rapl_root: Path = RAPL_ROOT) -> EnergyMeter:
+    """The meter of a cell: its card's, through the NVML reader where there is one; for a CUDA
+    cell without one, nothing (the CPU packages' counter would not be the card's energy); for a
+    CPU cell, RAPL where the kernel allows."""
+    if nvml is not None:
+        return EnergyMeter(nvml)
+    if device_type == "cuda":
+        return EnergyMeter(None, "NVML cannot read this card, and the CPU packages' counter "
+                                 "(RAPL) would not be the card's energy")
+    return EnergyMeter(None, RaplCounter.find(rapl_root))

@@ -32,6 +32,11 @@ class Row:
     steps_per_repeat: int | None = None
     repeat_s: list[float] = field(default_factory=list)
     setup_s: float | None = None  # building the step and warming up: compile or capture included
+    sizing_s: float | None = None  # the blocks of steps that sized the repeats
+    # starting the worker this cell needed (interpreter, imports, data, a first step), and the
+    # data's share of it; None where a worker was already running
+    worker_start_s: float | None = None
+    data_load_s: float | None = None
     # what else the machine did during the timed repeats
     contention: Contention | None = None
     # memory: allocator, NVML device-wide and per process, the worker's resident set, prediction

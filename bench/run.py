@@ -18,6 +18,7 @@ bad input; 128 + the signal's number when a signal stopped it (130 for Ctrl-C, 1
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from bench.doctor import report
 from bench.grid import AXES, LENET, Config, GridError, grid_names
 from bench.models import ModelError
 from bench.outcome import Outcome
+from bench.phases import phase_lines, phases
 from bench.pool import Pool
 from bench.predict import model_for, unmodelled
 from bench.runner import Runner
@@ -270,7 +272,22 @@ def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple
     return todo
 
 
+def _process_age_s() -> float | None:
+    """Seconds since this process started, from Linux's /proc; None elsewhere."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime_s - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# the interpreter's start and the imports above, paid before main() runs
+_STARTED_S = _process_age_s()
+
+
 def _run(args) -> int:
+    began = time.monotonic()
     plan, cells, run_dir, resumed = _open_plan(args)
     device = torch.device(plan["device"])
     _announce(plan, device, resumed)
@@ -304,7 +321,8 @@ def _run(args) -> int:
                            cells, plan, capacity, run_dir)
         if stopped is not None:
             return stopped
-        return _finish(run_dir, len(todo), time.monotonic() - start, args.no_report)
+        return _finish(run_dir, len(todo), time.monotonic() - start, args.no_report,
+                       planning_s=start - began)
 
 
 def _measure(pool: Pool, todo: list[tuple], cells: list[Config], plan: dict,
@@ -438,15 +456,25 @@ def _wait_for_tasks(run_dir: Path, plan: dict, cells: list[Config],
         store.append_row(run_dir / store.RESULTS, row.as_dict())
 
 
-def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool) -> int:
-    """The summary, the report, and the exit status: 1 where no cell produced a figure."""
+def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool,
+            planning_s: float | None = None) -> int:
+    """The summary, the report, where the time went, and the exit status: 1 where no cell
+    produced a figure."""
     results = run_dir / store.RESULTS
     rows, warnings = store.read_run(run_dir)
     boundary_rows, _ = store.read_run_boundaries(run_dir)
     print("\n".join(warnings + _summary(rows, boundary_rows)))
     print(f"{ran} cells in {elapsed_s:.0f} s; results: {results}")
+    more = {}
+    if planning_s is not None:
+        if _STARTED_S is not None:
+            more["starting the command (interpreter, imports)"] = _STARTED_S
+        more["planning (the grid, the memory model, the checks)"] = planning_s
     if not no_report:
+        began = time.monotonic()
         _write_report(run_dir)
+        more["the report"] = time.monotonic() - began
+    print("\n".join(phase_lines(phases(rows, boundary_rows), more, _process_age_s())))
     if not any(r["examples_per_s"] for r in rows):
         print("no cell produced a figure: every cell failed (the errors are above and in "
               f"{results})", file=sys.stderr)
@@ -491,8 +519,10 @@ def search_boundary(runner: Runner, job: tuple[Config, str | None], cells: list[
     config, gpu_name = job
     boundary = Boundary(config, predicted_max_batch=model_for(config).max_batch(capacity)
                         if capacity and not unmodelled(config) else None, gpu_name=gpu_name)
+    began = time.monotonic()
     find_max_batch(lambda batch: runner.trial(replace(config, batch_size=batch), batch),
                    boundary, min(c.batch_size for c in cells), plan["boundary_limit"], budget_s)
+    boundary.search_s = time.monotonic() - began
     return boundary
 
 

@@ -21,6 +21,7 @@ class Runner:
         self.where = where or {}
         self.worker: Worker | None = None
         self.nvml_before: dict = {}
+        self._new_worker = False  # a worker started for the next cell, its start not yet on a row
 
     def _nvml_snapshot(self) -> dict:
         """Device-wide memory before the worker's CUDA context exists: the baseline."""
@@ -41,6 +42,7 @@ class Runner:
             # the cell's time limit covers the worker's start: a worker stopped while starting
             # holds the cell no longer than one that stops while training
             self.worker = Worker(self.spec, start_timeout_s=self.timeout_s or 300)
+            self._new_worker = True
         return self.worker
 
     def retire_worker(self) -> None:
@@ -58,7 +60,11 @@ class Runner:
     def cell(self, config: Config, predicted: int | None,
              prediction_note: str | None = None) -> Row:
         try:
-            row, healthy = self._ensure_worker().cell(config, self.timeout_s)
+            worker = self._ensure_worker()
+            started, self._new_worker = self._new_worker, False
+            row, healthy = worker.cell(config, self.timeout_s)
+            if started:  # the cell that needed the worker carries the cost of its start
+                row.worker_start_s, row.data_load_s = worker.start_s, worker.data_load_s
         except WorkerDied as exc:
             self.worker = None
             row, healthy = _failed_row(config, self.spec.data, exc.kind, str(exc)), True
@@ -81,6 +87,7 @@ class Runner:
         """One boundary trial; a trial that fails for any reason is a finding, never a crash."""
         try:
             trial = self._ensure_worker().trial(config, batch_size, self.timeout_s)
+            self._new_worker = False  # its start is part of the search's time
         except WorkerDied as exc:
             self.worker = None
             return Attempt(batch_size, exc.kind, str(exc))

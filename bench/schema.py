@@ -2,16 +2,18 @@
 
 Version 1 rows (written before rows carried a version) lack the contention figures; version 2
 rows lack the mode (they ran eager, its default), setup_s and the energy figures; version 3 rows
-lack where they ran (host, GPU, Slurm job). Reading fills every field a row lacks with its
-default, so every reader sees every key. A row or plan from a
-newer version than this reader is refused: its fields may mean something this version cannot know.
+lack where they ran (host, GPU, Slurm job); version 4 rows and boundaries lack where their time
+went (the worker's start, the data, sizing the repeats, a search's wall time). Reading fills
+every field a row lacks with its default, so every reader sees every key. A row or plan from a
+newer version than this reader is refused: its fields may mean something this version cannot
+know.
 """
 
 from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class NewerSchemaError(ValueError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
     device = torch.device(spec.device)
     nvml = None
     try:
+        data_began = time.perf_counter()
         model = resolve(spec.model, spec.input_shape)
         if not model.is_lenet:
             data = synthetic_tensors(SYNTHETIC_SIZE, 0, model.input_shape, model.num_classes)
@@ -85,6 +87,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
             data = synthetic_tensors()
         else:
             data = real_tensors(True, spec.data_root)
+        data_load_s = time.perf_counter() - data_began
         if spec.memory_cap_bytes is not None:
             memory.apply_memory_cap(device, spec.memory_cap_bytes)
         if device.type == "cuda":
@@ -103,7 +106,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
             if not is_oom(exc):
                 raise
         memory.release(device)
-        conn.send(("ready", None))
+        conn.send(("ready", data_load_s))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what to do
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -131,6 +134,7 @@ class Worker:
     """A spawned process that runs cells one at a time."""
 
     def __init__(self, spec: WorkerSpec, start_timeout_s: float = 300):
+        began = time.perf_counter()
         context = multiprocessing.get_context("spawn")  # a fresh CUDA state, never a fork of one
         self._conn, child = context.Pipe()
         # not a daemon: its DataLoader needs worker processes of its own. If the parent dies,
@@ -142,6 +146,8 @@ class Worker:
         if kind != "ready":
             self.kill()
             raise RuntimeError(f"the worker could not start: {detail}")
+        # how long it took to answer, and the part of it that went to building the data
+        self.start_s, self.data_load_s = time.perf_counter() - began, detail
 
     def _receive(self, timeout_s: float | None):
         waited = 0.0

@@ -21,7 +21,9 @@ WARMUP_BEFORE_CAPTURE = 3
 
 class GraphedStep:
     """A TrainStep captured on its first call and replayed after. The tensors it returns are the
-    graph's static outputs: the next call overwrites them, so read them before it."""
+    graph's static outputs: the next call overwrites them, so read them before it. The first call
+    trains WARMUP_BEFORE_CAPTURE steps before the captured one; `first_loss` is the first of
+    them."""
 
     def __init__(self, step: TrainStep):
         if step.device.type != "cuda":
@@ -33,13 +35,21 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        # torch.cuda.graph captures on the current device's stream: make it the step's, or a
+        # step on cuda:1 is captured on cuda:0's stream (an empty graph, or a capture error)
+        with torch.cuda.device(self.step.device):
+            self._capture_here(images, labels)
+
+    def _capture_here(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images = images.clone(memory_format=self.step.memory_format)
         self.labels = labels.clone()
         side = torch.cuda.Stream(self.step.device)
         side.wait_stream(torch.cuda.current_stream(self.step.device))
         with torch.cuda.stream(side):
-            for _ in range(WARMUP_BEFORE_CAPTURE):
-                self.step(self.images, self.labels)
+            for n in range(WARMUP_BEFORE_CAPTURE):
+                loss, _ = self.step(self.images, self.labels)
+                if n == 0:  # the loss before any training, as an eager step's first call gives
+                    self.first_loss = loss.detach().clone()
         torch.cuda.current_stream(self.step.device).wait_stream(side)
         self.step.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()

@@ -7,6 +7,7 @@ from html import escape
 
 import pandas as pd
 
+from bench.phases import phases
 from bench.units import format_bytes
 from reports import findings
 from reports.frame import (
@@ -300,6 +301,25 @@ def comparison_table(changes, only_base, only_new) -> str:
             f"{''.join(rows)}</table><ul>{extra}</ul>")
 
 
+def _records(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts, a missing figure as None (pandas holds it as NaN)."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
+def time_table(run: Run) -> str | None:
+    """The seconds each phase of the run took, summed over its cells and searches."""
+    spent = phases(_records(run.cells), _records(run.boundaries))
+    if not spent:
+        return None
+    total = sum(spent.values())
+    rows = "".join(f"<tr><td>{escape(name)}</td><td>{seconds:,.1f}</td>"
+                   f"<td>{seconds / total:.0%}</td></tr>" for name, seconds in spent.items())
+    return ("<p>Summed over the cells and the boundary searches (workers side by side overlap); "
+            "<code>bench.run</code>'s summary adds its own start, the planning and this "
+            "page.</p><table><tr><th>phase</th><th>seconds</th><th>share</th></tr>"
+            f"{rows}</table>")
+
+
 def page(run: Run, images: list[tuple[str, str]], missing: list[str],
          comparison: str | None = None, base_name: str | None = None) -> str:
     device = device_words(run)
@@ -340,6 +360,9 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
                   "<p>Cells side by side on one machine share its memory bandwidth and, on the "
                   "CPU, its caches: compare speeds within a worker before across workers.</p>",
                   placed]
+    spent = time_table(run)
+    if spent:
+        parts += ["<h2>Where the time went</h2>", spent]
     parts += ["<h2>Every cell</h2>", cells_table(run.cells),
               "<h2>OOM boundary</h2>", boundaries_table(run), "</body></html>"]
     return "\n".join(parts)

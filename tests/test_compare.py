@@ -104,6 +104,20 @@ def test_energy_gates_only_when_asked_and_where_both_sides_measured_it(base_run,
     assert "within 5% speed and 5% memory and 10% energy" in unmeasured.stdout
 
 
+def test_energy_measured_two_ways_is_not_compared_and_says_so(base_run, tmp_path):
+    def measured(joules, method):
+        def change(row):
+            row["energy_j_per_1000_examples"], row["energy_method"] = joules, method
+        return change
+
+    base, row = _variant(base_run, tmp_path, "counter", measured(0.5, "nvml-energy-counter"))
+    new, _ = _variant(base_run, tmp_path, "samples", measured(0.9, "nvml-power-samples"))
+    result = _gate(base, new, "--max-energy-growth", "10%")
+    assert result.returncode == 0, result.stdout
+    assert (f"note: {row['key']}'s energy was measured by nvml-energy-counter in {base} and by "
+            f"nvml-power-samples in {new}: not compared") in result.stdout
+
+
 def test_two_versions_of_a_model_under_one_name_are_refused_unless_forced(base_run, tmp_path):
     def other_architecture(row):
         row["model_fingerprint"] = "0123456789ab"

@@ -14,6 +14,7 @@ from bench.energy import (
     RAPL,
     EnergyMeter,
     RaplCounter,
+    meter_for,
 )
 
 
@@ -102,6 +103,17 @@ def test_rapl_sums_the_packages_and_survives_a_wrap(tmp_path):
     assert energy.note == "the CPU packages' energy, other processes' share included"
 
 
+def test_a_cuda_cells_energy_comes_from_its_card_or_is_not_measured(tmp_path):
+    """RAPL counts the CPU packages: never a GPU cell's figure, even where NVML is missing."""
+    root = _powercap(tmp_path, [(1_000_000, 10_000_000)])
+    assert meter_for("cuda", FakeCard(), root).method == COUNTER
+    without_nvml = meter_for("cuda", None, root)
+    assert without_nvml.method is None
+    assert without_nvml.note == ("not measured: NVML cannot read this card, and the CPU "
+                                 "packages' counter (RAPL) would not be the card's energy")
+    assert meter_for("cpu", None, root).method == RAPL
+
+
 def test_no_rapl_is_not_measured_with_the_reason(tmp_path):
     energy = window(EnergyMeter(None, RaplCounter.find(tmp_path / "powercap")), 0.01)
     assert energy.joules is None and energy.method is None
@@ -162,3 +174,31 @@ def test_without_an_energy_figure_to_take_a_cell_times_just_its_repeats():
     row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
                       FakeGpuReader(250.0, counter=False, power=False))
     assert row.energy_method is None and row.repeats == settings.repeats
+
+
+def test_the_process_figure_is_read_while_the_allocators_cache_is_still_held(monkeypatch):
+    """nvml_process_used_bytes is this process's share as the driver sees it, cache included:
+    read before the cell's memory is released, or H100 and H200 figures differ by what each
+    happened to keep."""
+    import os
+
+    from bench import memory
+    from bench.cell import Settings, run_cell
+    from bench.grid import Config
+    from bench.nvml import GpuProcess
+    from lenet.data import synthetic_tensors
+
+    events = []
+    release = memory.release
+    monkeypatch.setattr(memory, "release", lambda device: (events.append("release"),
+                                                           release(device)))
+
+    class Reader(FakeGpuReader):
+        def processes(self):
+            events.append("processes")
+            return [GpuProcess(os.getpid(), 123 * 2**20, "python")]
+
+    row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512),
+                      Settings(min_repeat_s=0.01, warmup_steps=1), Reader(250.0))
+    assert row.nvml_process_used_bytes == 123 * 2**20
+    assert events[-2:] == ["processes", "release"]

@@ -347,3 +347,20 @@ def test_a_run_spread_over_workers_says_which_ran_what_and_how_fast():
     assert "<td>a</td><td>NVIDIA H100</td><td>GPU 0</td><td>2</td><td>2,000</td>" in table
     assert "<td>b</td><td>NVIDIA H200</td><td>GPU 0</td><td>1</td><td>5,000</td>" in table
     assert where_table(cells.iloc[:2]) is None  # one worker: nothing to say
+
+
+def test_the_page_says_where_the_time_went(tmp_path):
+    rows = [crafted_row(64, worker_start_s=6.0, data_load_s=1.5, setup_s=1.0, sizing_s=0.5,
+                        wall_s=3.0),
+            crafted_row(256, setup_s=1.0, sizing_s=0.5, wall_s=3.0)]
+    boundaries = [{"key": "float32-nchw", "dtype": "float32", "channels_last": False,
+                   "placement": "device", "max_ok_batch": 4096, "stop_reason": "oom",
+                   "search_s": 21.0}]
+    page = write_report(crafted_run(tmp_path / "run", rows, boundaries=boundaries)).read_text()
+    section = page.split("<h2>Where the time went</h2>")[1].split("<h2>")[0]
+    # 33 s in all: 4.5 s starting the worker, 1.5 s of data, 2 s of set-up, 1 s sizing, 1 s
+    # timed (5 repeats of 0.1 s a cell), 2 s of the rest (1 s a cell) and the 21 s search
+    assert "<tr><td>starting workers (interpreter, torch, first step)</td><td>4.5</td>" \
+           "<td>14%</td></tr>" in section
+    assert "<tr><td>timed repeats</td><td>1.0</td><td>3%</td></tr>" in section
+    assert "<tr><td>boundary searches</td><td>21.0</td><td>64%</td></tr>" in section

@@ -1,0 +1,42 @@
+"""Where a run's time went, from its rows and boundary searches, figures computed by hand."""
+
+from bench.phases import phase_lines, phases
+from helpers import crafted_cpu_row
+
+
+def _row(batch, **figures):
+    return crafted_cpu_row(batch, **{"worker_start_s": None, "data_load_s": None,
+                                     "sizing_s": 0.5, "setup_s": 1.0, "repeat_s": [0.2] * 5,
+                                     "wall_s": 3.0, **figures})
+
+
+def test_each_phase_adds_up_its_cells_and_searches():
+    rows = [_row(64, worker_start_s=6.0, data_load_s=1.5), _row(256),
+            _row(1024, setup_s=11.0, wall_s=14.0)]  # a compiled cell: its setup is compiling
+    boundaries = [{"search_s": 20.0}, {"search_s": 4.5}]
+    assert phases(rows, boundaries) == {
+        "starting workers (interpreter, torch, first step)": 4.5,
+        "loading data": 1.5,
+        "building, warm-up, compiling": 13.0,
+        "sizing the repeats": 1.5,
+        "timed repeats": 3.0,
+        # 3 + 3 + 14 s in the cells, less 13 + 1.5 + 3 accounted for above
+        "rest of the cells (probes, memory tracking, OOM attempts)": 2.5,
+        "boundary searches": 24.5,
+    }
+
+
+def test_figures_an_older_run_lacks_are_left_out_not_zero():
+    older = _row(64, sizing_s=None, wall_s=None)
+    older.pop("worker_start_s"), older.pop("data_load_s")
+    got = phases([older], [{"search_s": None}])
+    assert got == {"building, warm-up, compiling": 1.0, "timed repeats": 1.0}
+
+
+def test_the_lines_give_seconds_and_shares_of_the_total_with_more_phases():
+    rows = [_row(64, worker_start_s=6.0, data_load_s=1.5)]
+    lines = phase_lines(phases(rows, []), {"planning": 2.0, "the report": 3.5}, wall_s=16.0)
+    total = 4.5 + 1.5 + 1.0 + 0.5 + 1.0 + 0.5 + 2.0 + 3.5
+    assert lines[0] == f"where the time went ({total:.1f} s in all; the command took 16.0 s):"
+    assert f"  {'starting workers (interpreter, torch, first step)':<58}     4.5 s   31%" in lines
+    assert lines[-1] == f"  {'the report':<58}     3.5 s   24%"
