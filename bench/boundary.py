@@ -4,8 +4,9 @@ Bracket the boundary, then bisect between the last batch that worked and the fir
 until they are within 1% of each other. The bracket starts at the memory model's predicted
 boundary (5% past it, then 2x, 4x... away from it, up or down, until the outcome turns); where
 there is no prediction (graph mode, a model that refuses the fake-tensor trace) it doubles from
-the grid's smallest batch. The search also stops at the batch limit (the grid's cap) or when
-its time budget is spent, and says which. Each trial is one training step.
+the grid's smallest batch, as it does where the prediction lies past the grid's batch limit. The
+search also stops at the batch limit (the grid's cap) or when its time budget is spent, and says
+which. Each trial is one training step.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: i
     def out_of_time() -> bool:
         return clock() > deadline
 
-    bracket = _from_prediction if boundary.predicted_max_batch else _by_doubling
+    # a prediction past the limit says memory will not end the search; the limit may still be
+    # out of reach in the budget (on the CPU a step at 65,536 can take a minute), so double
+    seeded = boundary.predicted_max_batch and boundary.predicted_max_batch < limit
+    bracket = _from_prediction if seeded else _by_doubling
     if not bracket(boundary, run, out_of_time, start, limit):
         return boundary
     low, high = boundary.max_ok_batch or 0, boundary.first_failed_batch
@@ -110,7 +114,7 @@ def _from_prediction(boundary: Boundary, run, out_of_time, start: int, limit: in
     where it trained, down where it did not) until the outcome turns. A prediction within 5%
     brackets the boundary in two trials; one off by 2x costs three or four. True when a
     bisection should follow."""
-    predicted = min(boundary.predicted_max_batch, limit)
+    predicted = boundary.predicted_max_batch
     grows, last = None, None  # grows: the prediction trained, so the search goes up
     factors = itertools.chain((1.0, 1.05), (2.0**k for k in itertools.count(1)))
     while True:  # ends at a return: the outcome turns, batch 1 fails, a limit is reached

@@ -58,10 +58,15 @@ def test_a_prediction_too_low_grows_to_the_batch_limit():
     assert (b.max_ok_batch, b.stop_reason) == (3000, "batch limit")
 
 
-def test_a_prediction_past_the_batch_limit_starts_at_the_limit():
+def test_a_prediction_past_the_batch_limit_doubles_toward_the_limit_within_the_budget():
+    """The CPU without a cap: the host's memory would hold far more than the grid's limit, and
+    one step at the limit can take a minute (bfloat16 at 65,536), past the whole budget."""
+    ticks = itertools.count()  # each clock reading is one second later
     trial, tried = _card(limit=10**9)
-    b = find_max_batch(trial, _predicted(10**6), start=64, limit=4096, budget_s=60)
-    assert tried == [4096] and b.stop_reason == "batch limit"
+    b = find_max_batch(trial, _predicted(10**6), start=64, limit=2**16, budget_s=3.5,
+                       clock=lambda: float(next(ticks)))
+    assert tried == [64, 128, 256]
+    assert b.stop_reason == "time budget" and b.max_ok_batch == 256
 
 
 def test_when_even_batch_1_fails_the_search_says_so():
