@@ -70,6 +70,21 @@ def _all_rows(out: Path) -> list[dict]:
 @pytest.mark.slurm
 @pytest.mark.e2e
 @pytest.mark.core
+def test_one_cell_goes_through_slurm_and_comes_back_as_a_row(tmp_path, slurm):
+    out = tmp_path / "run"
+    result = _bench(slurm, *CPU_CELLS, "--set", "batch_size=64", "--set", "placement=device",
+                    "--executor", "slurm", "--no-report", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "submitted Slurm job" in result.stderr and "1 tasks for 1 cells" in result.stderr
+    (row,) = _all_rows(out)
+    assert row["key"] == "b64-float32-nchw-device" and row["status"] == "ok"
+    assert row["slurm_job_id"] and row["examples_per_s"] > 0
+    assert row["host"] == os.uname().nodename
+    assert rows_of(out) == []  # the task wrote it into its own part file
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
 def test_a_smoke_grid_through_slurm_matches_a_local_run_cell_for_cell(tmp_path, slurm):
     local = run_module("bench.run", *CPU_CELLS, "--no-report", "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
