@@ -45,6 +45,14 @@ def single(device: str) -> list[Slot]:
     return [Slot(device)]
 
 
+def parent_device(slots: list[Slot]) -> str:
+    """The run's device as this process numbers it: the first listed card (a pooled worker sees
+    its own card as cuda:0; the parent's cuda:0 may be a card the run never uses). The run's
+    capacity and env.json are read from it."""
+    first = slots[0]
+    return first.device if first.gpu_index is None else f"cuda:{first.gpu_index}"
+
+
 def from_plan(plan: dict) -> list[Slot]:
     """The slots a stored plan names (as JSON, cores are a list), or its one device."""
     if not plan.get("devices"):

@@ -282,14 +282,15 @@ def _process_age_s() -> float | None:
         return None
 
 
-# the interpreter's start and the imports above, paid before main() runs
-_STARTED_S = _process_age_s()
+# the interpreter's start and the imports above, paid before main() runs: known where this
+# module is the program (python -m bench.run), not where another imported it
+_STARTED_S = _process_age_s() if __name__ == "__main__" else None
 
 
 def _run(args) -> int:
     began = time.monotonic()
     plan, cells, run_dir, resumed = _open_plan(args)
-    device = torch.device(plan["device"])
+    device = torch.device(placing.parent_device(placing.from_plan(plan)))
     _announce(plan, device, resumed)
     capacity, capacity_words = planning.capacity_bytes(device, plan["memory_cap_bytes"])
     planned = planning.plan_rows(cells, capacity)

@@ -155,6 +155,13 @@ def test_a_stopped_pool_keeps_its_rows_and_resumes_to_the_end(tmp_path):
     assert len(keys) == 4 == len(set(keys))
 
 
+def test_a_pooled_run_reads_its_capacity_from_the_first_listed_card_not_the_parents_gpu_0():
+    pooled = [devices.Slot("cuda:0", 2, "2"), devices.Slot("cuda:0", 3, "3")]  # --devices 2,3
+    assert devices.parent_device(pooled) == "cuda:2"
+    assert devices.parent_device(devices.single("cuda:1")) == "cuda:1"
+    assert devices.parent_device(devices.parse("2xcpu", 0, [0, 1])) == "cpu"
+
+
 def test_a_plans_devices_read_back_as_the_slots_it_was_written_with():
     import json
     from dataclasses import asdict
