@@ -242,13 +242,13 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float,
                 f"{name} grew from {format_bytes(before)} to {format_bytes(after)} "
                 f"({after / before - 1:+.1%}), past the {max_memory_growth:.0%} allowed")
     before, after = b[ENERGY_FIELD], n[ENERGY_FIELD]
-    if max_energy_growth is not None and before and after is not None \
-            and b["energy_method"] != n["energy_method"]:
+    if max_energy_growth is None or not before or after is None:
+        return
+    if b["energy_method"] != n["energy_method"]:
         # a card's counter, its power samples and the CPU packages' counter measure different
         # things: a change between them says nothing of the code
         change.energy_methods = (b["energy_method"], n["energy_method"])
-    elif max_energy_growth is not None and before and after is not None \
-            and after - before > max_energy_growth * before:
+    elif after - before > max_energy_growth * before:
         change.failures.append(
             f"{ENERGY_FIELD} grew from {before:,.3g} J to {after:,.3g} J "
             f"({after / before - 1:+.1%}), past the {max_energy_growth:.0%} allowed")

@@ -21,7 +21,6 @@ class Runner:
         self.where = where or {}
         self.worker: Worker | None = None
         self.nvml_before: dict = {}
-        self._new_worker = False  # a worker started for the next cell, its start not yet on a row
 
     def _nvml_snapshot(self) -> dict:
         """Device-wide memory before the worker's CUDA context exists: the baseline."""
@@ -42,7 +41,6 @@ class Runner:
             # the cell's time limit covers the worker's start: a worker stopped while starting
             # holds the cell no longer than one that stops while training
             self.worker = Worker(self.spec, start_timeout_s=self.timeout_s or 300)
-            self._new_worker = True
         return self.worker
 
     def retire_worker(self) -> None:
@@ -60,10 +58,10 @@ class Runner:
     def cell(self, config: Config, predicted: int | None,
              prediction_note: str | None = None) -> Row:
         try:
+            started = self.worker is None  # this cell needs a worker: it carries the start
             worker = self._ensure_worker()
-            started, self._new_worker = self._new_worker, False
             row, healthy = worker.cell(config, self.timeout_s)
-            if started:  # the cell that needed the worker carries the cost of its start
+            if started:
                 row.worker_start_s, row.data_load_s = worker.start_s, worker.data_load_s
         except WorkerDied as exc:
             self.worker = None
@@ -87,7 +85,6 @@ class Runner:
         """One boundary trial; a trial that fails for any reason is a finding, never a crash."""
         try:
             trial = self._ensure_worker().trial(config, batch_size, self.timeout_s)
-            self._new_worker = False  # its start is part of the search's time
         except WorkerDied as exc:
             self.worker = None
             return Attempt(batch_size, exc.kind, str(exc))

@@ -1,6 +1,6 @@
 import pytest
 
-from helpers import PLUGIN
+from helpers import CPU_SYNTHETIC, ONE_CELL, PLUGIN, run_main
 
 # pytester: the plugin's tests run small projects of their own. The plugin itself comes with the
 # installed package; a checkout run as it is (docs/gpu-check.sh) loads it by name.
@@ -32,8 +32,6 @@ def no_gpu(monkeypatch):
 def one_cell_run(tmp_path_factory):
     """A finished one-cell CPU run (b64, device-resident, synthetic) from bench.run called in
     this process: one worker, a few seconds. Copy it before changing it."""
-    from helpers import CPU_SYNTHETIC, ONE_CELL, run_main
-
     out = tmp_path_factory.mktemp("one-cell") / "run"
     result = run_main("bench.run", *ONE_CELL, "--out", out, *CPU_SYNTHETIC)
     assert result.returncode == 0, result.stderr

@@ -35,7 +35,7 @@ def test_the_cpu_grids_run_the_modes_that_fit_the_cpu():
 
 def test_the_cpu_default_grid_times_float16_at_one_batch_size_and_says_why():
     """CPU autocast to float16 runs a step about 20 times slower than float32: one batch size
-    tells that, and six cells of it took longer than the rest of the grid."""
+    tells that."""
     grid = get_grid("default", on_gpu=False)
     eager = [c for c in grid.cells("cpu") if c.mode == "eager" and c.placement == "device"]
     by_dtype = {d: sorted({c.batch_size for c in eager if c.dtype == d}) for d in DTYPES}
