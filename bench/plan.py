@@ -219,6 +219,20 @@ def new_plan(args) -> tuple[dict, list[Config]]:
     return plan, cells
 
 
+def same_model(plan: dict, run_dir) -> None:
+    """Refuse to carry on a run whose model has changed since it was planned (a user's factory
+    edited between a stop and --resume): its rows would mix two architectures under one name."""
+    planned = plan["model"]["fingerprint"]
+    if planned is None:  # a plan from before fingerprints
+        return
+    now = describe(resolve(plan["model"]["name"], plan["input_shape"]))["fingerprint"]
+    if now != planned:
+        raise UsageError(f"{plan['model']['name']} has changed since {run_dir} was planned "
+                         f"(architecture {planned} then, {now} now), so its rows would mix two "
+                         f"models; restore the model to resume, or start a new run with "
+                         f"another --out")
+
+
 def cells_of(plan: dict, where: str) -> list[Config]:
     """The plan's cells, or RunDirError where plan.json does not describe cells."""
     try:

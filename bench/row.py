@@ -6,6 +6,7 @@ is flat, so pandas and jq read it as one record: `as_dict` flattens, `read_row` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 from bench.contention import Contention
@@ -110,3 +111,21 @@ def config_of(row: dict) -> Config:
     """The cell a stored row measured."""
     return Config(**{f.name: row["batch_size_requested" if f.name == "batch_size" else f.name]
                      for f in fields(Config)})
+
+
+# a loss that moved less than this over the timed steps did not move: the weights did not change
+STILL_LOSS = 1e-6
+
+
+def not_learning(first, last) -> str | None:
+    """Why a cell's losses say it did not train (not a number, or never moving), or None where
+    they moved or were not recorded. Such a cell's speed is not a training speed."""
+    if not isinstance(first, (int, float)) or not isinstance(last, (int, float)):
+        return None
+    if not math.isfinite(first):
+        return f"the loss was {first} from the first step"
+    if not math.isfinite(last):
+        return f"the loss became {last} (diverged)"
+    if abs(last - first) < STILL_LOSS:
+        return f"the loss never moved from {first:.4f}"
+    return None

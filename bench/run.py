@@ -41,6 +41,7 @@ from bench.outcome import Outcome
 from bench.phases import phase_lines, phases
 from bench.pool import Pool
 from bench.predict import model_for, unmodelled
+from bench.row import not_learning
 from bench.runner import Runner
 from bench.schema import NewerSchemaError
 from bench.units import format_bytes, parse_bytes
@@ -191,6 +192,7 @@ def _open_plan(args) -> tuple[dict, list[Config], Path, bool]:
                          f"'{plan['grid']}' on {plan['device']}); drop {', '.join(given)}, or "
                          f"start a new run")
     cells = planning.cells_of(plan, str(args.resume / store.PLAN))
+    planning.same_model(plan, args.resume)
     if plan["executor"] is None:
         resolve_device(plan["device"])  # the same device must still be there
     return plan, cells, args.resume, True
@@ -309,7 +311,8 @@ def _run(args) -> int:
         todo = _todo(run_dir, cells, planned)
         spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
                           planning.settings_of(plan, str(run_dir / store.PLAN)),
-                          plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"])
+                          plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
+                          model_fingerprint=plan["model"]["fingerprint"])
         runners = [Runner(replace(spec, device=slot.device, visible_devices=slot.visible_devices,
                                   cpu_cores=slot.cpu_cores),
                           slot.gpu_index, plan["cell_timeout_s"], placing.where(slot))
@@ -341,7 +344,6 @@ def _measure(pool: Pool, todo: list[tuple], cells: list[Config], plan: dict,
     try:
         with tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr) as bar:
             def record(job: tuple, row) -> None:
-                row.model_fingerprint = plan["model"]["fingerprint"]
                 store.append_row(results, row.as_dict())
                 bar.set_postfix_str(row.config.key())
                 bar.update()
@@ -485,7 +487,8 @@ def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool,
 
 def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
     lines = []
-    done = [r for r in rows if r["examples_per_s"]]
+    done = [r for r in rows if r["examples_per_s"]
+            and not not_learning(r["loss_first"], r["loss_last"])]
     done.sort(key=lambda r: r["examples_per_s"], reverse=True)
     if done:
         lines.append("fastest cells:")
@@ -496,6 +499,10 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
                          f"{'  (noisy)' if r['noisy'] else ''}"
                          f"{'  (busy: ' + '; '.join(r['busy_reasons']) + ')' if r['busy'] else ''}")
     failed = [r for r in rows if r["status"] != Outcome.OK]
+    for r in rows:
+        if r["examples_per_s"] and not_learning(r["loss_first"], r["loss_last"]):
+            lines.append(f"  {r['key']}: left out, it did not train: "
+                         f"{not_learning(r['loss_first'], r['loss_last'])}")
     for r in failed:
         lines.append(f"  {r['key']}: {r['status']}"
                      f"{' at batch ' + str(r['batch_size']) if r['batch_size'] else ''}"

@@ -21,6 +21,7 @@ class Runner:
         self.where = where or {}
         self.worker: Worker | None = None
         self.nvml_before: dict = {}
+        self.model_fingerprint: str | None = None  # what the latest worker built
 
     def _nvml_snapshot(self) -> dict:
         """Device-wide memory before the worker's CUDA context exists: the baseline."""
@@ -40,7 +41,9 @@ class Runner:
             self.nvml_before = self._nvml_snapshot()
             # the cell's time limit covers the worker's start: a worker stopped while starting
             # holds the cell no longer than one that stops while training
+            self.model_fingerprint = None
             self.worker = Worker(self.spec, start_timeout_s=self.timeout_s or 300)
+            self.model_fingerprint = self.worker.model_fingerprint
         return self.worker
 
     def retire_worker(self) -> None:
@@ -74,6 +77,7 @@ class Runner:
                 setattr(row, name, value)
         row.predicted_peak_bytes, row.prediction_note = predicted, prediction_note
         row.memory_cap_bytes = self.spec.memory_cap_bytes
+        row.model_fingerprint = self.model_fingerprint  # None where no worker built the model
         for name, value in self.where.items():
             setattr(row, name, value)
         # memory that did not come back, or a CUDA error that may be sticky: start afresh

@@ -257,6 +257,7 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
                       planning.settings_of(plan, str(path / store.PLAN)),
                       plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
+                      model_fingerprint=plan["model"]["fingerprint"],
                       # the CPUs Slurm gave the task, which task/none does not bind it to
                       threads=int(os.environ.get("SLURM_CPUS_PER_TASK")
                                   or os.environ.get("SLURM_CPUS_ON_NODE", "0")) or None)
@@ -284,10 +285,8 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
         planned = {row["key"]: row for row in planning.plan_rows(cells, capacity)}
 
         def measure(runner: Runner, config) -> Row:
-            row = runner.cell(config, planned[config.key()]["predicted_peak_bytes"],
-                              planned[config.key()]["prediction_note"])
-            row.model_fingerprint = plan["model"]["fingerprint"]
-            return row
+            return runner.cell(config, planned[config.key()]["predicted_peak_bytes"],
+                               planned[config.key()]["prediction_note"])
 
         pool.run([c for c in cells if c.key() in keys and c.key() not in done], measure,
                  lambda config, row: written.append(store.append_row(

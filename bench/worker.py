@@ -33,6 +33,9 @@ class WorkerSpec:
     visible_devices: str | None = None  # pins a pooled GPU worker to its card (bench.devices)
     cpu_cores: tuple[int, ...] | None = None  # binds a pooled CPU worker to its share
     threads: int | None = None  # torch's threads where not one per bound core: a Slurm task's CPUs
+    # the architecture the plan was made for (bench.models.fingerprint): a worker that builds
+    # another (the user's model edited since) refuses to start rather than mix two in one run
+    model_fingerprint: str | None = None
 
 
 class WorkerDied(Exception):
@@ -71,7 +74,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
         torch.set_num_threads(spec.threads or len(spec.cpu_cores))
 
     from bench import memory
-    from bench.models import SYNTHETIC_SIZE, resolve
+    from bench.models import SYNTHETIC_SIZE, fingerprint, resolve
     from bench.nvml import NvmlReader, NvmlUnavailable
     from bench.oom import is_oom
     from lenet.data import real_tensors, synthetic_tensors
@@ -81,6 +84,12 @@ def _serve(conn, spec: WorkerSpec) -> None:
     try:
         data_began = time.perf_counter()
         model = resolve(spec.model, spec.input_shape)
+        built = fingerprint(model.build(seed=0))
+        if spec.model_fingerprint is not None and built != spec.model_fingerprint:
+            raise RuntimeError(
+                f"{spec.model} has changed since this run was planned (architecture "
+                f"{spec.model_fingerprint} then, {built} now), so its cells would not be the "
+                f"plan's: restore the model, or start a new run")
         if not model.is_lenet:
             data = synthetic_tensors(SYNTHETIC_SIZE, 0, model.input_shape, model.num_classes)
         elif spec.data == "synthetic":
@@ -106,7 +115,7 @@ def _serve(conn, spec: WorkerSpec) -> None:
             if not is_oom(exc):
                 raise
         memory.release(device)
-        conn.send(("ready", data_load_s))
+        conn.send(("ready", (data_load_s, built)))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what to do
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -146,8 +155,10 @@ class Worker:
         if kind != "ready":
             self.kill()
             raise RuntimeError(f"the worker could not start: {detail}")
-        # how long it took to answer, and the part of it that went to building the data
-        self.start_s, self.data_load_s = time.perf_counter() - began, detail
+        # how long it took to answer, the part of it that went to building the data, and the
+        # architecture it built, which every row it measures carries
+        self.start_s = time.perf_counter() - began
+        self.data_load_s, self.model_fingerprint = detail
 
     def _receive(self, timeout_s: float | None):
         waited = 0.0

@@ -3,8 +3,6 @@ channels_last pays, where the memory went, and what looks wrong."""
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from bench.grid import AXES
@@ -146,14 +144,6 @@ def memory_story(run: Run) -> list[str]:
 
 
 def warnings_about(cells: pd.DataFrame) -> list[str]:
-    lines = []
-    for _, row in cells.iterrows():
-        first, last = row.get("loss_first"), row.get("loss_last")
-        if not row["trained"] or first is None or pd.isna(first):
-            continue
-        if not (math.isfinite(first) and math.isfinite(last)):
-            lines.append(f"{row['key']}: the loss became {last} (diverged): its speed is not "
-                         f"a training speed.")
-        elif abs(last - first) < 1e-6:
-            lines.append(f"{row['key']}: the loss never moved from {first:.4f}.")
-    return lines
+    return [f"{row['key']}: {row['not_learning']}: its speed is not a training speed, and it "
+            f"is left out of the answers." for _, row in cells.iterrows()
+            if row["trained"] and row["not_learning"] is not None]

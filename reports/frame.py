@@ -15,7 +15,7 @@ import pandas as pd
 from bench import store
 from bench.grid import Config
 from bench.outcome import TRAINED
-from bench.row import ROW_KEYS, config_of
+from bench.row import ROW_KEYS, config_of, not_learning
 from bench.schema import NewerSchemaError
 
 # The notebook's settings: batch 256, float32, the host DataLoader, no pinning, eager PyTorch.
@@ -94,6 +94,10 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
     cells["layout"] = pd.Series([c.layout_words for c in configs], index=cells.index, dtype=object)
     cells["loader"] = pd.Series([c.loader_words for c in configs], index=cells.index, dtype=object)
     cells["trained"] = cells["status"].isin(TRAINED)
+    cells["not_learning"] = pd.Series(
+        [not_learning(r["loss_first"], r["loss_last"]) if t else None
+         for r, t in zip(cells[["loss_first", "loss_last"]].to_dict("records"), cells["trained"])],
+        index=cells.index, dtype=object)
     return cells
 
 
@@ -132,8 +136,16 @@ def notebook_cell(cells: pd.DataFrame) -> pd.Series | None:
 
 
 def timed(cells: pd.DataFrame) -> pd.DataFrame:
-    """The cells that trained and have a speed: what rankings and speed plots draw on."""
-    return cells[cells["trained"] & cells["examples_per_s"].notna()]
+    """The cells that trained and have a speed: what rankings and speed plots draw on. A cell
+    whose loss is not a number or never moved did not train, however fast its steps."""
+    return cells[cells["trained"] & cells["examples_per_s"].notna()
+                 & cells["not_learning"].isna()]
+
+
+def not_training(cells: pd.DataFrame) -> pd.DataFrame:
+    """Cells that ran to the end with a speed but whose loss says they did not train."""
+    return cells[cells["trained"] & cells["examples_per_s"].notna()
+                 & cells["not_learning"].notna()]
 
 
 def busy(cells: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from reports.frame import (
     flag,
     largest_batch_per_dtype,
     most_efficient,
+    not_training,
     notebook_cell,
     timed,
     vouched,
@@ -141,12 +142,14 @@ def answers(run: Run) -> list[str]:
         caveat = (" <span class='warn'>(every timed cell was measured while the machine was "
                   "busy: no figure here is vouched for)</span>")
     best = fastest(trusted)
+    left_out = _left_out(cells)
     if best is None:
-        return ["No cell trained: see the table for each cell's error."]
+        return ["No cell trained: see the table for each cell's error.", *left_out]
     lines.append(f"Fastest: <b>{escape(best['key'])}</b> ({_mode_words(best)}) at "
                  f"{_speed(best['examples_per_s'])} examples/s, needing "
                  f"{_bytes(best['footprint_bytes'])}.{caveat}")
     lines.append(_energy_answer(trusted, cells, best))
+    lines += left_out
     overall = fastest(cells)
     if overall["key"] != best["key"]:
         lines.append(f"<span class='warn'>{escape(overall['key'])} measured faster "
@@ -166,6 +169,17 @@ def answers(run: Run) -> list[str]:
         lines.append(f"Largest batch at {escape(str(dtype))}: {batch_words} "
                      f"({escape(str(reason))}).")
     return lines
+
+
+def _left_out(cells: pd.DataFrame) -> list[str]:
+    """The line naming cells that ran fast but did not train, and why: never an answer."""
+    stalled = not_training(cells)
+    if stalled.empty:
+        return []
+    reasons = "; ".join(escape(f"{key}: {why}")
+                        for key, why in zip(stalled["key"], stalled["not_learning"]))
+    return [f"<span class='warn'>Left out of the answers, as they did not train: {reasons}."
+            f"</span>"]
 
 
 def _notebook_answer(cells: pd.DataFrame, best: pd.Series) -> str:

@@ -127,3 +127,61 @@ def test_a_model_named_wrong_is_one_line_and_exit_2(tmp_path, args, message):
     else:
         assert message in one_line_error(result)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_after_the_model_changed_is_refused_in_one_line(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("LENET_BENCH_TEST_WIDTH", "8")
+    model = ["--model", "user_factories:width_from_env", "--set", "batch_size=8,16"]
+    first = run_main("bench.run", "--grid", "smoke", *model, "--set", "placement=device",
+                     "--out", out, *CPU_SYNTHETIC, cwd=TESTS)
+    assert first.returncode == 0, first.stderr
+    planned = json.loads((out / "plan.json").read_text())["model"]["fingerprint"]
+    assert {r["model_fingerprint"] for r in rows_of(out)} == {planned}  # the workers' own stamp
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n")  # stopped after its first cell
+
+    monkeypatch.setenv("LENET_BENCH_TEST_WIDTH", "64")  # the user edits the model
+    line = one_line_error(run_main("bench.run", "--resume", out, cwd=TESTS))
+    assert f"user_factories:width_from_env has changed since {out} was planned (architecture " \
+           f"{planned} then, " in line
+    assert "restore the model to resume, or start a new run with another --out" in line
+    assert len(rows_of(out)) == 1
+
+
+def test_a_worker_that_builds_another_model_than_planned_measures_nothing(monkeypatch):
+    """A Slurm task that starts after the model was edited: its cells fail, saying why."""
+    from bench.cell import Settings
+    from bench.grid import Config
+    from bench.runner import Runner
+    from bench.worker import WorkerSpec
+
+    monkeypatch.chdir(TESTS)
+    name = "user_factories:width_from_env"
+    spec = WorkerSpec("cpu", "synthetic", None, Settings(repeats=5, min_repeat_s=0.0,
+                                                         warmup_steps=1),
+                      model=name, model_fingerprint="0123456789ab")
+    runner = Runner(spec, None, timeout_s=120)
+    row = runner.cell(Config(8, device="cpu", model=name), None)
+    assert row.status == "error" and row.examples_per_s is None
+    assert f"{name} has changed since this run was planned (architecture 0123456789ab then, " \
+           in row.error
+    assert row.model_fingerprint is None
+
+
+def test_a_model_whose_loss_is_nan_from_the_first_step_is_never_the_answer(tmp_path):
+    out = tmp_path / "run"
+    model = "user_factories:nan_from_the_start"
+    result = run_main("bench.run", "--grid", "smoke", "--model", model, "--set", "batch_size=8",
+                      "--set", "placement=device", "--out", out,
+                      *CPU_SYNTHETIC, cwd=TESTS)
+    key = "b8-float32-nchw-device-user_factories:nan_from_the_start"
+    assert f"  {key}: left out, it did not train: the loss was nan from the first step" \
+           in result.stdout
+    assert "fastest cells:" not in result.stdout
+    from reports.write import write_report
+
+    answer = write_report(out).read_text().split("<h2>The answer</h2>")[1].split("</ul>")[0]
+    assert "Fastest" not in answer
+    assert (f"Left out of the answers, as they did not train: {key}: the loss was nan from "
+            f"the first step.") in answer

@@ -19,3 +19,27 @@ def returns_a_model_alone():
 
 def wrong_class_count():
     return nn.Linear(4, 3), (4,), 7
+
+
+def width_from_env():
+    """A model whose width the environment sets (LENET_BENCH_TEST_WIDTH): the user's model edited
+    between a run and its resume."""
+    import os
+
+    width = int(os.environ.get("LENET_BENCH_TEST_WIDTH", "8"))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, width), nn.ReLU(), nn.Linear(width, 5))
+    return model, (3, 8, 8), 5
+
+
+class _NanHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)) * float("nan")
+
+
+def nan_from_the_start():
+    """A model whose loss is NaN from its first step: fast, and trains nothing."""
+    return _NanHead(), (3, 8, 8), 5
