@@ -306,7 +306,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         base, new = load_side(args.base), load_side(args.new)
-    except (UsageError, NewerSchemaError) as exc:
+    except (UsageError, NewerSchemaError, store.RunDirError) as exc:
         fail(PROG, str(exc))
     reason = refusal(base, new)
     if reason and not args.force:

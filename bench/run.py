@@ -169,6 +169,8 @@ def main(argv=None) -> int:
 def _open_plan(args) -> tuple[dict, list[Config], Path, bool]:
     """(plan, cells, run directory, resumed): a new plan, or the plan of the run to resume."""
     if args.resume is None:
+        if args.out is not None and not args.dry_run:
+            store.refuse_used(args.out)  # before any notice: a refusal is one line
         slots = None
         if args.devices is not None:
             slots = placing.parse(args.devices, torch.cuda.device_count())
@@ -254,7 +256,7 @@ def _preflight(slots: list[placing.Slot], cells: list[Config]) -> list[placing.S
 
 
 def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple]:
-    """The cells still to run; refuses rows of cells the plan does not hold (two runs mixed)."""
+    """The cells still to run (store.read_run refuses rows of another run)."""
     results = run_dir / store.RESULTS
     if store.cut_torn_tail(results):
         print(f"cut a torn last line from {results} (the cell in flight when it was killed)")
@@ -263,11 +265,6 @@ def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     done = store.done_keys(rows)
-    strangers = sorted(done - {c.key() for c in cells})
-    if strangers:
-        raise store.RunDirError(
-            f"{results} holds {len(strangers)} rows of cells that {store.PLAN} does not plan "
-            f"(such as {strangers[0]}): it mixes two runs; start a new run with another --out")
     todo = [(c, p) for c, p in zip(cells, planned) if c.key() not in done]
     if done:
         print(f"resuming {run_dir}: {len(done)} cells done, {len(todo)} to go")

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.boundary import read_boundary
+from bench.grid import Config
 from bench.outcome import Outcome
 from bench.row import read_row
 from bench.schema import upgraded
@@ -34,6 +35,9 @@ RESULTS = "results.jsonl"
 BOUNDARIES = "boundaries.jsonl"
 LOCK = ".lock"
 PARTS = "parts"
+# what a run directory may hold besides .lock: a new run goes only where none of these is
+RUN_FILES = (PLAN, ENV, RESULTS, BOUNDARIES, PARTS, "slurm.json", "slurm", "hosts", "report",
+             "compare")
 PLAN_KEYS = ("grid", "device", "data", "settings", "cells")
 # What a plan written before a field existed is read with.
 PLAN_DEFAULTS = {"grid_description": "", "overrides": dict, "device_notice": None,
@@ -99,10 +103,8 @@ def make_dir(path: Path) -> None:
 
 
 def create(path: Path, plan: dict, env: dict) -> Path:
-    """Make a new run directory; refuse one that already holds a run."""
-    if (path / PLAN).exists() or (path / RESULTS).exists():
-        raise RunDirError(f"{path} already holds a run; continue it with --resume {path}, "
-                          f"or choose another --out")
+    """Make a new run directory; refuse one that already holds a run (refuse_used)."""
+    refuse_used(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / ENV, env)
@@ -113,6 +115,18 @@ def create(path: Path, plan: dict, env: dict) -> Path:
     return path
 
 
+def refuse_used(path: Path) -> None:
+    """Refuse a directory for a new run where it holds any run file, even without its plan:
+    rows left by an earlier run would be read as this one's."""
+    if (path / PLAN).exists():
+        raise RunDirError(f"{path} already holds a run; continue it with --resume {path}, "
+                          f"or choose another --out")
+    left = [name for name in RUN_FILES if (path / name).exists()]
+    if left:
+        raise RunDirError(f"{path} holds files of an earlier run ({', '.join(left)}) without "
+                          f"its {PLAN}; choose another --out, or remove them")
+
+
 def open_existing(path: Path) -> dict:
     """The plan of a run to resume."""
     if not (path / PLAN).is_file():
@@ -120,6 +134,9 @@ def open_existing(path: Path) -> dict:
                           f"python -m bench.run --out {path}")
     try:
         plan = json.loads((path / PLAN).read_text())
+    except PermissionError as exc:
+        raise RunDirError(f"cannot read {path / PLAN}: {exc.strerror}; fix its permissions "
+                          f"(or run as its owner)") from None
     except (OSError, ValueError) as exc:
         raise RunDirError(f"cannot read {path / PLAN}: {exc}; start a new run instead") from None
     missing = [k for k in PLAN_KEYS if not isinstance(plan, dict) or k not in plan]
@@ -182,10 +199,12 @@ def read_results(path: Path) -> tuple[list[dict], list[str]]:
 def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
     """The run's rows: its own file's and every Slurm task's, one per cell. A row saying its
     job ended gives way to a row of the same cell that ran (the cell was run again by
-    --resume)."""
-    rows, warnings = read_results(run_dir / RESULTS)
+    --resume). RunDirError where a file holds rows of another run: a cell the plan does not
+    hold, or another architecture than the plan's."""
+    plan = _plan_of(run_dir)
+    rows, warnings = _own_rows(run_dir / RESULTS, plan)
     for part in sorted((run_dir / PARTS).glob("results-*.jsonl")):
-        more, more_warnings = read_results(part)
+        more, more_warnings = _own_rows(part, plan)
         rows += more
         warnings += more_warnings
     ran = done_keys(rows)
@@ -193,6 +212,39 @@ def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
     last_end = {r["key"]: n for n, r in enumerate(rows) if r["error_kind"] == Outcome.JOB_ENDED}
     return [r for n, r in enumerate(rows) if r["error_kind"] != Outcome.JOB_ENDED
             or (r["key"] not in ran and last_end[r["key"]] == n)], warnings
+
+
+def _plan_of(run_dir: Path) -> dict | None:
+    """The plan rows are checked against, or None where there is none to read (the reader that
+    needs one says so)."""
+    try:
+        return read_plan(json.loads((run_dir / PLAN).read_text()), run_dir / PLAN)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _own_rows(path: Path, plan: dict | None) -> tuple[list[dict], list[str]]:
+    """A results file's rows, refused where any belongs to another run: one rule for the local
+    resume, the Slurm tasks, the report and the gate."""
+    rows, warnings = read_results(path)
+    if plan is None or not rows:
+        return rows, warnings
+    try:
+        planned = {Config(**c).key() for c in plan["cells"]}
+    except TypeError:  # cells this version cannot read: bench.plan.cells_of says so
+        return rows, warnings
+    strangers = sorted({r["key"] for r in rows} - planned)
+    if strangers:
+        raise RunDirError(
+            f"{path} holds {len(strangers)} rows of cells that {PLAN} does not plan (such as "
+            f"{strangers[0]}): it mixes two runs; start a new run with another --out")
+    fingerprint = plan["model"]["fingerprint"]
+    others = sorted({r["model_fingerprint"] for r in rows} - {fingerprint, None})
+    if fingerprint is not None and others:
+        raise RunDirError(
+            f"{path} holds rows of another architecture ({others[0]}) than {PLAN}'s "
+            f"({fingerprint}): it mixes two models; start a new run with another --out")
+    return rows, warnings
 
 
 def done_keys(rows: list[dict]) -> set[str]:
@@ -220,7 +272,11 @@ def _read_lines(path: Path, fields: tuple[str, ...]) -> tuple[list[dict], list[s
     warnings: list[str] = []
     if not path.is_file():
         return rows, warnings
-    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions "
+                          f"(or run as its owner)") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -117,7 +117,7 @@ def load_run(path: Path) -> Run:
         rows, warnings = store.read_run(path)
         boundary_rows, boundary_warnings = store.read_run_boundaries(path)
         plan = store.read_plan(_read_json(path / store.PLAN), path / store.PLAN)
-    except NewerSchemaError as exc:
+    except (NewerSchemaError, store.RunDirError) as exc:
         raise NotARun(str(exc)) from None
     cells = pd.DataFrame(rows, columns=ROW_KEYS)
     return Run(path, _read_json(path / store.ENV), plan, with_derived_columns(cells),

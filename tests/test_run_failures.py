@@ -81,6 +81,76 @@ def test_resume_refuses_a_directory_that_mixes_two_runs(one_cell_run, tmp_path):
            "b128-float32-nchw-device): it mixes two runs" in one_line_error(result)
 
 
+@pytest.mark.parametrize("left", ["parts/results-41.jsonl", "results.jsonl", "hosts/node1.json",
+                                  "slurm.json"])
+def test_a_new_run_refuses_a_directory_holding_files_of_an_earlier_run(tmp_path, left):
+    """A Slurm run's parts/ whose plan and results were removed: its rows would be this run's."""
+    out = tmp_path / "run"
+    (out / left).parent.mkdir(parents=True, exist_ok=True)
+    (out / left).write_text(json.dumps(crafted_cpu_row(64)) + "\n")
+    result = run_main("bench.run", *ONE_CELL, "--out", out, *CPU_SYNTHETIC)
+    assert one_line_error(result) == (
+        f"python -m bench.run: error: {out} holds files of an earlier run "
+        f"({left.split('/')[0]}) without its plan.json; choose another --out, or remove them")
+    assert not (out / "plan.json").exists()
+
+
+@pytest.mark.parametrize("command", ["resume", "report", "compare"])
+def test_a_slurm_part_file_of_another_run_is_refused_by_every_reader(one_cell_run, tmp_path,
+                                                                     command):
+    out = tmp_path / "run"
+    shutil.copytree(one_cell_run, out)
+    # a part file from a run of another model: its cell would be "Fastest" on this page
+    other = {**crafted_cpu_row(64), "model": "user_factories:tiny_mlp",
+             "key": "b64-float32-nchw-device-user_factories:tiny_mlp",
+             "model_fingerprint": "0123456789ab"}
+    (out / "parts").mkdir()
+    (out / "parts" / "results-77.jsonl").write_text(json.dumps(other) + "\n")
+    result = {"resume": lambda: run_main("bench.run", "--resume", out),
+              "report": lambda: run_main("reports", out),
+              "compare": lambda: run_main("bench.compare", one_cell_run, out)}[command]()
+    assert (f"{out / 'parts' / 'results-77.jsonl'} holds 1 rows of cells that plan.json does "
+            f"not plan (such as b64-float32-nchw-device-user_factories:tiny_mlp): it mixes two "
+            f"runs; start a new run with another --out") in one_line_error(result)
+
+
+def test_a_part_file_of_another_architecture_under_the_same_name_is_refused(one_cell_run,
+                                                                            tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(one_cell_run, out)
+    (stored,) = rows_of(out)
+    (out / "parts").mkdir()
+    (out / "parts" / "results-78.jsonl").write_text(
+        json.dumps({**stored, "model_fingerprint": "0123456789ab"}) + "\n")
+    assert (f"holds rows of another architecture (0123456789ab) than plan.json's "
+            f"({stored['model_fingerprint']}): it mixes two models"
+            in one_line_error(run_main("reports", out)))
+
+
+@pytest.mark.parametrize("command", ["resume", "report", "compare"])
+def test_a_run_that_cannot_be_read_is_one_line_saying_so(one_cell_run, tmp_path, monkeypatch,
+                                                         command):
+    """Permission to read taken away. The suite runs as root in CI, which permissions do not
+    stop, so a fake at the seam stands for the refusal: Path.read_text on results.jsonl raises
+    what the kernel's EACCES gives."""
+    out = tmp_path / "run"
+    shutil.copytree(one_cell_run, out)
+    real_read_text = Path.read_text
+
+    def unreadable(self, *args, **kwargs):
+        if self == out / "results.jsonl":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    result = {"resume": lambda: run_main("bench.run", "--resume", out),
+              "report": lambda: run_main("reports", out),
+              "compare": lambda: run_main("bench.compare", one_cell_run, out)}[command]()
+    assert one_line_error(result).endswith(
+        f"cannot read {out / 'results.jsonl'}: Permission denied; fix its permissions (or run "
+        f"as its owner)")
+
+
 @pytest.mark.e2e
 def test_a_full_disk_stops_with_the_rows_kept_and_the_resume_command(tmp_path):
     out = tmp_path / "run"
