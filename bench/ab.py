@@ -30,6 +30,7 @@ from bench.cell import Settings
 from bench.compare import percentage
 from bench.grid import AXES, Config, GridError, get_grid, parse_set
 from bench.repeat_server import PROTOCOL
+from bench.units import format_percent
 from lenet.cli import OneLineParser, UsageError, fail, positive_int, resolve_device
 
 PROG = "python -m bench.ab"
@@ -111,8 +112,8 @@ class Verdict:
 
     def line(self) -> str:
         low, high = self.interval
-        words = (f"slowed past the {self.max_slowdown:.0%} allowed" if self.failed
-                 else "within bounds")
+        words = (f"slowed past the {format_percent(self.max_slowdown)} allowed"
+                 if self.failed else "within bounds")
         return (f"{self.key}: candidate at {self.median:.3f}x the base's speed (median of "
                 f"{len(self.pairs)} process pairs of {len(self.pairs[0])} rounds, 95% interval "
                 f"{low:.3f} to {high:.3f}): {words}")
@@ -209,8 +210,9 @@ def main(argv=None) -> int:
     for verdict in verdicts:
         print(verdict.line())
     failed = [v for v in verdicts if v.failed]
-    print(f"{len(failed)} of {len(verdicts)} cells slowed past {args.max_slowdown:.0%}"
-          if failed else f"passed: {len(verdicts)} cells within {args.max_slowdown:.0%}")
+    allowed = format_percent(args.max_slowdown)
+    print(f"{len(failed)} of {len(verdicts)} cells slowed past {allowed}" if failed
+          else f"passed: {len(verdicts)} cells within {allowed}")
     return 1 if failed else 0
 
 

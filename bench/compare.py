@@ -25,7 +25,7 @@ from bench import store
 from bench.outcome import TRAINED, Outcome
 from bench.row import read_row
 from bench.schema import NewerSchemaError
-from bench.units import format_bytes
+from bench.units import format_bytes, format_percent
 from lenet.cli import OneLineParser, UsageError, fail
 
 PROG = "python -m bench.compare"
@@ -73,10 +73,12 @@ class CellChange:
 
 
 def percentage(text: str) -> float:
-    """`5%` (or `5`) -> 0.05."""
+    """`5%` (or `5`) -> 0.05: a finite, non-negative number (a NaN bound would pass anything)."""
     try:
         value = float(text.rstrip("%")) / 100
     except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 5%") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must not be negative")
@@ -232,15 +234,16 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float,
         if drop > max_slowdown * before and drop > spread:
             change.failures.append(
                 f"examples_per_s fell from {before:,.0f} to {after:,.0f} "
-                f"({after / before - 1:+.1%}), past the {max_slowdown:.0%} allowed and the "
-                f"spread of {spread:,.0f}")
+                f"({after / before - 1:+.1%}), past the {format_percent(max_slowdown)} allowed "
+                f"and the spread of {spread:,.0f}")
     name = change.memory_field
     if name is not None:
         before, after = b[name], n[name]
         if after - before > max_memory_growth * before:
             change.failures.append(
                 f"{name} grew from {format_bytes(before)} to {format_bytes(after)} "
-                f"({after / before - 1:+.1%}), past the {max_memory_growth:.0%} allowed")
+                f"({after / before - 1:+.1%}), past the {format_percent(max_memory_growth)} "
+                f"allowed")
     before, after = b[ENERGY_FIELD], n[ENERGY_FIELD]
     if max_energy_growth is None or not before or after is None:
         return
@@ -251,7 +254,7 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float,
     elif after - before > max_energy_growth * before:
         change.failures.append(
             f"{ENERGY_FIELD} grew from {before:,.3g} J to {after:,.3g} J "
-            f"({after / before - 1:+.1%}), past the {max_energy_growth:.0%} allowed")
+            f"({after / before - 1:+.1%}), past the {format_percent(max_energy_growth)} allowed")
 
 
 def busy_notes(changes: list[CellChange], base_name: str, new_name: str) -> list[str]:
@@ -338,9 +341,9 @@ def main(argv=None) -> int:
               f"{f', {len(lost)} missing' if lost else ''}")
         return 1
     energy = "" if args.max_energy_growth is None else \
-        f" and {args.max_energy_growth:.0%} energy"
-    print(f"passed: {len(changes)} cells within {args.max_slowdown:.0%} speed and "
-          f"{args.max_memory_growth:.0%} memory{energy}")
+        f" and {format_percent(args.max_energy_growth)} energy"
+    print(f"passed: {len(changes)} cells within {format_percent(args.max_slowdown)} speed and "
+          f"{format_percent(args.max_memory_growth)} memory{energy}")
     return 0
 
 

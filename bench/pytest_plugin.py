@@ -37,18 +37,33 @@ class MemoryThreshold:
     field: str  # an extra_info name, such as tracked_peak_bytes
     fraction: float  # 0.05 for 5%
 
-    def failure(self, name: str, base: dict, now: dict) -> str | None:
-        """The line that says `name` grew past this threshold, or None."""
-        before, after = base.get(self.field), now.get(self.field)
-        if not _is_number(before) or not _is_number(after) or before <= 0:
-            return None
+    def failure(self, name: str, base, now: dict) -> str | None:
+        """The line that says `name` grew past this threshold, or that it cannot be compared
+        (a gate that cannot compare fails: it never passes unseen); None where it held."""
+        from bench.units import format_bytes, format_percent
+
+        after = now.get(self.field)
+        if not _is_number(after):
+            held = ", ".join(sorted(k for k, v in now.items() if _is_number(v))) or "nothing"
+            return (f"{name}: {self.field} was not measured here (its extra_info holds "
+                    f"{held}); check the field's spelling, and that the test uses "
+                    f"memory_benchmark")
+        if not isinstance(base, dict):
+            return (f"{name}: the baseline's extra_info is {_words(base)}, not an object "
+                    f"holding {self.field}; save a new baseline (--benchmark-autosave)")
+        before = base.get(self.field)
+        if not _is_number(before) or before <= 0:
+            return (f"{name}: the baseline's {self.field} is {_words(before)}, not a size to "
+                    f"compare with; save a new baseline (--benchmark-autosave)")
         if after - before <= self.fraction * before:
             return None
-        from bench.units import format_bytes
-
         return (f"{name}: {self.field} grew from {format_bytes(before)} to "
                 f"{format_bytes(after)} ({after / before - 1:+.1%}), past the "
-                f"{self.fraction:.0%} allowed")
+                f"{format_percent(self.fraction)} allowed")
+
+
+def _words(value) -> str:
+    return "missing" if value is None else repr(value)[:60]
 
 
 def _is_number(value) -> bool:
@@ -200,7 +215,7 @@ def memory_failures(config) -> list[str]:
             if base is None:
                 continue
             for threshold in thresholds:
-                line = threshold.failure(bench.fullname, base.get("extra_info") or {},
+                line = threshold.failure(bench.fullname, base.get("extra_info"),
                                          bench.extra_info)
                 if line:
                     lines.append(line)

@@ -218,9 +218,13 @@ def _plan_of(run_dir: Path) -> dict | None:
     """The plan rows are checked against, or None where there is none to read (the reader that
     needs one says so)."""
     try:
-        return read_plan(json.loads((run_dir / PLAN).read_text()), run_dir / PLAN)
-    except (OSError, ValueError, TypeError, AttributeError):
+        plan = json.loads((run_dir / PLAN).read_text())
+    except (OSError, ValueError):
         return None
+    if not isinstance(plan, dict) or not all(k in plan for k in PLAN_KEYS) \
+            or not isinstance(plan["cells"], list):
+        return None
+    return read_plan(plan, run_dir / PLAN)
 
 
 def _own_rows(path: Path, plan: dict | None) -> tuple[list[dict], list[str]]:

@@ -1,4 +1,5 @@
-"""Byte sizes as people write them (`2GiB`, `512MB`) and as the tool prints them."""
+"""Byte sizes as people write them (`2GiB`, `512MB`) and as the tool prints them, and thresholds
+as percentages."""
 
 from __future__ import annotations
 
@@ -34,3 +35,8 @@ def format_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def format_percent(fraction: float) -> str:
+    """0.05 -> '5%', 0.005 -> '0.5%': a threshold as it was given, never rounded to 0%."""
+    return f"{fraction * 100:.4g}%"

@@ -5,7 +5,14 @@ import shutil
 
 import pytest
 
-from helpers import CPU_ENV, crafted_cpu_row, crafted_run, run_main, run_module
+from helpers import (
+    CPU_ENV,
+    crafted_cpu_row,
+    crafted_run,
+    one_line_error,
+    run_main,
+    run_module,
+)
 
 GATE = ["--max-slowdown", "5%", "--max-memory-growth", "5%"]
 
@@ -312,3 +319,17 @@ def test_a_truncated_env_json_is_exit_2(base_run, tmp_path):
     (new / "env.json").write_text('{"gpu_name": ')
     result = _gate(base_run, new)
     assert result.returncode == 2 and "cannot read" in result.stderr
+
+
+@pytest.mark.parametrize("bound", ["nan", "nan%", "inf", "-inf%", "infinity"])
+def test_a_bound_that_is_not_a_finite_number_is_refused(base_run, bound):
+    """A NaN bound would pass anything: no regression is ever past NaN."""
+    result = run_main("bench.compare", base_run, base_run, f"--max-memory-growth={bound}")
+    assert f"{bound!r} is not a percentage like 5%" in one_line_error(result)
+
+
+def test_a_fractional_bound_is_printed_as_given(base_run, tmp_path):
+    new, _ = _variant(base_run, tmp_path, "fatter",
+                      lambda row: row.update(tracked_peak_bytes=row["tracked_peak_bytes"] * 2))
+    result = _gate(base_run, new, "--max-memory-growth", "0.5%")
+    assert result.returncode == 1 and "past the 0.5% allowed" in result.stdout

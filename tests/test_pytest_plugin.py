@@ -75,6 +75,56 @@ def test_nothing_grew_passes(pytester):
     assert "MEMORY REGRESSION" not in result.stdout.str()
 
 
+def _spoil_baseline(pytester, spoil) -> None:
+    (saved,) = (pytester.path / ".benchmarks").rglob("*.json")
+    data = json.loads(saved.read_text())
+    for bench in data["benchmarks"]:
+        spoil(bench)
+    saved.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("spoil, words", [
+    (lambda b: b["extra_info"].pop("tracked_peak_bytes"),
+     "the baseline's tracked_peak_bytes is missing, not a size to compare with"),
+    (lambda b: b["extra_info"].update(tracked_peak_bytes="4004"),
+     "the baseline's tracked_peak_bytes is '4004', not a size to compare with"),
+    (lambda b: b["extra_info"].update(tracked_peak_bytes=float("nan")),
+     "the baseline's tracked_peak_bytes is nan, not a size to compare with"),
+    (lambda b: b["extra_info"].update(tracked_peak_bytes=0),
+     "the baseline's tracked_peak_bytes is 0, not a size to compare with"),
+    (lambda b: b.pop("extra_info"), "the baseline's extra_info is missing, not an object"),
+    (lambda b: b.update(extra_info=[1, 2]), "the baseline's extra_info is [1, 2], not an object"),
+])
+def test_a_baseline_that_cannot_be_compared_fails_the_gate_with_a_line(pytester, spoil, words):
+    assert _run(pytester, 1000, "--benchmark-autosave").ret == 0
+    _spoil_baseline(pytester, spoil)
+    result = _run(pytester, 1000, "--benchmark-compare",
+                  "--benchmark-memory-compare-fail=tracked_peak_bytes:10%")
+    assert result.ret == 1, result.stdout.str()
+    assert "INTERNALERROR" not in result.stdout.str()
+    line = next(line for line in result.stdout.lines if line.startswith(
+        "MEMORY REGRESSION test_project.py::test_make: "))
+    assert words in line and line.endswith("; save a new baseline (--benchmark-autosave)")
+
+
+def test_a_misspelled_field_fails_the_gate_naming_what_was_measured(pytester):
+    assert _run(pytester, 1000, "--benchmark-autosave").ret == 0
+    result = _run(pytester, 1000, "--benchmark-compare",
+                  "--benchmark-memory-compare-fail=trackd_peak_bytes:0.5%")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "MEMORY REGRESSION test_project.py::test_make: trackd_peak_bytes was not measured here "
+        "(its extra_info holds cpu_peak_rss_bytes, tracked_peak_bytes); check the field's "
+        "spelling, and that the test uses memory_benchmark"])
+
+
+def test_a_fractional_threshold_is_printed_as_given(pytester):
+    assert _run(pytester, 1000, "--benchmark-autosave").ret == 0
+    result = _run(pytester, 2000, "--benchmark-compare",
+                  "--benchmark-memory-compare-fail=tracked_peak_bytes:0.5%")
+    result.stdout.fnmatch_lines(["*past the 0.5% allowed"])
+
+
 def test_a_threshold_that_is_not_field_and_percent_is_a_usage_error(pytester):
     result = _run(pytester, 1000, "--benchmark-memory-compare-fail=nonsense")
     assert result.ret == 4  # pytest's usage error, as for --benchmark-compare-fail
