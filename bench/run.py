@@ -66,6 +66,8 @@ PLAN_OPTIONS = ("grid", "set", "device", "devices", "data", "data_root", "memory
                 "cell_timeout", "find_max_batch", "boundary_budget", "repeats", "model",
                 "input_shape", "executor", "partition", "gpus_per_task", "time_limit", "tasks",
                 "slurm")
+# the Slurm options a resume may change: where and how long tasks queue, not what they measure
+SLURM_RESUMABLE = ("partition", "time_limit", "tasks", "slurm")
 POLL_S = 2.0  # how often the submitting process looks at Slurm and the rows
 SLURM_PATIENCE_S = 600.0  # how long it waits for a controller that does not answer
 SMALLEST_CAP_BYTES = 2**20  # LeNet's weights and one small step
@@ -185,16 +187,22 @@ def _open_plan(args) -> tuple[dict, list[Config], Path, bool]:
         plan["devices"] = [asdict(s) for s in slots or placing.single(plan["device"])]
         plan["executor"] = _executor_of(args, plan)
         return plan, cells, args.out or store.default_run_dir(), False
-    given = [f"--{n.replace('_', '-')}" for n in PLAN_OPTIONS if getattr(args, n) not in (None, [])]
+    plan = store.open_existing(args.resume)
+    # where a Slurm run's tasks queue and for how long does not change what they measure: a
+    # resume may change it (after Slurm refused a partition, say)
+    movable = SLURM_RESUMABLE if plan["executor"] is not None else ()
+    given = [f"--{n.replace('_', '-')}" for n in PLAN_OPTIONS
+             if getattr(args, n) not in (None, []) and n not in movable]
     if args.out is not None:
         given.append("--out")
-    plan = store.open_existing(args.resume)
     if given:
         raise UsageError(f"--resume carries on {args.resume} with its own plan (grid "
                          f"'{plan['grid']}' on {plan['device']}); drop {', '.join(given)}, or "
                          f"start a new run")
     cells = planning.cells_of(plan, str(args.resume / store.PLAN))
     planning.same_model(plan, args.resume)
+    if any(getattr(args, n) not in (None, []) for n in movable):
+        plan["executor"] = _moved_executor(plan["executor"], args)
     if plan["executor"] is None:
         resolve_device(plan["device"])  # the same device must still be there
     return plan, cells, args.resume, True
@@ -213,14 +221,27 @@ def _executor_of(args, plan: dict) -> dict | None:
         raise UsageError("--devices is for this machine's GPUs; under --executor slurm each "
                          "array task holds --gpus-per-task GPUs")
     slurm.require()
-    gpus = args.gpus_per_task
-    if gpus is None:
-        gpus = 1 if plan["device"].startswith("cuda") else 0
-    if gpus == 0 and plan["device"].startswith("cuda"):
+    options, gpus_given = slurm.options_of(args.partition, args.gpus_per_task, args.time_limit,
+                                           args.tasks, args.slurm)
+    if not gpus_given and plan["device"].startswith("cuda"):
+        options = replace(options, gpus_per_task=1)
+    if options.gpus_per_task == 0 and plan["device"].startswith("cuda"):
         raise UsageError("--gpus-per-task 0 with a CUDA device: each task needs a GPU")
-    options = slurm.SlurmOptions(args.partition, gpus, args.time_limit or 60, args.tasks,
-                                 slurm.parse_extra(args.slurm))
     return {"name": "slurm", **asdict(options)}
+
+
+def _moved_executor(old: dict, args) -> dict:
+    """A Slurm run's executor with the queueing options a resume gave in place of the plan's."""
+    extra = slurm.parse_extra(args.slurm)
+    if "gpus_per_task" in extra:
+        raise UsageError("--slurm gpus_per_task changes what each task measures; start a new "
+                         "run for it")
+    new, _ = slurm.options_of(args.partition, None, args.time_limit, args.tasks, args.slurm)
+    changed = {"partition": new.partition, "tasks": new.tasks,
+               "time_limit_min": new.time_limit_min
+               if args.time_limit is not None or "time" in extra else None}
+    return {**old, **{k: v for k, v in changed.items() if v is not None},
+            "extra": {**old["extra"], **new.extra}}
 
 
 def _announce(plan: dict, device: torch.device, resumed: bool) -> None:
@@ -373,6 +394,8 @@ def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, ar
     options = slurm.SlurmOptions(**{k: v for k, v in plan["executor"].items() if k != "name"})
     store.make_dir(run_dir)
     with store.locked(run_dir):
+        if resumed and plan["executor"] != store.open_existing(run_dir)["executor"]:
+            store.write_json(run_dir / store.PLAN, plan)  # the next resume asks the same
         if not resumed:
             # this host's: each host that runs cells adds its own (bench.slurm.HOSTS)
             store.create(run_dir, plan, run_env.collect(torch.device("cpu")))

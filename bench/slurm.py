@@ -49,6 +49,14 @@ class SlurmOptions:
     extra: dict[str, str] = field(default_factory=dict)  # --slurm KEY=VALUE, as sbatch takes it
 
 
+# --slurm keys that a bench.run option of its own sets: given both ways they would conflict
+OWN_OPTIONS = {"time": "time_limit", "partition": "partition", "gpus_per_task": "gpus_per_task"}
+# sbatch's time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
+# days-hours:minutes, days-hours:minutes:seconds
+_TIME = re.compile(r"(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+                   r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)")
+
+
 def parse_extra(pairs: list[str]) -> dict[str, str]:
     extra = {}
     for pair in pairs:
@@ -56,8 +64,57 @@ def parse_extra(pairs: list[str]) -> dict[str, str]:
         if not sep or not re.fullmatch(r"[a-z][a-z0-9_-]*", key.strip()):
             raise UsageError(f"--slurm {pair!r}: write KEY=VALUE, an sbatch option without its "
                              f"dashes, e.g. --slurm qos=high or --slurm account=ml")
-        extra[key.strip().replace("-", "_")] = value.strip()
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if key in extra:
+            raise UsageError(f"--slurm {key} is given twice ({extra[key]!r} and {value!r}); "
+                             f"give it once")
+        if key in ("array", "job_name", "output", "error"):
+            raise UsageError(f"--slurm {key}: the run sets it itself (the array from --tasks, "
+                             f"the logs under the run directory); drop it")
+        extra[key] = value
+    if "time" in extra:
+        time_minutes(extra["time"])
     return extra
+
+
+def time_minutes(text: str) -> int:
+    """sbatch's --time in whole minutes (rounded up), or UsageError naming its formats."""
+    match = _TIME.fullmatch(text)
+    if not match:
+        raise UsageError(f"--slurm time={text}: not a Slurm time; write minutes (90), "
+                         f"hours:minutes:seconds (1:30:00) or days-hours[:minutes] (1-12)")
+    n = {k: int(v) if v else 0 for k, v in match.groupdict().items()}
+    if match["days"]:
+        seconds = ((n["days"] * 24 + n["dh"]) * 60 + n["dm"]) * 60 + n["ds"]
+    elif match["c"]:
+        seconds = (n["a"] * 60 + n["b"]) * 60 + n["c"]
+    else:
+        seconds = n["a"] * 60 + n["b"]
+    if seconds <= 0:
+        raise UsageError(f"--slurm time={text}: a task needs a time limit above 0")
+    return -(-seconds // 60)
+
+
+def options_of(partition: str | None, gpus_per_task: int | None, time_limit_min: int | None,
+               tasks: int | None, pairs: list[str]) -> tuple[SlurmOptions, bool]:
+    """The job array's options from bench.run's own and --slurm's, refusing one set both ways;
+    and whether the GPUs per task were given at all."""
+    extra = parse_extra(pairs)
+    given = {"time_limit": time_limit_min, "partition": partition, "gpus_per_task": gpus_per_task}
+    for key, name in OWN_OPTIONS.items():
+        if key in extra and given[name] is not None:
+            raise UsageError(f"--slurm {key}={extra[key]} and --{name.replace('_', '-')} "
+                             f"{given[name]} both set it; give one")
+    if "time" in extra:
+        time_limit_min = time_minutes(extra.pop("time"))
+    if "gpus_per_task" in extra:
+        value = extra.pop("gpus_per_task")
+        if not value.isdigit():
+            raise UsageError(f"--slurm gpus_per_task={value}: give a whole number")
+        gpus_per_task = int(value)
+    partition = partition or extra.pop("partition", None)
+    return SlurmOptions(partition, gpus_per_task or 0, time_limit_min or 60, tasks, extra), \
+        gpus_per_task is not None
 
 
 def require() -> None:
@@ -66,9 +123,11 @@ def require() -> None:
         import submitit  # noqa: F401
     except ImportError:
         raise UsageError(f"--executor slurm needs submitit: {INSTALL_HINT}") from None
-    if shutil.which("sbatch") is None:
-        raise UsageError("--executor slurm: sbatch is not on PATH; run from a host of the Slurm "
-                         "cluster (a login node)")
+    # sbatch submits, srun starts each task (submitit's script calls it), scontrol follows them
+    missing = [c for c in ("sbatch", "srun", "scontrol") if shutil.which(c) is None]
+    if missing:
+        raise UsageError(f"--executor slurm: {', '.join(missing)} not on PATH; run from a host "
+                         f"of the Slurm cluster (a login node) with Slurm's commands installed")
 
 
 def _executor(run_dir: Path, options: SlurmOptions):
@@ -113,12 +172,13 @@ def submit(run_dir: Path, keys: list[str], options: SlurmOptions, boundaries: bo
         with contextlib.redirect_stderr(said):
                 jobs = executor.map_array(run_task, [str(run_dir)] * len(shares), shares,
                                       [not share for share in shares])
-    except (FailedJobError, subprocess.SubprocessError, OSError) as exc:
+    except (FailedJobError, subprocess.SubprocessError, OSError, RuntimeError) as exc:
         lines = [w.strip() for w in f"{exc}\n{said.getvalue()}".splitlines() if w.strip()]
         # sbatch's fatal line says what is wrong; its error lines before it say how it got there
         said = next((w for w in lines if "fatal" in w), lines[0] if lines else str(exc))
         raise UsageError(f"Slurm refused the job: {said}; fix that, then submit with: "
-                         f"python -m bench.run --resume {run_dir}") from None
+                         f"python -m bench.run --resume {run_dir} (which takes new --partition, "
+                         f"--time-limit, --tasks and --slurm options)") from None
     submission = {"array_job_id": jobs[0].job_id.partition("_")[0],
                   "tasks": [{"job_id": job.job_id, "keys": share, "boundaries": not share}
                             for job, share in zip(jobs, shares)]}

@@ -187,14 +187,72 @@ def test_options_slurm_refuses_are_one_line_and_exit_2(tmp_path, slurm, args, wo
     assert notice.startswith("no GPU: grid 'smoke'") and words in error
 
 
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_after_slurm_refused_a_partition_a_resume_with_another_carries_on(tmp_path, slurm):
+    out = tmp_path / "run"
+    one = ["--set", "batch_size=64", "--set", "placement=device", "--no-report"]
+    refused = _bench(slurm, *CPU_CELLS, *one, "--executor", "slurm", "--partition", "nope",
+                     "--out", str(out))
+    assert refused.returncode == 2
+    assert (f"then submit with: python -m bench.run --resume {out} (which takes new "
+            f"--partition, --time-limit, --tasks and --slurm options)") in refused.stderr
+    resumed = _bench(slurm, "--resume", str(out), "--partition", "debug", "--time-limit", "5",
+                     "--no-report")
+    assert resumed.returncode == 0, resumed.stderr
+    (row,) = _all_rows(out)
+    assert row["status"] == "ok"
+    executor = json.loads((out / "plan.json").read_text())["executor"]
+    assert executor["partition"] == "debug" and executor["time_limit_min"] == 5
+    # what each task measures is not among them
+    kept = _bench(slurm, "--resume", str(out), "--gpus-per-task", "1")
+    assert "drop --gpus-per-task" in one_line_error(kept)
+
+
 @pytest.mark.parametrize("args, words", [
     (["--executor", "slurm", "--slurm", "nonsense"], "--slurm 'nonsense': write KEY=VALUE"),
     (["--partition", "gpu"], "--partition only apply with --executor slurm"),
     (["--executor", "slurm", "--devices", "cpu,cpu"], "--devices is for this machine's GPUs"),
+    (["--executor", "slurm", "--slurm", "time=5", "--time-limit", "10"],
+     "--slurm time=5 and --time-limit 10 both set it; give one"),
+    (["--executor", "slurm", "--slurm", "partition=a", "--partition", "b"],
+     "--slurm partition=a and --partition b both set it; give one"),
+    (["--executor", "slurm", "--slurm", "time=abc"],
+     "--slurm time=abc: not a Slurm time; write minutes (90), hours:minutes:seconds (1:30:00) "
+     "or days-hours[:minutes] (1-12)"),
+    (["--executor", "slurm", "--slurm", "time=0"], "--slurm time=0: a task needs a time limit"),
+    (["--executor", "slurm", "--slurm", "qos=high", "--slurm", "qos=low"],
+     "--slurm qos is given twice ('high' and 'low'); give it once"),
+    (["--executor", "slurm", "--slurm", "array=0-3"], "--slurm array: the run sets it itself"),
 ])
 def test_slurm_options_that_cannot_work_are_refused_before_submitting(tmp_path, args, words):
     result = run_main("bench.run", *CPU_CELLS, *args, "--out", tmp_path / "r")
     assert words in one_line_error(result)
+
+
+@pytest.mark.parametrize("time, minutes", [("5", 5), ("90:30", 91), ("1:30:00", 90),
+                                           ("1-12", 2160), ("0-1:30", 90), ("2-0:0:30", 2881)])
+def test_slurms_time_is_read_in_each_of_sbatchs_formats(time, minutes):
+    """--slurm time=5 is the task's limit, not replaced by --time-limit's default (60)."""
+    options, _ = executor.options_of(None, None, None, None, [f"time={time}"])
+    assert options.time_limit_min == minutes and "time" not in options.extra
+
+
+@pytest.mark.parametrize("missing", ["scontrol", "srun", "sbatch"])
+def test_a_slurm_command_missing_is_refused_before_submitting(tmp_path, monkeypatch, missing):
+    """Without scontrol the run could not follow its tasks (it took silence for a controller
+    restarting, for 600 s); without srun no task could start."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in {"sbatch", "srun", "scontrol"} - {missing}:
+        (bin_dir / command).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / command).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    pytest.importorskip("submitit")
+    result = run_main("bench.run", *CPU_CELLS, "--executor", "slurm", "--out", tmp_path / "r")
+    assert f"--executor slurm: {missing} not on PATH; run from a host of the Slurm cluster" \
+           in one_line_error(result)
+    assert not (tmp_path / "r").exists()
 
 
 def test_without_submitit_the_slurm_executor_says_what_to_install(tmp_path, monkeypatch):
