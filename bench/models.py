@@ -15,9 +15,14 @@ run started in. Models other than LeNet train on synthetic data of their input s
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
 import hashlib
 import importlib
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +41,49 @@ _TORCHVISION_SHAPES = {"inception_v3": (3, 299, 299)}
 _AUX_LOGITS = ("googlenet", "inception_v3")
 _TORCHVISION_SHAPE = (3, 224, 224)
 _TORCHVISION_CLASSES = 1000
+# how long the user's code may take to import, build a model or run its check forward pass
+USER_CODE_TIMEOUT_S = 120.0
 
 
 class ModelError(ValueError):
     """A model that cannot be named, built or trained as given; the message says what to do."""
+
+
+class _TooLong(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def users_code(name: str, doing: str):
+    """Run the user's code (`doing`: what it is doing, in words) with its prints sent to standard
+    error, where they cannot break --json's standard output; with a time limit where a timer
+    signal can give one (the main thread, no limit already running); and any exit or exception
+    it raises turned into one ModelError naming the model."""
+    def too_long(signum, frame):
+        raise _TooLong
+
+    timed = (threading.current_thread() is threading.main_thread()
+             and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if timed:
+        previous = signal.signal(signal.SIGALRM, too_long)
+        signal.setitimer(signal.ITIMER_REAL, USER_CODE_TIMEOUT_S)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    except _TooLong:
+        raise ModelError(f"--model {name}: {doing} took longer than {USER_CODE_TIMEOUT_S:g} s "
+                         f"and was stopped; make it return sooner") from None
+    except SystemExit as exc:
+        raise ModelError(f"--model {name}: {doing} called sys.exit({exc.code!r}); it must "
+                         f"return, not exit") from None
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code: its failure is the message
+        raise ModelError(f"--model {name}: {doing} raised {one_line(exc)}") from None
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -89,7 +133,8 @@ def _torchvision(name: str):
 
     known = models.list_models(module=models)  # classification models only
     if name not in known:
-        close = [k for k in known if k.startswith(name[:4])] or known[:5]
+        close = (difflib.get_close_matches(name.lower(), known, n=6, cutoff=0.6)
+                 or [k for k in known if k.startswith(name[:4].lower())] or known[:5])
         raise ModelError(f"torchvision has no classification model {name!r}; such as: "
                          f"{', '.join(close[:6])} (all: torchvision.models.list_models())")
     extra = {"aux_logits": False, "init_weights": True} if name in _AUX_LOGITS else {}
@@ -105,21 +150,20 @@ def _user_factory(name: str):
     if not module_name or not attribute:
         raise ModelError(f"--model {name!r}: name lenet, torchvision:NAME or "
                          f"package.module:factory")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - whatever importing the user's module raises
-        raise ModelError(f"--model {name}: cannot import {module_name} "
-                         f"({one_line(exc)}); run from the directory "
-                         f"that holds it, or install it") from None
+    with users_code(name, f"importing {module_name}"):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - whatever importing the user's module raises
+            raise ModelError(f"--model {name}: cannot import {module_name} "
+                             f"({one_line(exc)}); run from the directory "
+                             f"that holds it, or install it") from None
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise ModelError(f"--model {name}: {module_name} has no callable {attribute!r}")
 
     def build():
-        try:
+        with users_code(name, "the factory"):
             made = factory()
-        except Exception as exc:  # noqa: BLE001 - the user's code: its failure is the message
-            raise ModelError(f"--model {name}: the factory raised {one_line(exc)}") from None
         if not (isinstance(made, tuple) and len(made) == 3 and isinstance(made[0], nn.Module)
                 and isinstance(made[1], (tuple, list)) and made[1]
                 and all(isinstance(d, int) and d > 0 for d in made[1])
@@ -149,15 +193,22 @@ def resolve(name: str, input_shape: str = "") -> ModelSpec:
     if input_shape:
         shape = parse_input_shape(input_shape)
     spec = ModelSpec(name, shape, num_classes)
-    try:
-        model.train()
-        out = model(torch.rand(2, *shape))
-    except Exception as exc:  # noqa: BLE001 - the model's own failure is the message
-        raise ModelError(f"--model {name} fails on input {spec.shape_words}: "
-                         f"{one_line(exc)}") from None
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelError(f"--model {name} has no parameters to train; a bench of training "
+                         f"steps needs some")
+    with users_code(name, f"its forward pass on input {spec.shape_words}"):
+        try:
+            model.train()
+            out = model(torch.rand(2, *shape))
+        except Exception as exc:  # noqa: BLE001 - the model's own failure is the message
+            raise ModelError(f"--model {name} fails on input {spec.shape_words}: "
+                             f"{one_line(exc)}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         raise ModelError(f"--model {name} must map a batch to logits of shape (batch, "
                          f"{num_classes}); on a batch of 2 it returned {_describe(out)}")
+    if not out.is_floating_point():
+        raise ModelError(f"--model {name} returns logits of {out.dtype}; a classifier's logits "
+                         f"are floating point, for the loss and its gradient")
     return spec
 
 

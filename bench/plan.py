@@ -11,7 +11,7 @@ import torch
 from bench.cell import Settings
 from bench.doctor import CONTEXT_ALLOWANCE_BYTES
 from bench.grid import COMPILED_MODES, LENET, Config, Grid, batch_sizes, get_grid, parse_set
-from bench.models import ModelSpec, describe, resolve
+from bench.models import ModelSpec, describe, parse_input_shape, resolve
 from bench.nvml import NvmlReader, NvmlUnavailable
 from bench.predict import model_for, unmodelled
 from bench.schema import SCHEMA_VERSION
@@ -180,8 +180,18 @@ def placed_batch_sizes(grid: Grid, device: torch.device, capacity: int | None) -
                     f"{', '.join(f'{b:,}' for b in placed)} (powers of two up to {why})")
 
 
+def key_shape(name: str, text: str | None) -> str:
+    """--input-shape as cells' keys hold it: lower-case CxHxW, or '' where it is the model's own
+    shape (so `1X28X28` for LeNet makes the keys a plain run makes)."""
+    if not text:
+        return ""
+    shape = parse_input_shape(text)
+    return "" if shape == resolve(name).input_shape else "x".join(str(d) for d in shape)
+
+
 def new_plan(args) -> tuple[dict, list[Config]]:
     device, device_notice = plan_device(args)
+    args.input_shape = key_shape(args.model, args.input_shape)
     model = resolve(args.model, args.input_shape or "")
     data, notice = resolve_data(args.data, args.data_root, model)
     overrides = parse_set(args.set)

@@ -99,7 +99,18 @@ def test_the_memory_model_predicts_a_step_within_10_percent(model, shape):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "torchvision:resnet19"], "torchvision has no classification model 'resnet19'; "
-                                          "such as: resnet101, resnet152, resnet18"),
+                                          "such as: resnet18, resnet152, resnet101"),
+    (["--model", "torchvision:ResNet18"], "torchvision has no classification model 'ResNet18'; "
+                                          "such as: resnet18"),
+    (["--model", "user_factories:exits_zero"], "--model user_factories:exits_zero: the factory "
+                                               "called sys.exit(0); it must return, not exit"),
+    (["--model", "exits_at_import:make"], "--model exits_at_import:make: importing "
+                                          "exits_at_import called sys.exit(3); it must return"),
+    (["--model", "user_factories:no_parameters"], "--model user_factories:no_parameters has no "
+                                                  "parameters to train"),
+    (["--model", "user_factories:integer_logits"], "--model user_factories:integer_logits "
+                                                   "returns logits of torch.int64; a classifier's "
+                                                   "logits are floating point"),
     (["--model", "user_factories:raises"], "--model user_factories:raises: the factory raised "
                                            "RuntimeError: the weights file is missing"),
     (["--model", "user_factories:returns_a_model_alone"],
@@ -127,6 +138,33 @@ def test_a_model_named_wrong_is_one_line_and_exit_2(tmp_path, args, message):
     else:
         assert message in one_line_error(result)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_factory_that_hangs_is_stopped_with_a_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.models.USER_CODE_TIMEOUT_S", 1.0)
+    began = time.monotonic()
+    result = run_main("bench.run", "--grid", "smoke", "--model", "user_factories:hangs",
+                      "--device", "cpu", "--out", tmp_path / "run", cwd=TESTS)
+    assert time.monotonic() - began < 30
+    assert ("--model user_factories:hangs: the factory took longer than 1 s and was stopped; "
+            "make it return sooner") in one_line_error(result)
+
+
+def test_a_factory_that_prints_leaves_the_json_plan_alone(tmp_path):
+    result = run_main("bench.run", "--grid", "smoke", "--model", "user_factories:prints",
+                      "--device", "cpu", "--dry-run", "--json", cwd=TESTS)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cells"]
+    assert "building the model..." in result.stderr
+
+
+@pytest.mark.parametrize("shape", ["1X28X28", "1x28x28"])
+def test_lenets_own_shape_given_explicitly_makes_a_plain_runs_keys(shape):
+    plain = run_main("bench.run", "--grid", "smoke", "--device", "cpu", "--dry-run", "--json")
+    given = run_main("bench.run", "--grid", "smoke", "--device", "cpu", "--dry-run", "--json",
+                     "--input-shape", shape)
+    keys = [[c["key"] for c in json.loads(r.stdout)["cells"]] for r in (plain, given)]
+    assert keys[0] == keys[1] and keys[0]
 
 
 def test_a_resume_after_the_model_changed_is_refused_in_one_line(tmp_path, monkeypatch):

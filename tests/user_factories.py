@@ -43,3 +43,37 @@ class _NanHead(nn.Module):
 def nan_from_the_start():
     """A model whose loss is NaN from its first step: fast, and trains nothing."""
     return _NanHead(), (3, 8, 8), 5
+
+
+def prints():
+    print("building the model...")  # on standard output: it must not reach --json's
+    return tiny_mlp()
+
+
+def exits_zero():
+    import sys
+
+    sys.exit(0)
+
+
+def hangs():
+    import time
+
+    time.sleep(3600)
+
+
+def no_parameters():
+    return nn.Flatten(), (5,), 5
+
+
+class _IntegerLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.linear(x).round().long()
+
+
+def integer_logits():
+    return _IntegerLogits(), (4,), 3
