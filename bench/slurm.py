@@ -168,9 +168,13 @@ def submit(run_dir: Path, keys: list[str], options: SlurmOptions, boundaries: bo
     from submitit.core.utils import FailedJobError
 
     said = io.StringIO()  # sbatch's complaints: the one line that matters goes in the error
+    # the pickled calls are code the tasks execute as this user: owner-only, whatever the umask
+    (run_dir / LOGS).mkdir(mode=0o700, exist_ok=True)
+    (run_dir / LOGS).chmod(0o700)
+    umask = os.umask(0o077)
     try:
         with contextlib.redirect_stderr(said):
-                jobs = executor.map_array(run_task, [str(run_dir)] * len(shares), shares,
+            jobs = executor.map_array(run_task, [str(run_dir)] * len(shares), shares,
                                       [not share for share in shares])
     except (FailedJobError, subprocess.SubprocessError, OSError, RuntimeError) as exc:
         lines = [w.strip() for w in f"{exc}\n{said.getvalue()}".splitlines() if w.strip()]
@@ -179,6 +183,8 @@ def submit(run_dir: Path, keys: list[str], options: SlurmOptions, boundaries: bo
         raise UsageError(f"Slurm refused the job: {said}; fix that, then submit with: "
                          f"python -m bench.run --resume {run_dir} (which takes new --partition, "
                          f"--time-limit, --tasks and --slurm options)") from None
+    finally:
+        os.umask(umask)
     submission = {"array_job_id": jobs[0].job_id.partition("_")[0],
                   "tasks": [{"job_id": job.job_id, "keys": share, "boundaries": not share}
                             for job, share in zip(jobs, shares)]}

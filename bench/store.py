@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import platform
+import stat
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ ENV = "env.json"
 RESULTS = "results.jsonl"
 BOUNDARIES = "boundaries.jsonl"
 LOCK = ".lock"
+RUN_DIR_MODE = 0o750  # owner: all; group: read; others: nothing
 PARTS = "parts"
 # what a run directory may hold besides .lock: a new run goes only where none of these is
 RUN_FILES = (PLAN, ENV, RESULTS, BOUNDARIES, PARTS, "slurm.json", "slurm", "hosts", "report",
@@ -95,11 +97,29 @@ def default_run_dir(now: datetime | None = None) -> Path:
 
 
 def make_dir(path: Path) -> None:
+    """The run directory, made readable by its owner's group at most (a Slurm run's holds the
+    pickled calls its tasks execute); an existing one that other users can write is refused."""
+    existed = path.is_dir()
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if not existed:
+            path.chmod(RUN_DIR_MODE)  # whatever the umask: a loose one would let others in
     except OSError as exc:
         raise RunDirError(f"cannot write the run directory {path}: {exc.strerror or exc}; "
                           f"choose a writable --out") from None
+    refuse_open_to_all(path)
+
+
+def refuse_open_to_all(path: Path) -> None:
+    """Refuse a run directory that any user can write: they could change what it executes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # not there yet: make_dir makes it closed
+    if mode & stat.S_IWOTH:
+        raise RunDirError(f"{path} can be written by any user (mode {stat.filemode(mode)}), who "
+                          f"could change what the run executes; chmod o-w {path}, or choose "
+                          f"another --out")
 
 
 def create(path: Path, plan: dict, env: dict) -> Path:
@@ -118,6 +138,7 @@ def create(path: Path, plan: dict, env: dict) -> Path:
 def refuse_used(path: Path) -> None:
     """Refuse a directory for a new run where it holds any run file, even without its plan:
     rows left by an earlier run would be read as this one's."""
+    refuse_open_to_all(path)
     if (path / PLAN).exists():
         raise RunDirError(f"{path} already holds a run; continue it with --resume {path}, "
                           f"or choose another --out")
@@ -129,6 +150,7 @@ def refuse_used(path: Path) -> None:
 
 def open_existing(path: Path) -> dict:
     """The plan of a run to resume."""
+    refuse_open_to_all(path)
     if not (path / PLAN).is_file():
         raise RunDirError(f"{path} is not a run directory (no {PLAN}); start one with "
                           f"python -m bench.run --out {path}")

@@ -151,6 +151,28 @@ def test_a_run_that_cannot_be_read_is_one_line_saying_so(one_cell_run, tmp_path,
         f"as its owner)")
 
 
+def test_a_run_directory_that_any_user_can_write_is_refused(tmp_path):
+    out = tmp_path / "shared"
+    out.mkdir()
+    out.chmod(0o777)
+    result = run_main("bench.run", *ONE_CELL, "--out", out, *CPU_SYNTHETIC)
+    assert one_line_error(result).endswith(
+        f"{out} can be written by any user (mode drwxrwxrwx), who could change what the run "
+        f"executes; chmod o-w {out}, or choose another --out")
+    assert list(out.iterdir()) == []
+
+
+def test_under_a_loose_umask_the_run_directory_is_closed_to_others(tmp_path):
+    out = tmp_path / "runs" / "one"
+    loose = os.umask(0)
+    try:
+        result = run_main("bench.run", *ONE_CELL, "--out", out, *CPU_SYNTHETIC)
+    finally:
+        os.umask(loose)
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_mode & 0o777 == 0o750
+
+
 @pytest.mark.e2e
 def test_a_full_disk_stops_with_the_rows_kept_and_the_resume_command(tmp_path):
     out = tmp_path / "run"

@@ -85,6 +85,27 @@ def test_one_cell_goes_through_slurm_and_comes_back_as_a_row(tmp_path, slurm):
 
 @pytest.mark.slurm
 @pytest.mark.e2e
+def test_under_a_loose_umask_the_pickled_jobs_are_the_owners_alone(tmp_path, slurm):
+    """Another user rewrote a pending job's pickle, and the job ran it as the submitter."""
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.run", *CPU_CELLS, "--set", "batch_size=64", "--set",
+         "placement=device", "--executor", "slurm", "--no-wait", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0),
+        env={**os.environ, "PYTHONPATH": str(ROOT), **slurm})
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_mode & 0o777 == 0o750
+    assert (out / "slurm").stat().st_mode & 0o777 == 0o700
+    pickles = list((out / "slurm").rglob("*.pkl"))
+    assert pickles
+    assert all(p.stat().st_mode & 0o077 == 0 for p in pickles), [
+        (p.name, oct(p.stat().st_mode)) for p in pickles]
+    waited = _bench(slurm, "--resume", str(out), "--no-report")
+    assert waited.returncode == 0, waited.stderr
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
 def test_a_smoke_grid_through_slurm_matches_a_local_run_cell_for_cell(tmp_path, slurm):
     local = run_module("bench.run", *CPU_CELLS, "--no-report", "--out", str(tmp_path / "local"))
     assert local.returncode == 0, local.stderr
