@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -60,9 +61,24 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"the worker exited with status {exitcode}"
 
 
-def _serve(conn, spec: WorkerSpec) -> None:
+PARENT_CHECK_S = 0.2  # how often a worker looks whether its parent is still there
+
+
+def _die_with(parent_pid: int) -> None:
+    """End this worker, and its DataLoader's processes, as soon as its parent is gone (killed
+    with -9, say): a worker mid-cell reads no end-of-file on its pipe until the cell is done, and
+    would train on at full speed for minutes, for nobody."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_S)
+    for child in multiprocessing.active_children():
+        child.kill()
+    os._exit(1)
+
+
+def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # the parent stops the worker
+    threading.Thread(target=_die_with, args=(parent_pid,), daemon=True).start()
     if spec.visible_devices is not None:  # before CUDA starts: it reads this once
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_devices
     import torch
@@ -147,8 +163,8 @@ class Worker:
         context = multiprocessing.get_context("spawn")  # a fresh CUDA state, never a fork of one
         self._conn, child = context.Pipe()
         # not a daemon: its DataLoader needs worker processes of its own. If the parent dies,
-        # the worker reads end-of-file on the pipe and exits.
-        self._process = context.Process(target=_serve, args=(child, spec))
+        # the worker sees it and exits (_die_with).
+        self._process = context.Process(target=_serve, args=(child, spec, os.getpid()))
         self._process.start()
         child.close()
         kind, detail = self._receive(start_timeout_s)

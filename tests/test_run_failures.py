@@ -215,6 +215,42 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(tmp_path, signum, status):
     assert 1 <= len(rows_of(out)) < 4
 
 
+@pytest.mark.e2e
+def test_kill_9_of_a_pooled_runs_parent_ends_its_workers_and_their_loaders_at_once(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set", "batch_size=32,64,128",
+           "--set", "placement=host", "--set", "num_workers=2", "--devices", "cpu,cpu",
+           "--repeats", "40", "--out", str(out), *CPU_SYNTHETIC]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (out / "results.jsonl").is_file() or not (out / "results.jsonl").read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "no row was written"
+        time.sleep(0.05)
+    workers = _workers(proc.pid)
+    family = workers + [c for w in workers for c in _descendants(w)]
+    assert workers  # and, mid-cell, the processes of their host loaders
+    proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    while any(_alive(pid) for pid in family) and time.monotonic() - killed < 30:
+        time.sleep(0.05)
+    gone_s = time.monotonic() - killed
+    print(f"the workers and their loaders ended {gone_s:.2f} s after the parent")
+    assert not [pid for pid in family if _alive(pid)]
+    assert gone_s < 5
+
+
+def _descendants(pid) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(i) for i in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            pass
+    return found + [d for c in found for d in _descendants(c)]
+
+
 def _workers(pid) -> list[int]:
     """The cell workers among `pid`'s children. Not multiprocessing's resource tracker: it is
     meant to outlive its parent by a moment (it exits when it reads end-of-file)."""
