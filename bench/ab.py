@@ -11,7 +11,9 @@ A process also settles at a speed of its own (where its memory and threads land)
 starts --pairs fresh pairs of processes, --rounds rounds each. A round gives a ratio, base
 seconds over candidate seconds (below 1 is slower); a pair gives the median of its rounds; the
 gate reads the median over pairs, with a 95% confidence interval. Exit status: 0 passed, 1 a
-cell slowed past --max-slowdown, 2 bad input.
+cell slowed past --max-slowdown, 2 bad input (a side that cannot serve, falls silent past
+--timeout or does not speak the protocol), 130 for Ctrl-C. Each server's standard error goes to a
+log file the error names; servers end with bench.ab, however it ends.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ import argparse
 import json
 import math
 import os
+import queue
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,29 +37,58 @@ from bench.compare import percentage
 from bench.grid import AXES, Config, GridError, get_grid, parse_set
 from bench.repeat_server import PROTOCOL
 from bench.units import format_percent
-from lenet.cli import OneLineParser, UsageError, fail, positive_int, resolve_device
+from lenet.cli import (
+    OneLineParser,
+    UsageError,
+    fail,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
 
 PROG = "python -m bench.ab"
 PAIRS, ROUNDS = 8, 4
+ANSWER_TIMEOUT_S = 600.0  # a compiled cell's build on a slow CPU takes minutes, not ten
 
 
 class ServerError(Exception):
-    """A server stopped or answered with an error; the message says which side and why."""
+    """A server stopped, fell silent or answered with an error or in another protocol; the
+    message says which side and why."""
+
+
+def _die_with_parent() -> None:
+    """In a server, before it runs: the kernel kills it when bench.ab ends, however it ends
+    (a server of an older tree cannot be relied on to notice by itself)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
 class Server:
     """A repeat server running the code of one source tree. Starting returns at once; `ready()`
-    waits for it, so both sides start together."""
+    waits for it, so both sides start together. Its standard error goes to a log file, never a
+    pipe nobody reads (a side that prints enough would block on it); each answer is waited for
+    at most `timeout_s`."""
 
-    def __init__(self, name: str, tree: Path):
-        self.name, self.tree = name, tree
+    def __init__(self, name: str, tree: Path, timeout_s: float):
+        self.name, self.tree, self.timeout_s = name, tree, timeout_s
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "bench.repeat_server"], cwd=tree, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.log = Path(tempfile.mkstemp(prefix=f"bench-ab-{name}-", suffix=".log")[1])
+        with self.log.open("w") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "bench.repeat_server"], cwd=tree, env=env, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                preexec_fn=_die_with_parent)
+        self._lines: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._process.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of file: the server is gone
 
     def ready(self) -> Server:
-        hello = self._answer()
+        hello = self._answer("starting")
         if hello.get("protocol") != PROTOCOL:
             self.close()
             raise ServerError(f"the {self.name} tree {self.tree} speaks repeat protocol "
@@ -61,31 +96,55 @@ class Server:
                               f"python -m bench.compare instead")
         return self
 
-    def _answer(self) -> dict:
-        line = self._process.stdout.readline()
+    def _answer(self, doing: str) -> dict:
+        try:
+            line = self._lines.get(timeout=self.timeout_s)
+        except queue.Empty:
+            self.kill()
+            raise ServerError(f"the {self.name} side did not answer within {self.timeout_s:g} s "
+                              f"while {doing} and was stopped; its log: {self.log}") from None
         if not line:
-            self._process.wait(10)
-            why = self._process.stderr.read().strip().splitlines()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            why = self.log.read_text(errors="replace").strip().splitlines()
             raise ServerError(f"the {self.name} tree {self.tree} could not serve repeats "
-                              f"({why[-1] if why else f'exit status {self._process.returncode}'})")
-        answer = json.loads(line)
+                              f"({why[-1] if why else f'exit status {self._process.returncode}'}"
+                              f"); its log: {self.log}")
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            self.kill()
+            raise ServerError(f"the {self.name} tree {self.tree} does not speak the repeat "
+                              f"protocol: it printed {line.strip()[:80]!r}; gate it with "
+                              f"python -m bench.compare instead")
         if "error" in answer:
             raise ServerError(f"the {self.name} side failed: {answer['error']}")
         return answer
 
     def ask(self, **request) -> dict:
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        return self._answer()
+        try:
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it is gone: the answer says why
+        return self._answer(request["op"])
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
 
     def close(self) -> None:
         if self._process.poll() is None:
-            self._process.stdin.close()
             try:
+                self._process.stdin.close()
                 self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            except (subprocess.TimeoutExpired, BrokenPipeError, OSError):
+                self.kill()
 
 
 @dataclass(frozen=True)
@@ -155,7 +214,7 @@ def gate(trees: dict[str, Path], cells: list[Config], settings: Settings, args) 
     """Every cell's verdict, from --pairs fresh pairs of servers."""
     found: dict[str, list[tuple[float, ...]]] = {c.key(): [] for c in cells}
     for _ in range(args.pairs):
-        servers = [Server(name, tree) for name, tree in trees.items()]
+        servers = [Server(name, tree, args.timeout) for name, tree in trees.items()]
         try:
             for server in servers:
                 server.ready()
@@ -194,6 +253,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=positive_int, default=ROUNDS,
                         help=f"repeats of each side per cell and pair (default {ROUNDS})")
     parser.add_argument("--max-slowdown", type=percentage, default=0.10, metavar="PCT")
+    parser.add_argument("--timeout", type=positive_float, default=ANSWER_TIMEOUT_S,
+                        metavar="SECONDS", help="stop a side that does not answer within this "
+                                                f"(start, build, one repeat; default "
+                                                f"{ANSWER_TIMEOUT_S:g})")
     args = parser.parse_args(argv)
     try:
         candidate = args.candidate or _tree(".")
@@ -207,6 +270,9 @@ def main(argv=None) -> int:
                         settings, args)
     except ServerError as exc:
         fail(PROG, str(exc))
+    except KeyboardInterrupt:
+        print("\ninterrupted: no verdict (the servers were stopped)", file=sys.stderr)
+        return 128 + signal.SIGINT
     for verdict in verdicts:
         print(verdict.line())
     failed = [v for v in verdicts if v.failed]
