@@ -32,10 +32,10 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.cell import Settings
 from bench.compare import percentage
 from bench.grid import AXES, Config, GridError, get_grid, parse_set
 from bench.repeat_server import PROTOCOL
+from bench.settings import Settings
 from bench.units import format_percent
 from lenet.cli import (
     OneLineParser,

@@ -29,22 +29,11 @@ from bench.nvml import PeakSampler
 from bench.oom import failure_kind, halve, one_line, run_with_backoff, status_of
 from bench.outcome import Attempt, Outcome
 from bench.row import Row
+from bench.settings import Settings
 from bench.stats import Measurement
 from bench.timing import synchronize, timed_steps
 from lenet.data import TensorData, device_batches, host_batches
 from lenet.train import build_step
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What every cell of a run shares."""
-
-    repeats: int = 5
-    min_repeat_s: float = 0.2
-    warmup_steps: int = 3
-    lr: float = 0.9  # the notebook's
-    seed: int = 0
-    max_steps_per_repeat: int = 100_000
 
 
 def _prepare(config: Config, batch_size: int, data: TensorData, settings: Settings):

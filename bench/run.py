@@ -166,6 +166,14 @@ def main(argv=None) -> int:
     except (UsageError, GridError, DataError, ModelError, store.RunDirError,
             NewerSchemaError) as exc:
         fail(PROG, str(exc))
+    except (KeyboardInterrupt, Stopped) as exc:
+        # outside the cells (planning, the summary, the report): every finished row is on disk
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        run_dir = args.resume or args.out
+        more = (f"; carry on with: {PROG} --resume {run_dir}"
+                if run_dir is not None and (run_dir / store.PLAN).is_file() else "")
+        print(f"\nstopped by {signal.Signals(signum).name}{more}", file=sys.stderr)
+        return 128 + signum
 
 
 def _open_plan(args) -> tuple[dict, list[Config], Path, bool]:

@@ -7,17 +7,23 @@ Ctrl-C: the parent decides how to stop.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bench.cell import Settings, Trial, run_cell, run_trial, single_step
 from bench.grid import Config
 from bench.outcome import Outcome
+from bench.settings import Settings
+
+if TYPE_CHECKING:
+    from bench.cell import Trial
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,26 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"the worker exited with status {exitcode}"
 
 
+_STARTING = threading.Lock()  # workers start from several threads; __main__ is shared
+
+
+@contextlib.contextmanager
+def _main_not_imported():
+    """Start a worker without multiprocessing's re-import of the parent's main module (bench.run,
+    torch with it): until the worker ignores SIGINT, a Ctrl-C at the terminal ends it with a
+    traceback, and the import takes seconds. The worker needs nothing from that module."""
+    main = sys.modules["__main__"]
+    with _STARTING:
+        saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+        main.__spec__ = None
+        main.__dict__.pop("__file__", None)
+        try:
+            yield
+        finally:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
+
+
 PARENT_CHECK_S = 0.2  # how often a worker looks whether its parent is still there
 
 
@@ -81,6 +107,8 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
     threading.Thread(target=_die_with, args=(parent_pid,), daemon=True).start()
     if spec.visible_devices is not None:  # before CUDA starts: it reads this once
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_devices
+    # torch is imported here, not at the module's top: until SIGINT is ignored above, a Ctrl-C
+    # at the terminal would end this process with a traceback
     import torch
 
     if spec.cpu_cores:
@@ -90,6 +118,7 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
         torch.set_num_threads(spec.threads or len(spec.cpu_cores))
 
     from bench import memory
+    from bench.cell import run_cell, run_trial, single_step
     from bench.models import SYNTHETIC_SIZE, fingerprint, resolve
     from bench.nvml import NvmlReader, NvmlUnavailable
     from bench.oom import is_oom
@@ -165,7 +194,8 @@ class Worker:
         # not a daemon: its DataLoader needs worker processes of its own. If the parent dies,
         # the worker sees it and exits (_die_with).
         self._process = context.Process(target=_serve, args=(child, spec, os.getpid()))
-        self._process.start()
+        with _main_not_imported():
+            self._process.start()
         child.close()
         kind, detail = self._receive(start_timeout_s)
         if kind != "ready":

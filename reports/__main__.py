@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def main(argv=None) -> int:
         index = write_report(new, base, args.out)
     except (NotARun, UsageError) as exc:
         fail(PROG, str(exc))
+    except KeyboardInterrupt:
+        print("\ninterrupted: the report is not written; the results are untouched",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
     except OSError as exc:
         where = exc.filename or args.out or new
         fail(PROG, f"cannot write the report into {where}: {exc.strerror or exc}; "

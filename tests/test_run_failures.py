@@ -251,6 +251,48 @@ def _descendants(pid) -> list[int]:
     return found + [d for c in found for d in _descendants(c)]
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_the_run_plans_stops_it_without_a_traceback(tmp_path, signum, status):
+    mark = tmp_path / "building"
+    cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--model",
+           "user_factories:slow_to_build", "--out", str(tmp_path / "run"), *CPU_SYNTHETIC]
+    proc = subprocess.Popen(cmd, cwd=ROOT / "tests", stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            env={**os.environ, "PYTHONPATH": str(ROOT),
+                                 "LENET_BENCH_TEST_MARK": str(mark)})
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"stopped by {signal.Signals(signum).name}"
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_a_worker_starts_stops_the_run_without_a_traceback(tmp_path):
+    """Ctrl-C reaches the whole process group, workers too: a worker still importing torch
+    used to die of it with a traceback."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench.run", *ONE_CELL, "--out", str(out), *CPU_SYNTHETIC]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while not _workers(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    time.sleep(0.5)  # past the interpreter's start, into the worker's imports
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+
+
 def _workers(pid) -> list[int]:
     """The cell workers among `pid`'s children. Not multiprocessing's resource tracker: it is
     meant to outlive its parent by a moment (it exits when it reads end-of-file)."""

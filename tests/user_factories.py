@@ -77,3 +77,15 @@ class _IntegerLogits(nn.Module):
 
 def integer_logits():
     return _IntegerLogits(), (4,), 3
+
+
+def slow_to_build():
+    """A factory that takes its time (LENET_BENCH_TEST_SLEEP_S), saying when it starts by
+    writing the file LENET_BENCH_TEST_MARK names: a run stopped while it plans."""
+    import os
+    import time
+    from pathlib import Path
+
+    Path(os.environ["LENET_BENCH_TEST_MARK"]).write_text("building")
+    time.sleep(float(os.environ.get("LENET_BENCH_TEST_SLEEP_S", "60")))
+    return tiny_mlp()
