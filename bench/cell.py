@@ -21,7 +21,7 @@ import torch
 
 from bench import memory
 from bench.contention import Contention, ContentionWatch
-from bench.energy import Energy, meter_for
+from bench.energy import NO_TIMED_WINDOW, Energy, meter_for
 from bench.grid import Config
 from bench.memory import AllocatorPeaks
 from bench.models import build_model
@@ -200,6 +200,8 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
         row.nvml_note = sampler.error or process_note
     if measured is not None:
         _record(row, measured)
+    else:
+        row.energy_note = NO_TIMED_WINDOW
     row.wall_s = time.perf_counter() - start
     return row, healthy
 

@@ -21,6 +21,8 @@ POWER_SAMPLE_PERIOD_S = 0.02
 COUNTER = "nvml-energy-counter"
 POWER_SAMPLES = "nvml-power-samples"
 RAPL = "rapl-package"
+# a cell that never reached its timed repeats has no window to measure energy over
+NO_TIMED_WINDOW = "not measured: the cell did not reach its timed repeats (see its error)"
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,10 @@ class EnergyMeter:
                           note=f"not measured: the timed window lasted {window_s:.2f} s, under "
                                f"the {self._min_window_s:g} s a reading needs (counters update "
                                f"every 20 to 100 ms); give more --repeats")
+        if joules <= 0:  # a card draws power all the time: a counter that did not move is stuck
+            return Energy(window_s=window_s, method=self.method,
+                          note=f"not measured: the {self.method} did not move over "
+                               f"{window_s:.2f} s (a counter this driver does not update)")
         return Energy(joules, window_s, self.method, self.note)
 
     def _joules(self) -> float:

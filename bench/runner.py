@@ -3,6 +3,7 @@ stuck worker cost, and replaces a worker that died or kept memory."""
 
 from __future__ import annotations
 
+from bench.energy import NO_TIMED_WINDOW
 from bench.grid import Config
 from bench.nvml import NvmlReader, NvmlUnavailable
 from bench.outcome import Attempt, Outcome
@@ -102,4 +103,5 @@ class Runner:
 
 def _failed_row(config: Config, data: str, kind: Outcome, error: str) -> Row:
     return Row(config, data, Outcome.ERROR, error_kind=kind, error=error[-2000:],
-               attempts=[Attempt(config.batch_size, kind, error)])
+               attempts=[Attempt(config.batch_size, kind, error)],
+               energy_note=NO_TIMED_WINDOW)

@@ -208,10 +208,13 @@ def _energy_answer(trusted: pd.DataFrame, cells: pd.DataFrame, best: pd.Series) 
         notes = cells["energy_note"].dropna()
         why = escape(str(notes.iloc[0])) if not notes.empty else "not measured"
         return f"Energy: no cell has a figure ({why})."
+    power = ("" if _missing(efficient["mean_power_w"])
+             else f"{efficient['mean_power_w']:,.0f} W, ")
+    method = ("" if _missing(efficient["energy_method"])
+              else f"; {escape(str(efficient['energy_method']))}")
     line = (f"Least energy: <b>{escape(efficient['key'])}</b> ({_mode_words(efficient)}) at "
             f"{efficient['energy_j_per_1000_examples']:,.3g} J per 1,000 examples "
-            f"({efficient['mean_power_w']:,.0f} W, {_speed(efficient['examples_per_s'])} "
-            f"examples/s; {escape(str(efficient['energy_method']))})")
+            f"({power}{_speed(efficient['examples_per_s'])} examples/s{method})")
     if efficient["key"] == best["key"]:
         return line + ": the fastest cell is also the most frugal."
     if _missing(best.get("energy_j_per_1000_examples")):

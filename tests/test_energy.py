@@ -76,6 +76,20 @@ def test_a_card_with_neither_is_not_measured_never_zero():
     assert energy.note == "not measured: NVML gives neither energy nor power (Not Supported)"
 
 
+@pytest.mark.parametrize("card", [FakeCard(0.0), FakeCard(0.0, counter=False)])
+def test_a_counter_that_does_not_move_is_not_measured_never_zero(card):
+    energy = window(EnergyMeter(card, min_window_s=0.1), 0.15)
+    assert energy.joules is None and energy.per_1000_examples_j(1000) is None
+    assert re.match(r"not measured: the nvml-(energy-counter|power-samples) did not move over "
+                    r"0\.1\d s \(a counter this driver does not update\)$", energy.note)
+
+
+def test_a_rapl_counter_that_does_not_move_is_not_measured(tmp_path):
+    rapl = RaplCounter.find(_powercap(tmp_path, [(1_000_000, 10_000_000)]))
+    energy = window(EnergyMeter(None, rapl, min_window_s=0.0), 0.01)
+    assert energy.joules is None and "rapl-package did not move" in energy.note
+
+
 def _powercap(root, packages):
     for index, (uj, range_uj) in enumerate(packages):
         domain = root / f"intel-rapl:{index}"

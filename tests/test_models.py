@@ -205,6 +205,8 @@ def test_a_worker_that_builds_another_model_than_planned_measures_nothing(monkey
     assert f"{name} has changed since this run was planned (architecture 0123456789ab then, " \
            in row.error
     assert row.model_fingerprint is None
+    assert row.energy_note == "not measured: the cell did not reach its timed repeats (see its " \
+                              "error)"
 
 
 def test_a_model_whose_loss_is_nan_from_the_first_step_is_never_the_answer(tmp_path):

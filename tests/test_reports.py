@@ -364,3 +364,15 @@ def test_the_page_says_where_the_time_went(tmp_path):
            "<td>14%</td></tr>" in section
     assert "<tr><td>timed repeats</td><td>1.0</td><td>3%</td></tr>" in section
     assert "<tr><td>boundary searches</td><td>21.0</td><td>64%</td></tr>" in section
+
+
+def test_energy_fields_of_the_wrong_type_never_show_as_nan_or_none(tmp_path):
+    rows = [crafted_row(64, energy_j_per_1000_examples=3.0, mean_power_w="high",
+                        energy_method=None),
+            crafted_row(256, energy_j_per_1000_examples=5.0, mean_power_w=250.0,
+                        energy_method=12)]
+    answer = write_report(crafted_run(tmp_path / "run", rows)).read_text().split(
+        "<h2>The answer</h2>")[1].split("</ul>")[0]
+    line = next(li for li in answer.split("<li>") if li.startswith("Least energy"))
+    assert "nan" not in line and "None" not in line
+    assert "J per 1,000 examples (" in line
