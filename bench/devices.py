@@ -61,6 +61,22 @@ def from_plan(plan: dict) -> list[Slot]:
                     if stored.get("cpu_cores") else None}) for stored in plan["devices"]]
 
 
+def usable(slots: list[Slot], allowed: set[int] | None = None) -> tuple[list[Slot], str | None]:
+    """The slots with CPU workers bound only to cores this process may use (a run resumed on a
+    smaller host, or under a taskset or cgroup that leaves some out), shared anew where the
+    stored ones are not; and the notice that says so, or None."""
+    allowed = os.sched_getaffinity(0) if allowed is None else allowed
+    bound = [s for s in slots if s.cpu_cores]
+    if all(set(s.cpu_cores) <= allowed for s in bound):
+        return slots, None
+    others = [s for s in slots if not s.cpu_cores]
+    shared = _cpu_slots(min(len(bound), len(allowed)), sorted(allowed))
+    stored = ", ".join(_ranges(s.cpu_cores) for s in bound)
+    return shared + others, (f"the stored CPU cores ({stored}) are not all this process's to use "
+                             f"(it may use {len(allowed)}): {len(shared)} CPU workers are bound "
+                             f"to {', '.join(_ranges(s.cpu_cores) for s in shared)} instead")
+
+
 def parse(text: str, gpu_count: int, cores: list[int] | None = None) -> list[Slot]:
     """The slots `--devices TEXT` names; UsageError, saying what to write, for anything else."""
     text = text.strip().lower()

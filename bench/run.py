@@ -329,7 +329,10 @@ def _run(args) -> int:
         return 0
     if plan["executor"] is not None:
         return _run_slurm(plan, cells, run_dir, resumed, args)
-    slots = _preflight(placing.from_plan(plan), cells)
+    slots, notice = placing.usable(placing.from_plan(plan))
+    if notice:
+        print(notice, file=sys.stderr)
+    slots = _preflight(slots, cells)
     store.make_dir(run_dir)
     with store.locked(run_dir):
         if not resumed:

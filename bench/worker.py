@@ -111,8 +111,12 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
     # at the terminal would end this process with a traceback
     import torch
 
-    if spec.cpu_cores:
-        os.sched_setaffinity(0, spec.cpu_cores)
+    try:
+        if spec.cpu_cores:
+            os.sched_setaffinity(0, spec.cpu_cores)
+    except OSError as exc:  # a start that failed: the parent says so, no cell is run
+        conn.send(("failed", f"cannot bind to CPU cores {list(spec.cpu_cores)}: {exc}"))
+        return
     if spec.threads or spec.cpu_cores:
         # more threads than cores spin against each other: many times slower, not 2x
         torch.set_num_threads(spec.threads or len(spec.cpu_cores))

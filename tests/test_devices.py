@@ -1,6 +1,8 @@
 """--devices: one worker per device, pulling cells from one queue; the parent the one writer."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -28,6 +30,33 @@ def test_cpu_workers_split_the_cores_between_them():
         (0, 1, 2), (3, 4)]
     assert [s.cpu_cores for s in devices.parse("3xcpu", 0, [4, 5, 6])] == [(4,), (5,), (6,)]
     assert {s.device for s in devices.parse("2xcpu", 8, [0, 1])} == {"cpu"}
+
+
+def test_cores_this_process_may_not_use_are_shared_anew_saying_so():
+    stored = devices.parse("2xcpu", 0, cores=list(range(8)))
+    slots, notice = devices.usable(stored, allowed={0, 1})
+    assert [s.cpu_cores for s in slots] == [(0,), (1,)]
+    assert notice == ("the stored CPU cores (0-3, 4-7) are not all this process's to use (it may "
+                      "use 2): 2 CPU workers are bound to 0, 1 instead")
+    fewer, _ = devices.usable(stored, allowed={5})
+    assert [s.cpu_cores for s in fewer] == [(5,)]
+    assert devices.usable(stored, allowed=set(range(8))) == (stored, None)
+
+
+def test_a_run_resumed_where_its_cores_do_not_exist_measures_its_cells(one_cell_run, tmp_path):
+    """A run moved to a smaller host: its cells became error rows, and the run exited 0."""
+    out = tmp_path / "run"
+    shutil.copytree(one_cell_run, out)
+    plan = json.loads((out / "plan.json").read_text())
+    plan["devices"] = [{"device": "cpu", "gpu_index": None, "visible_devices": None,
+                        "cpu_cores": [0, 4095]}]
+    (out / "plan.json").write_text(json.dumps(plan))
+    (out / "results.jsonl").write_text("")
+    result = run_main("bench.run", "--resume", out)
+    assert result.returncode == 0, result.stderr
+    assert "the stored CPU cores (0-4095) are not all this process's to use" in result.stderr
+    (row,) = rows_of(out)
+    assert row["status"] == "ok", row["error"]
 
 
 def test_gpus_by_index_or_all_are_pinned_one_card_each(monkeypatch):
