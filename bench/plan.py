@@ -66,10 +66,19 @@ def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
     rows = []
     for config in cells:
         note = unmodelled(config)
-        predicted = None if note else model_for(config).peak_bytes(config.batch_size)
+        model = None if note else model_for(config)
+        # the row's predicted figure means what its measured one does: the allocator's peak on
+        # a GPU; on the CPU one step's tracked tensors, which exclude the weights and the data
+        # set that exist before the step. Whether the cell fits counts everything.
+        if model is None:
+            predicted = None
+        elif config.device.startswith("cuda"):
+            predicted = model.peak_bytes(config.batch_size)
+        else:
+            predicted = model.step_bytes(config.batch_size)
         rows.append({**config.as_dict(), "key": config.key(), "predicted_peak_bytes": predicted,
-                     "prediction_note": note,
-                     "fits": None if capacity is None or note else predicted <= capacity})
+                     "prediction_note": note, "fits": None if capacity is None or note
+                     else model.peak_bytes(config.batch_size) <= capacity})
     return rows
 
 
@@ -92,8 +101,10 @@ def print_plan(plan: dict, as_json: bool) -> None:
 
         print(json.dumps(plan, indent=1))
         return
-    print(f"{len(plan['cells'])} cells on {plan['device']}; 'fits' is the predicted allocator "
-          f"peak against {plan['capacity']}")
+    what = ("the allocator's peak" if plan["device"].startswith("cuda")
+            else "one step's tensors, without the weights and data the fit also counts")
+    print(f"{len(plan['cells'])} cells on {plan['device']}; predicted: {what}; 'fits' is the "
+          f"predicted peak against {plan['capacity']}")
     width = max(len(row["key"]) for row in plan["cells"])
     for row in plan["cells"]:
         if row["prediction_note"]:

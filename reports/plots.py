@@ -106,7 +106,8 @@ def memory(run: Run, folder: Path) -> str | None:
               ("peak_reserved_bytes", "allocator: reserved"),
               ("nvml_peak_used_bytes", "NVML: device used"),
               ("tracked_peak_bytes", "tensors tracked in one step (CPU)"),
-              ("predicted_peak_bytes", "predicted allocator peak")]
+              ("predicted_peak_bytes", "predicted allocator peak" if run.on_gpu
+               else "predicted tensors in one step")]
     for column, label in series[:-1]:
         values = cells[column]
         if values.notna().any():

@@ -36,6 +36,8 @@ def test_a_torchvision_model_trains_through_the_smoke_grid_and_its_report(tmp_pa
         assert row["status"] == "ok" and row["data_source"] == "synthetic"
         assert row["model"] == "torchvision:resnet18" and row["input_shape"] == "3x64x64"
         assert re.fullmatch(r"[0-9a-f]{12}", row["model_fingerprint"])
+        # predicted and measured mean the same in a row: one step's tensors on the CPU
+        assert row["predicted_peak_bytes"] == pytest.approx(row["tracked_peak_bytes"], rel=0.10)
     plan = json.loads((out / "plan.json").read_text())
     assert plan["model"]["parameters"] == 11_689_512  # torchvision's resnet18, 1000 classes
     page = (out / "report" / "index.html").read_text()

@@ -40,7 +40,8 @@ def test_smoke_grid_end_to_end(tmp_path):
         assert row["cpu_peak_rss_bytes"] >= row["cpu_baseline_rss_bytes"] > 0
         assert row["loss_first"] == row["loss_first"]  # not NaN
         assert row["nvml_peak_used_bytes"] is None and row["nvml_note"] == "no GPU"
-        assert row["predicted_peak_bytes"] > 0
+        # predicted and measured mean the same in a row: one step's tensors on the CPU
+        assert row["predicted_peak_bytes"] == pytest.approx(row["tracked_peak_bytes"], rel=0.10)
     assert set(json.loads((out / "env.json").read_text())) >= {
         "gpu_name", "driver_version", "cuda_version", "torch_version", "torchvision_version",
         "python_version", "host", "commit"}
@@ -104,6 +105,21 @@ def test_dry_run_json_lists_cells_with_predictions(tmp_path, no_gpu):
     assert by_key["b8192-float32-nchw-device"]["predicted_peak_bytes"] > 8192 * 50_000
     assert plan["capacity_bytes"] == 100 * 2**20
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_every_cell_of_the_cpu_default_grid_predicts_its_tracked_step_within_10_percent(tmp_path):
+    """A row's predicted figure is what its tracked one counts (the step's tensors, not the
+    weights and data set before it): within 10% in every row of LeNet's CPU default grid. The
+    fake-tensor count stands for the real step's, which it matched to the byte in float32."""
+    from bench.predict import step_peak_bytes
+
+    result = run_main("bench.run", "--grid", "default", "--dry-run", "--json", *SYNTHETIC,
+                      cwd=tmp_path)
+    cells = [c for c in json.loads(result.stdout)["cells"] if c["predicted_peak_bytes"]]
+    assert len(cells) >= 10
+    for cell in cells:
+        tracked = step_peak_bytes(cell["batch_size"], cell["dtype"], cell["channels_last"])
+        assert cell["predicted_peak_bytes"] == pytest.approx(tracked, rel=0.10), cell["key"]
 
 
 def test_dry_run_plans_for_a_gpu_that_is_not_here(tmp_path, no_gpu):
