@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should show, in one call of at most 540 s, packed for the trip back.
+# What a lent GPU should show, in two calls, the main job first, packed for the trip back.
 #
 #   mkdir -p data/FashionMNIST/raw && cp /usr/share/datasets/fashion-mnist/*.gz data/FashionMNIST/raw/
-#   bash docs/gpu-check.sh "$OUT"        # on the GPU machine, from the repo root, 'data' carried
+#   bash docs/gpu-check.sh "$OUT" main    # call 1, at most 480 s: the whole default grid as a
+#                                         # user runs it (boundaries, report), then the cap check
+#   bash docs/gpu-check.sh "$OUT" rest    # call 2, at most 300 s: the GPU tests, another model's
+#                                         # smoke grid with its predictions, the notebook loop,
+#                                         # the harness overhead
 #
-# Nothing is installed: it runs the checkout as it is with the machine's python3. The steps run
-# most valuable first, each under its own limit and all of them within CHECK_BUDGET_S (540 s).
-# OUT/gpu-check.tgz is packed again after every step, so a call cut short still brings back each
-# step that finished; a step that fails does not stop the others. On a machine without a GPU the
-# same script is a dry run: every step runs on the CPU and the GPU-only tests skip.
+# Run from the repo root on the GPU machine, 'data' carried. Nothing is installed: it runs the
+# checkout as it is with the machine's python3. Each step runs under its own limit and all of a
+# call's within its budget (CHECK_BUDGET_S overrides it). OUT/gpu-check-PART.tgz is packed again
+# after every step, so a call cut short still brings back each step that finished; a step that
+# fails does not stop the others. Where the default grid does not fit its limit, bench.run is
+# stopped by SIGTERM with every finished row kept, and the log says how many cells it reached. On
+# a machine without a GPU the same script is a dry run: every step runs on the CPU and the
+# GPU-only tests skip.
 set -u
-out=${1:?usage: bash docs/gpu-check.sh OUT_DIR}
-budget_s=${CHECK_BUDGET_S:-540}
+out=${1:?usage: bash docs/gpu-check.sh OUT_DIR main|rest}
+part=${2:?usage: bash docs/gpu-check.sh OUT_DIR main|rest}
+case $part in
+    main) budget_s=${CHECK_BUDGET_S:-480} ;;
+    rest) budget_s=${CHECK_BUDGET_S:-300} ;;
+    *) echo "usage: bash docs/gpu-check.sh OUT_DIR main|rest" >&2; exit 2 ;;
+esac
 py=$(command -v python3 || command -v python)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export TQDM_MININTERVAL=5  # progress bars in a log: a line every 5 s, not every cell
@@ -20,7 +32,8 @@ mkdir -p "$out"
 started=$SECONDS
 
 pack() {  # the archive as it stands, replaced whole so a cut-off never leaves half of one
-    tar czf "$out/gpu-check.tgz.part" -C "$work" . && mv "$out/gpu-check.tgz.part" "$out/gpu-check.tgz"
+    tar czf "$out/gpu-check-$part.tgz.part" -C "$work" . \
+        && mv "$out/gpu-check-$part.tgz.part" "$out/gpu-check-$part.tgz"
 }
 
 step() {  # step NAME SECONDS COMMAND...: run it within its limit and what is left of the budget
@@ -59,28 +72,34 @@ for name in ("torchvision", "pandas", "matplotlib", "nvidia-ml-py", "pytest", "p
 PY
 }
 
+cells_reached() {  # cells_reached RUN_DIR: how far a run got, for a step that was cut off
+    local planned done
+    planned=$("$py" -c "import json,sys; print(len(json.load(open(sys.argv[1]))['cells']))" \
+        "$1/plan.json" 2>/dev/null || echo "?")
+    done=$(cat "$1/results.jsonl" 2>/dev/null | wc -l)
+    echo "the run reached $done of $planned cells" | tee -a "$work/$(basename "$1").log"
+}
+
 export py
 export -f environment  # so that timeout's bash can call it
-step environment 20 bash -c environment
-step doctor 30 "$py" -m bench.doctor
-step gpu-tests 150 "$py" -m pytest -q -p no:cacheprovider -m "" tests/test_gpu.py \
-    tests/test_nvml.py tests/test_energy.py tests/benchmarks
-# every mode at a launch-bound and a large batch, in both fast dtypes, with energy per cell:
-# 16 cells, 8 of them compiling (about 11 s each on a fresh machine)
-step modes 200 "$py" -m bench.run --grid default --set batch_size=256,16384 \
-    --set placement=device --set channels_last=false --set dtype=float32,bfloat16 \
-    --set mode=eager,compile,compile-cudagraphs,graph --no-find-max-batch --data real \
-    --out "$work/modes"
-step cap-2gib 60 "$py" -m bench.run --grid smoke --set batch_size=32768,65536 \
-    --set placement=device --memory-cap 2GiB --data real --no-find-max-batch --out "$work/cap-2gib"
-# the default grid at three of its five batch sizes in eager mode (the modes step ran the
-# others), to fit the budget
-step default-grid 200 "$py" -m bench.run --grid default --set batch_size=256,4096,16384 \
-    --set mode=eager --boundary-budget 60 --data real --out "$work/default"
-# another model through the same grid: batch sizes placed by its memory model on this card
-step any-model 90 "$py" -m bench.run --grid smoke --model torchvision:resnet50 \
-    --no-find-max-batch --out "$work/resnet50"
-step notebook-loop 60 "$py" -m lenet.train --epochs 2 --no-progress
-step harness-overhead 60 "$py" tests/benchmarks/harness_overhead.py --rounds 5
-step fast-tests 400 "$py" -m pytest -q -p no:cacheprovider
-echo "packed: $out/gpu-check.tgz after $((SECONDS - started)) s"
+if [ "$part" = main ]; then
+    step environment 20 bash -c environment
+    step doctor 30 "$py" -m bench.doctor
+    # the main job as a user runs it: every cell, the boundary searches and the report
+    step default-grid 370 "$py" -m bench.run --grid default --data real --out "$work/default-grid"
+    cells_reached "$work/default-grid"
+    pack
+    step cap-2gib 50 "$py" -m bench.run --grid smoke --set batch_size=32768,65536 \
+        --set placement=device --memory-cap 2GiB --data real --no-find-max-batch \
+        --out "$work/cap-2gib"
+else
+    step gpu-tests 130 "$py" -m pytest -q -p no:cacheprovider -m "" tests/test_gpu.py \
+        tests/test_nvml.py tests/test_energy.py tests/benchmarks
+    # another model through the same grid: batch sizes placed by its memory model on this card,
+    # each row's prediction beside its allocator peak
+    step any-model 70 "$py" -m bench.run --grid smoke --model torchvision:resnet50 \
+        --no-find-max-batch --out "$work/resnet50"
+    step notebook-loop 45 "$py" -m lenet.train --epochs 2 --no-progress
+    step harness-overhead 45 "$py" tests/benchmarks/harness_overhead.py --rounds 5
+fi
+echo "packed: $out/gpu-check-$part.tgz after $((SECONDS - started)) s"
