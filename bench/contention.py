@@ -161,6 +161,7 @@ class ContentionWatch:
     def __init__(self, nvml=None, proc: Path = PROC):
         self._nvml, self._proc = nvml, proc
         self._before: CpuTimes | None = None
+        self._violations_before: dict[str, int] = {}
         self._others: int | None = None
         self._clock_min: int | None = None
         self._clock_max: int | None = None
@@ -172,7 +173,11 @@ class ContentionWatch:
             self._before = read_cpu_times(self._proc)
         except (OSError, ValueError):
             self._before = None  # not Linux: the CPU columns stay empty
+        self._violations_before = self._violations()
         self.sample()
+
+    def _violations(self) -> dict[str, int]:
+        return {} if self._nvml is None else self._nvml.violation_ns()
 
     def sample(self) -> None:
         """The GPU's state now; a reading NVML refuses is left out."""
@@ -180,11 +185,18 @@ class ContentionWatch:
             return
         from bench.nvml import NvmlUnavailable
 
+        # each reading on its own: a card without one still gives the others
         try:
             clock, top = self._nvml.sm_clock_mhz(), self._nvml.max_sm_clock_mhz()
             self._clock_min = clock if self._clock_min is None else min(self._clock_min, clock)
             self._clock_max = top
+        except NvmlUnavailable:
+            pass
+        try:
             self._events |= self._nvml.clock_event_reasons()
+        except NvmlUnavailable:
+            pass
+        try:
             temperature = self._nvml.temperature_c()
             self._temperature = max(self._temperature or temperature, temperature)
         except NvmlUnavailable:
@@ -195,6 +207,8 @@ class ContentionWatch:
 
     def stop(self) -> Contention:
         self.sample()
+        held = {words: ns - self._violations_before[words]
+                for words, ns in self._violations().items() if words in self._violations_before}
         shares = None
         if self._before is not None:
             try:
@@ -207,14 +221,18 @@ class ContentionWatch:
             cpu_load_1m=load_1m(self._proc),
             gpu_other_processes=self._others, gpu_sm_clock_min_mhz=self._clock_min,
             gpu_sm_clock_max_mhz=self._clock_max,
-            gpu_clock_events=clock_event_words(self._events),
+            gpu_clock_events=clock_event_words(self._events) + tuple(
+                f"{words}: clocks held down {ns / 1e6:,.0f} ms of the repeats"
+                for words, ns in held.items() if ns > 0),
             gpu_temperature_max_c=self._temperature))
 
 
 def _other_processes(processes) -> int | None:
-    """Processes on the card besides this one. In a container NVML may list host pids, so this
-    process is not always found by its pid: then one of those listed is taken to be it."""
-    if processes is None:
+    """Processes on the card besides this one, or None where NVML cannot see them: hidden, or
+    an empty list while this process holds a context. In a container NVML may list host pids,
+    so this process is not always found by its pid: then one of those listed is taken to be
+    it."""
+    if not processes:  # this process holds a context: an empty list means NVML cannot see
         return None
     pids = {p.pid for p in processes}
     return len(pids - {os.getpid()}) if os.getpid() in pids else max(0, len(pids) - 1)

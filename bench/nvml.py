@@ -177,11 +177,34 @@ class NvmlReader:
                           self._handle, self._nvml.NVML_CLOCK_SM)
 
     def clock_event_reasons(self) -> int:
-        """Why the clocks are below their maximum now: a mask of nvmlClocksEventReason bits
-        (the older bindings call them throttle reasons; the bits are the same)."""
-        read = getattr(self._nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-            self._nvml.nvmlDeviceGetCurrentClocksThrottleReasons
-        return self._call("no clock-event reasons", read, self._handle)
+        """Why the clocks are below their maximum now: a mask of nvmlClocksEventReason bits.
+        A driver older than the binding lacks the new call (FUNCTION_NOT_FOUND) but has the
+        old one, of throttle reasons; the bits are the same."""
+        for name in ("nvmlDeviceGetCurrentClocksEventReasons",
+                     "nvmlDeviceGetCurrentClocksThrottleReasons"):
+            try:
+                return getattr(self._nvml, name)(self._handle)
+            except self._nvml.NVMLError_FunctionNotFound:
+                continue
+            except (AttributeError, self._nvml.NVMLError) as exc:
+                raise NvmlUnavailable(f"no clock-event reasons: {exc}") from None
+        raise NvmlUnavailable("no clock-event reasons: this driver has neither call")
+
+    def violation_ns(self) -> dict[str, int]:
+        """Nanoseconds the card has spent held below its clocks by its power cap and by heat,
+        since the driver loaded: cumulative counters, so a window's share is the difference of
+        two reads, whatever happened between them (a sample between repeats, when the card is
+        idle, never sees a power cap during one). Policies the card does not count are left
+        out."""
+        found = {}
+        for words, policy in (("power cap", self._nvml.NVML_PERF_POLICY_POWER),
+                              ("thermal", self._nvml.NVML_PERF_POLICY_THERMAL)):
+            try:
+                found[words] = self._nvml.nvmlDeviceGetViolationStatus(
+                    self._handle, policy).violationTime
+            except self._nvml.NVMLError:
+                continue
+        return found
 
     def temperature_c(self) -> int:
         return self._call("no temperature", self._nvml.nvmlDeviceGetTemperature, self._handle,

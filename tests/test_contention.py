@@ -88,9 +88,18 @@ def test_the_cells_own_children_count_as_its_own_time():
 class FakeNvml:
     """A fake NVML reader (the seam): fixed clocks, clock-event mask, temperature, processes."""
 
-    def __init__(self, clock_mhz, events, processes, fail=False):
+    def __init__(self, clock_mhz, events, processes, fail=False, power_capped_ns=0,
+                 temperature=True):
         self.clock_mhz, self.events, self.process_list, self.fail = clock_mhz, events, \
             processes, fail
+        self.power_capped_ns, self.temperature = power_capped_ns, temperature
+        self.reads = 0
+
+    def violation_ns(self):
+        """The power-cap counter advances by power_capped_ns over the window: one read at
+        each end."""
+        self.reads += 1
+        return {"power cap": 10**12 + (self.reads - 1) * self.power_capped_ns}
 
     def _read(self, value):
         if self.fail:
@@ -107,6 +116,8 @@ class FakeNvml:
         return self._read(self.events)
 
     def temperature_c(self):
+        if not self.temperature:
+            raise NvmlUnavailable("no temperature: Not Supported")
         return self._read(71)
 
     def processes(self):
@@ -143,6 +154,47 @@ def test_hidden_processes_and_failed_reads_leave_figures_empty_not_zero(tmp_path
     contention = _gpu_only(FakeNvml(1980, 0, None, fail=True), tmp_path)
     assert contention.gpu_other_processes is None and contention.gpu_sm_clock_min_mhz is None
     assert contention.busy is None  # nothing could be read: not "quiet"
+
+
+def test_a_power_cap_during_the_repeats_is_seen_by_the_counters_not_the_samples(tmp_path):
+    """Samples between repeats see an idle card at full clocks and no events; NVML's
+    violation counters saw 120 ms of the window held down by the power cap."""
+    me = GpuProcess(os.getpid(), 2**30, "python")
+    contention = _gpu_only(FakeNvml(1980, 0, [me], power_capped_ns=120_000_000), tmp_path)
+    assert contention.busy is True
+    assert contention.gpu_clock_events == ("power cap: clocks held down 120 ms of the repeats",)
+
+
+def test_a_card_without_a_temperature_still_gives_its_clocks_and_events(tmp_path):
+    me = GpuProcess(os.getpid(), 2**30, "python")
+    contention = _gpu_only(FakeNvml(1410, 0x4, [me], temperature=False), tmp_path)
+    assert contention.gpu_sm_clock_min_mhz == 1410 and contention.gpu_clock_events == (
+        "power cap",)
+    assert contention.gpu_temperature_max_c is None
+
+
+def test_an_empty_process_list_means_nvml_cannot_see_not_none_there(tmp_path):
+    """This process holds a context on the card: a list without it is a list NVML hides."""
+    contention = _gpu_only(FakeNvml(1980, 0, []), tmp_path)
+    assert contention.gpu_other_processes is None
+
+
+def test_an_older_driver_gives_the_clock_events_through_the_older_call(monkeypatch):
+    import pynvml
+
+    from bench.nvml import NvmlReader
+
+    def missing(handle):
+        raise pynvml.NVMLError_FunctionNotFound(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+
+    reader = NvmlReader.__new__(NvmlReader)  # the reader's calls alone, no driver (the seam)
+    reader._nvml, reader._handle = pynvml, "handle"
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", missing)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", lambda h: 0x4)
+    assert reader.clock_event_reasons() == 0x4
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", missing)
+    with pytest.raises(NvmlUnavailable, match="this driver has neither call"):
+        reader.clock_event_reasons()
 
 
 @pytest.mark.e2e

@@ -153,6 +153,9 @@ class FakeGpuReader(FakeCard):
     def clock_event_reasons(self):
         return 0
 
+    def violation_ns(self):
+        return {"power cap": 0, "thermal": 0}
+
     def temperature_c(self):
         return 60
 

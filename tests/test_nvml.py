@@ -174,3 +174,8 @@ def test_real_nvml_reads_the_card():
         with PeakSampler(reader.used_bytes) as sampler:
             time.sleep(0.05)
         assert sampler.peak > 0 and sampler.samples > 1
+        # the cumulative counters a window's power cap is read from, and the clock events
+        violations = reader.violation_ns()
+        assert set(violations) <= {"power cap", "thermal"}
+        assert all(isinstance(ns, int) and ns >= 0 for ns in violations.values())
+        assert isinstance(reader.clock_event_reasons(), int)
