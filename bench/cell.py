@@ -22,7 +22,7 @@ import torch
 from bench import memory
 from bench.contention import Contention, ContentionWatch
 from bench.energy import NO_TIMED_WINDOW, Energy, meter_for
-from bench.grid import Config
+from bench.grid import COMPILED_MODES, Config
 from bench.memory import AllocatorPeaks
 from bench.models import build_model
 from bench.nvml import PeakSampler
@@ -90,6 +90,29 @@ class Measured:
     tracked_peak_bytes: int | None  # CPU only: live tensor bytes over one step
     loss_first: float
     loss_last: float
+    compile_cache: str | None = None  # compiled modes: compile_cache_words
+
+
+# torch.compile's on-disk caches, as dynamo counts their lookups: the FX graphs inductor compiled
+# and AOTAutograd's joint graphs. A warm cache makes a compile take a fraction of a second, a
+# cold one seconds: a compiled cell's setup time means nothing without which it was.
+_CACHE_COUNTERS = (("inductor", "fxgraph_cache"), ("aot_autograd", "autograd_cache"))
+
+
+def _cache_lookups() -> dict[str, int]:
+    from torch._dynamo.utils import counters
+
+    return {f"{prefix}_{outcome}": counters[group][f"{prefix}_{outcome}"]
+            for group, prefix in _CACHE_COUNTERS for outcome in ("hit", "miss")}
+
+
+def compile_cache_words(before: dict[str, int], after: dict[str, int]) -> str:
+    """warm (every graph from the cache), cold (none), or partly warm, with the counts."""
+    hits = sum(after[k] - before[k] for k in after if k.endswith("_hit"))
+    misses = sum(after[k] - before[k] for k in after if k.endswith("_miss"))
+    if not hits:
+        return "cold" if misses else "cold (no cache consulted)"
+    return "warm" if not misses else f"partly warm ({hits} of {hits + misses} graphs cached)"
 
 
 def measure(config: Config, batch_size: int, data: TensorData, settings: Settings,
@@ -99,6 +122,8 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     memory.reset_peaks(device)
     start_rss = memory.rss_bytes()  # read at the reset: where this attempt starts from
     setup_began = time.perf_counter()
+    compiled = config.mode in COMPILED_MODES
+    lookups = _cache_lookups() if compiled else None
     step, batches = _prepare(config, batch_size, data, settings)
     try:
         # losses are read at once: a CUDA graph's outputs are overwritten by its next step. A
@@ -110,6 +135,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
             step(*next(batches))
         synchronize(device)
         setup_s = time.perf_counter() - setup_began
+        cache = compile_cache_words(lookups, _cache_lookups()) if compiled else None
         sizing_began = time.perf_counter()
         steps = steps_per_repeat(lambda n: timed_steps(step, batches, n, device)[0], settings)
         sizing_s = time.perf_counter() - sizing_began
@@ -138,7 +164,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     finally:
         batches.close()  # stops the DataLoader's workers now, not at garbage collection
     return Measured(Measurement(tuple(repeat_s), steps, batch_size), peaks, contention, energy,
-                    setup_s, sizing_s, start_rss, tracked, first_loss, last_loss)
+                    setup_s, sizing_s, start_rss, tracked, first_loss, last_loss, cache)
 
 
 def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:
@@ -212,6 +238,7 @@ def _record(row: Row, measured: Measured) -> None:
     row.contention = measured.contention
     row.setup_s = measured.setup_s
     row.sizing_s = measured.sizing_s
+    row.compile_cache = measured.compile_cache
     energy, examples = measured.energy, measured.measurement.examples
     row.energy_j_per_1000_examples = energy.per_1000_examples_j(examples)
     row.mean_power_w = energy.mean_power_w

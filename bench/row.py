@@ -34,6 +34,9 @@ class Row:
     repeat_s: list[float] = field(default_factory=list)
     setup_s: float | None = None  # building the step and warming up: compile or capture included
     sizing_s: float | None = None  # the blocks of steps that sized the repeats
+    # compiled modes: whether torch.compile's on-disk caches served the compile: warm, cold or
+    # partly warm (bench.cell.compile_cache_words); setup_s depends on it many times over
+    compile_cache: str | None = None
     # starting the worker this cell needed (interpreter, imports, data, a first step), and the
     # data's share of it; None where a worker was already running
     worker_start_s: float | None = None

@@ -198,7 +198,9 @@ def _notebook_answer(cells: pd.DataFrame, best: pd.Series) -> str:
 
 def _mode_words(cell: pd.Series) -> str:
     """The mode, with what it cost before training began (MLPerf reports compile time, too)."""
-    setup = "" if _missing(cell.get("setup_s")) else f", {cell['setup_s']:,.1f} s to set up"
+    cache = cell.get("compile_cache")
+    cache = "" if _missing(cache) else f" ({escape(str(cache))} compile cache)"
+    setup = "" if _missing(cell.get("setup_s")) else f", {cell['setup_s']:,.1f} s to set up{cache}"
     return f"mode {escape(str(cell['mode']))}{setup}"
 
 

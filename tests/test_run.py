@@ -53,9 +53,10 @@ def test_smoke_grid_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
     out = tmp_path / "run"
+    caches = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # empty: a cold compile
     result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
                         "placement=device", "--set", "mode=eager,compile,graph", "--out",
-                        str(out), *SYNTHETIC)
+                        str(out), *SYNTHETIC, env=caches)
     assert result.returncode == 0, result.stderr
     assert "skipped 1 cell: mode graph needs a CUDA device (b64-float32-nchw-device-graph)" \
         in result.stderr
@@ -68,6 +69,15 @@ def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
     assert compiled["setup_s"] > eager["setup_s"] > 0  # compiling happens in the warm-up
     assert compiled["loss_last"] < compiled["loss_first"]
     assert compiled["prediction_note"].startswith("not modelled: torch.compile fuses kernels")
+    assert compiled["compile_cache"] == "cold" and eager["compile_cache"] is None
+    again = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+                       "placement=device", "--set", "mode=compile", "--out",
+                       str(tmp_path / "again"), *SYNTHETIC, env=caches)
+    assert again.returncode == 0, again.stderr
+    (warm,) = rows_of(tmp_path / "again")
+    # the same graphs from the caches the first run filled: the setup time says so beside it
+    assert warm["compile_cache"] == "warm", warm["compile_cache"]
+    print(f"compile setup: cold {compiled['setup_s']:.1f} s, warm {warm['setup_s']:.1f} s")
     for row in (eager, compiled):  # no energy counter on this machine's CPU: never a zero
         assert row["energy_j_per_1000_examples"] is None and row["mean_power_w"] is None
         assert row["energy_note"].startswith("not measured: ")
