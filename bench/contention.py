@@ -201,7 +201,7 @@ class ContentionWatch:
             self._temperature = max(self._temperature or temperature, temperature)
         except NvmlUnavailable:
             pass
-        others = _other_processes(self._nvml.processes())
+        others = _other_processes(self._nvml.processes(), proc=self._proc)
         if others is not None:
             self._others = max(self._others or 0, others)
 
@@ -227,12 +227,36 @@ class ContentionWatch:
             gpu_temperature_max_c=self._temperature))
 
 
-def _other_processes(processes) -> int | None:
-    """Processes on the card besides this one, or None where NVML cannot see them: hidden, or
-    an empty list while this process holds a context. In a container NVML may list host pids,
-    so this process is not always found by its pid: then one of those listed is taken to be
-    it."""
+def _other_processes(processes, me: int | None = None, proc: Path = PROC) -> int | None:
+    """Processes on the card besides this run's own, or None where NVML cannot see them:
+    hidden, or an empty list while this process holds a context. This run's own are this
+    worker, its parent (which may hold a context of its own from asking the card's properties)
+    and the parent's other workers: in a pool on one host none of them is contention. In a
+    container NVML may list host pids, so this process is not always found by its pid: then one
+    of those listed is taken to be it."""
     if not processes:  # this process holds a context: an empty list means NVML cannot see
         return None
+    me = os.getpid() if me is None else me
     pids = {p.pid for p in processes}
-    return len(pids - {os.getpid()}) if os.getpid() in pids else max(0, len(pids) - 1)
+    if me not in pids:
+        return max(0, len(pids) - 1)
+    return len(pids - _family(me, proc))
+
+
+def _family(pid: int, proc: Path = PROC) -> set[int]:
+    """`pid`, its parent and its parent's other children, from /proc (just `pid` elsewhere)."""
+    parent = _parent_of(pid, proc)
+    if parent is None:
+        return {pid}
+    siblings = set()
+    for entry in proc.glob("[0-9]*"):
+        if _parent_of(int(entry.name), proc) == parent:
+            siblings.add(int(entry.name))
+    return {pid, parent} | siblings
+
+
+def _parent_of(pid: int, proc: Path = PROC) -> int | None:
+    try:
+        return int((proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

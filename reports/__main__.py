@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 from lenet.cli import OneLineParser, UsageError, fail
-from reports.frame import NotARun
-from reports.write import write_report
 
 PROG = "python -m reports"
 
@@ -29,8 +27,12 @@ def main(argv=None) -> int:
         fail(PROG, "give one run directory, or two (BASE NEW) to compare")
     base, new = (args.runs[0], args.runs[1]) if len(args.runs) == 2 else (None, args.runs[0])
     try:
+        # imported here: pandas and matplotlib take seconds, and Ctrl-C during them is answered
+        # below, without a traceback
+        from reports.write import write_report
+
         index = write_report(new, base, args.out)
-    except (NotARun, UsageError) as exc:
+    except UsageError as exc:  # reports.frame.NotARun among them
         fail(PROG, str(exc))
     except KeyboardInterrupt:
         print("\ninterrupted: the report is not written; the results are untouched",

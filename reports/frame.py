@@ -17,13 +17,14 @@ from bench.grid import Config
 from bench.outcome import TRAINED
 from bench.row import ROW_KEYS, config_of, not_learning
 from bench.schema import NewerSchemaError
+from lenet.cli import UsageError
 
 # The notebook's settings: batch 256, float32, the host DataLoader, no pinning, eager PyTorch.
 NOTEBOOK = {"batch_size_requested": 256, "dtype": "float32", "channels_last": False,
             "placement": "host", "pin_memory": False, "mode": "eager"}
 
 
-class NotARun(Exception):
+class NotARun(UsageError):
     """The folder holds no results this version can report."""
 
 

@@ -1,9 +1,12 @@
 """Pages built from crafted results files: every status, a CPU run, a torn file, one cell."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import matplotlib.image
 import pandas as pd
@@ -376,3 +379,23 @@ def test_energy_fields_of_the_wrong_type_never_show_as_nan_or_none(tmp_path):
     line = next(li for li in answer.split("<li>") if li.startswith("Least energy"))
     assert "nan" not in line and "None" not in line
     assert "J per 1,000 examples (" in line
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("after_s", [0.5, 2.0])
+def test_ctrl_c_while_the_report_is_written_ends_it_without_a_traceback(one_cell_run, tmp_path,
+                                                                       after_s):
+    """At 0.5 s it still imports pandas and matplotlib; at 2 s it draws."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_cell_run, run_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "reports", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    time.sleep(after_s)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    if proc.returncode != 0:  # the signal came before it was done
+        assert proc.returncode == 130
+        assert "interrupted: the report is not written; the results are untouched" in stderr
