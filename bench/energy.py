@@ -90,7 +90,11 @@ class _PowerIntegral:
         self.error: str | None = None
 
     def _run(self) -> None:
-        last_t, last_w = time.perf_counter(), self._read_mw() / 1000
+        try:
+            last_t, last_w = time.perf_counter(), self._read_mw() / 1000
+        except Exception as exc:  # noqa: BLE001 - no first reading: no figure, never 0 J
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
         while not self._stop.wait(POWER_SAMPLE_PERIOD_S):
             try:
                 w = self._read_mw() / 1000

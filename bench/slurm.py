@@ -291,6 +291,14 @@ def cancel_words(submissions: list[dict]) -> str:
     return f"scancel {' '.join(ids)}"
 
 
+def threads_per_worker(environ, workers: int) -> int | None:
+    """torch's threads for each of a task's workers: the CPUs Slurm gave the task (which
+    task/none does not bind it to) shared among them, so that four GPU workers do not each
+    spin as many threads as the task has CPUs. None where Slurm does not say."""
+    cpus = int(environ.get("SLURM_CPUS_PER_TASK") or environ.get("SLURM_CPUS_ON_NODE") or 0)
+    return max(1, cpus // workers) if cpus else None
+
+
 def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     """One array task, on its node: run `keys` (skipping those already done, as after a
     requeue), or the boundary searches, on every GPU Slurm gave it (one worker each, from one
@@ -324,9 +332,7 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
                       planning.settings_of(plan, str(path / store.PLAN)),
                       plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
                       model_fingerprint=plan["model"]["fingerprint"],
-                      # the CPUs Slurm gave the task, which task/none does not bind it to
-                      threads=int(os.environ.get("SLURM_CPUS_PER_TASK")
-                                  or os.environ.get("SLURM_CPUS_ON_NODE", "0")) or None)
+                      threads=threads_per_worker(os.environ, len(slots)))
     runners = [Runner(replace(spec, device=slot.device, visible_devices=slot.visible_devices),
                       slot.gpu_index, plan["cell_timeout_s"],
                       {**devices.where(slot), "slurm_job_id": job_id}) for slot in slots]

@@ -70,6 +70,21 @@ def test_without_the_counter_power_samples_are_integrated_and_named():
     assert energy.mean_power_w == pytest.approx(120.0, rel=0.1)
 
 
+def test_a_power_reading_that_fails_from_the_first_is_not_measured_never_zero():
+    class FailsAfterChoosing(FakeCard):
+        calls = 0
+
+        def power_mw(self):
+            self.calls += 1
+            if self.calls > 1:  # the meter's choice read it once; the window's first fails
+                raise RuntimeError("GPU is lost")
+            return 120_000
+
+    energy = window(EnergyMeter(FailsAfterChoosing(counter=False), min_window_s=0.1), 0.15)
+    assert energy.joules is None and energy.method == POWER_SAMPLES
+    assert energy.note == "not measured: the nvml-power-samples failed (RuntimeError: GPU is lost)"
+
+
 def test_a_card_with_neither_is_not_measured_never_zero():
     energy = window(EnergyMeter(FakeCard(counter=False, power=False)), 0.01)
     assert energy.joules is None and energy.method is None

@@ -276,6 +276,15 @@ def test_a_slurm_command_missing_is_refused_before_submitting(tmp_path, monkeypa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("environ, workers, threads", [
+    ({"SLURM_CPUS_PER_TASK": "32"}, 4, 8),  # four GPU workers share the task's CPUs
+    ({"SLURM_CPUS_PER_TASK": "2"}, 4, 1),
+    ({"SLURM_CPUS_ON_NODE": "16"}, 1, 16),
+    ({}, 2, None)])
+def test_a_tasks_cpus_are_shared_among_its_workers(environ, workers, threads):
+    assert executor.threads_per_worker(environ, workers) == threads
+
+
 def test_without_submitit_the_slurm_executor_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # unimportable, as without the extra
     result = run_main("bench.run", *CPU_CELLS, "--executor", "slurm", "--out", tmp_path / "r")
