@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bench.grid import GridError, get_grid
 from bench.nvml import MemoryInfo, NvmlReader, NvmlUnavailable
+from bench.plan import smallest_need_bytes
+from bench.predict import CONTEXT_ALLOWANCE_BYTES
 from bench.units import format_bytes
 from lenet.cli import OneLineParser, UsageError, fail, resolve_device
-
-# Room for the CUDA context and libraries on top of the allocator's peak (about 617 MiB was
-# measured on an H200 with torch 2.11); a cell needs this much free besides its own tensors.
-CONTEXT_ALLOWANCE_BYTES = 768 * 2**20
 
 
 def memory_lines(info: MemoryInfo) -> list[str]:
@@ -91,9 +90,6 @@ def report(device: torch.device, needed_bytes: int | None,
 
 
 def main(argv=None) -> int:
-    from bench.grid import GridError, get_grid
-    from bench.plan import smallest_need_bytes
-
     parser = OneLineParser(prog="python -m bench.doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
     parser.add_argument("--grid", default="default", help="whose smallest cell must fit")

@@ -8,11 +8,10 @@ from dataclasses import asdict, replace
 
 import torch
 
-from bench.doctor import CONTEXT_ALLOWANCE_BYTES
 from bench.grid import COMPILED_MODES, LENET, Config, Grid, batch_sizes, get_grid, parse_set
 from bench.models import ModelSpec, describe, parse_input_shape, resolve
 from bench.nvml import NvmlReader, NvmlUnavailable
-from bench.predict import model_for, unmodelled
+from bench.predict import CONTEXT_ALLOWANCE_BYTES, model_for, unmodelled
 from bench.schema import SCHEMA_VERSION
 from bench.settings import Settings
 from bench.store import RunDirError

@@ -33,19 +33,16 @@ from bench import devices as placing
 from bench import env as run_env
 from bench import plan as planning
 from bench import slurm, store
-from bench.boundary import Boundary, find_max_batch
+from bench.boundary import Boundary
 from bench.doctor import report
 from bench.grid import AXES, LENET, Config, GridError, grid_names
 from bench.models import ModelError
 from bench.outcome import Outcome
 from bench.phases import phase_lines, phases
-from bench.pool import Pool
-from bench.predict import model_for, unmodelled
 from bench.row import not_learning
-from bench.runner import Runner
 from bench.schema import NewerSchemaError
+from bench.session import Session
 from bench.units import format_bytes, parse_bytes
-from bench.worker import WorkerSpec
 from lenet.cli import (
     OneLineParser,
     UsageError,
@@ -284,7 +281,7 @@ def _preflight(slots: list[placing.Slot], cells: list[Config]) -> list[placing.S
     return kept
 
 
-def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple]:
+def _todo(run_dir: Path, cells: list[Config]) -> list[Config]:
     """The cells still to run (store.read_run refuses rows of another run)."""
     results = run_dir / store.RESULTS
     if store.cut_torn_tail(results):
@@ -294,7 +291,7 @@ def _todo(run_dir: Path, cells: list[Config], planned: list[dict]) -> list[tuple
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     done = store.done_keys(rows)
-    todo = [(c, p) for c, p in zip(cells, planned) if c.key() not in done]
+    todo = [c for c in cells if c.key() not in done]
     if done:
         print(f"resuming {run_dir}: {len(done)} cells done, {len(todo)} to go")
     return todo
@@ -321,10 +318,10 @@ def _run(args) -> int:
     device = torch.device(placing.parent_device(placing.from_plan(plan)))
     _announce(plan, device, resumed)
     capacity, capacity_words = planning.capacity_bytes(device, plan["memory_cap_bytes"])
-    planned = planning.plan_rows(cells, capacity)
     if args.dry_run:
         planning.print_plan({"device": str(device), "capacity_bytes": capacity,
-                             "capacity": capacity_words, "cells": planned,
+                             "capacity": capacity_words,
+                             "cells": planning.plan_rows(cells, capacity),
                              "boundaries": planning.plan_boundaries(cells, capacity)}, args.json)
         return 0
     if plan["executor"] is not None:
@@ -337,49 +334,35 @@ def _run(args) -> int:
     with store.locked(run_dir):
         if not resumed:
             store.create(run_dir, plan, run_env.collect(device))
-        todo = _todo(run_dir, cells, planned)
-        spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
-                          planning.settings_of(plan, str(run_dir / store.PLAN)),
-                          plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
-                          model_fingerprint=plan["model"]["fingerprint"])
-        runners = [Runner(replace(spec, device=slot.device, visible_devices=slot.visible_devices,
-                                  cpu_cores=slot.cpu_cores),
-                          slot.gpu_index, plan["cell_timeout_s"], placing.where(slot))
-                   for slot in slots]
-        if len(runners) > 1:
-            print(f"{len(runners)} workers, one queue: "
-                  f"{', '.join(slot.label for slot in slots)}", file=sys.stderr)
-        start = time.monotonic()
-        stopped = _measure(Pool(runners, [r.where["gpu_name"] or "cpu" for r in runners]), todo,
-                           cells, plan, capacity, run_dir)
+        todo = _todo(run_dir, cells)
+        with Session(plan, slots, capacity, str(run_dir)) as session:
+            if len(slots) > 1:
+                print(f"{len(slots)} workers, one queue: "
+                      f"{', '.join(slot.label for slot in slots)}", file=sys.stderr)
+            start = time.monotonic()
+            stopped = _measure(session, todo, run_dir)
         if stopped is not None:
             return stopped
         return _finish(run_dir, len(todo), time.monotonic() - start, args.no_report,
                        planning_s=start - began)
 
 
-def _measure(pool: Pool, todo: list[tuple], cells: list[Config], plan: dict,
-             capacity: int | None, run_dir: Path) -> int | None:
-    """Run the cells, then the boundary searches. None when done, else the exit status of a run
-    that was stopped, having said what is kept and how to carry on."""
+def _measure(session: Session, todo: list[Config], run_dir: Path) -> int | None:
+    """Run the cells, then the boundary searches, this process writing every row. None when
+    done, else the exit status of a run that was stopped, having said what is kept and how to
+    carry on."""
     results = run_dir / store.RESULTS
     carry_on = f"carry on with: {PROG} --resume {run_dir}"
-
-    def measure_cell(runner: Runner, job: tuple):
-        config, planned_row = job
-        return runner.cell(config, planned_row["predicted_peak_bytes"],
-                           planned_row["prediction_note"])
-
     try:
         with tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr) as bar:
-            def record(job: tuple, row) -> None:
+            def record(config: Config, row) -> None:
                 store.append_row(results, row.as_dict())
-                bar.set_postfix_str(row.config.key())
+                bar.set_postfix_str(config.key())
                 bar.update()
 
-            pool.run(todo, measure_cell, record)
-        if plan["find_max_batch"]:
-            _search_boundaries(pool, cells, plan, capacity, run_dir / store.BOUNDARIES)
+            session.measure(todo, record)
+        if session.plan["find_max_batch"]:
+            _search_boundaries(session, run_dir)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished cell is saved in {results}; {carry_on}",
               file=sys.stderr)
@@ -393,10 +376,22 @@ def _measure(pool: Pool, todo: list[tuple], cells: list[Config], plan: dict,
         print(f"{exc}; the {kept} rows written before it are safe; make room (or fix the file), "
               f"then {carry_on}", file=sys.stderr)
         return 1
-    finally:
-        for runner in pool.runners:
-            runner.retire_worker()
     return None
+
+
+def _search_boundaries(session: Session, run_dir: Path) -> None:
+    """One search per boundary and card model: identical cards do not search twice, and each
+    model's searches spread over its cards."""
+    jobs = session.boundary_jobs(store.done_boundaries(run_dir))
+    if not jobs:
+        return
+    path = run_dir / store.BOUNDARIES
+    with tqdm(total=len(jobs), desc="OOM boundary", unit="search", file=sys.stderr) as bar:
+        def record(job: tuple, boundary: Boundary) -> None:
+            store.append_row(path, boundary.as_dict())
+            bar.update()
+
+        session.search_boundaries(jobs, record)
 
 
 def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, args) -> int:
@@ -416,9 +411,8 @@ def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, ar
         done = store.done_keys(store.read_run(run_dir)[0])
         held = {key for task in live for key in task["keys"]}
         missing = [c.key() for c in cells if c.key() not in done | held]
-        searches = plan["find_max_batch"] and not any(t["boundaries"] for t in live) and bool(
-            boundary_jobs(cells, [None], {(b["key"], None) for b in
-                                          store.read_run_boundaries(run_dir)[0]}))
+        searches = plan["find_max_batch"] and not any(t["boundaries"] for t in live) and \
+            bool(unsearched(run_dir, cells))
         if live:
             print(f"picking up {len(live)} Slurm tasks still queued or running "
                   f"({len(held)} cells)", file=sys.stderr)
@@ -452,6 +446,14 @@ def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, ar
               f"above); run them again with: {PROG} --resume {run_dir}", file=sys.stderr)
         return 1
     return status
+
+
+def unsearched(run_dir: Path, cells: list[Config]) -> list[Config]:
+    """The boundaries no card has searched yet. Which card models a partition gives is Slurm's
+    to say, so a boundary searched on any card counts as done for the submitting process; a task
+    searches again only for a model its own cards lack."""
+    searched = {key for key, _ in store.done_boundaries(run_dir)}
+    return [c for c in planning.boundary_configs(cells) if c.boundary_key() not in searched]
 
 
 def _array_ids(submissions: list[dict]) -> list[str]:
@@ -544,47 +546,6 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
             lines.append(f"  {b['key']:<18} {b['max_ok_batch'] or 'none':>10}  {b['stop_reason']}"
                          f"  (predicted {b['predicted_max_batch'] or '?'})")
     return lines
-
-
-def boundary_jobs(cells: list[Config], models: list[str | None],
-                  done: set[tuple[str, str | None]]) -> list[tuple[Config, str | None]]:
-    """The searches still to run: one per boundary and card model (None on the CPU)."""
-    return [(c, m) for m in dict.fromkeys(models) for c in planning.boundary_configs(cells)
-            if (c.boundary_key(), m) not in done]
-
-
-def search_boundary(runner: Runner, job: tuple[Config, str | None], cells: list[Config],
-                    plan: dict, capacity: int | None, budget_s: float) -> Boundary:
-    config, gpu_name = job
-    boundary = Boundary(config, predicted_max_batch=model_for(config).max_batch(capacity)
-                        if capacity and not unmodelled(config) else None, gpu_name=gpu_name)
-    began = time.monotonic()
-    find_max_batch(lambda batch: runner.trial(replace(config, batch_size=batch), batch),
-                   boundary, min(c.batch_size for c in cells), plan["boundary_limit"], budget_s)
-    boundary.search_s = time.monotonic() - began
-    return boundary
-
-
-def _search_boundaries(pool: Pool, cells: list[Config], plan: dict, capacity: int | None,
-                       path: Path) -> None:
-    """One search per boundary and card model: identical cards do not search twice, and each
-    model's searches spread over its cards."""
-    done = {(b["key"], b["gpu_name"]) for b in store.read_boundaries(path)[0]}
-    jobs = boundary_jobs(cells, [r.where.get("gpu_name") for r in pool.runners], done)
-    if not jobs:
-        return
-    # the budget is wall time: searches side by side on several cards each get a runner's share
-    budget_s = min(plan["boundary_budget_s"],
-                   plan["boundary_budget_s"] * len(pool.runners) / len(jobs))
-
-    with tqdm(total=len(jobs), desc="OOM boundary", unit="search", file=sys.stderr) as bar:
-        def record(job: tuple, boundary: Boundary) -> None:
-            store.append_row(path, boundary.as_dict())
-            bar.update()
-
-        pool.run(jobs, lambda runner, job: search_boundary(runner, job, cells, plan, capacity,
-                                                           budget_s),
-                 record, group_of=lambda job: job[1] or "cpu")
 
 
 def _write_report(run_dir: Path) -> None:

@@ -20,7 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import store
@@ -312,10 +312,7 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     from bench import devices
     from bench import env as run_env
     from bench import plan as planning
-    from bench.pool import Pool
-    from bench.run import boundary_jobs, search_boundary
-    from bench.runner import Runner
-    from bench.worker import WorkerSpec
+    from bench.session import Session
 
     path = Path(run_dir)
     job_id = submitit.JobEnvironment().job_id
@@ -328,42 +325,21 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
         store.write_json(hosts / f"{host}.json", run_env.collect(device))
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     slots = devices.parse("all", gpus) if gpus > 1 else devices.single(plan["device"])
-    spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
-                      planning.settings_of(plan, str(path / store.PLAN)),
-                      plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
-                      model_fingerprint=plan["model"]["fingerprint"],
-                      threads=threads_per_worker(os.environ, len(slots)))
-    runners = [Runner(replace(spec, device=slot.device, visible_devices=slot.visible_devices),
-                      slot.gpu_index, plan["cell_timeout_s"],
-                      {**devices.where(slot), "slurm_job_id": job_id}) for slot in slots]
-    pool = Pool(runners, [r.where["gpu_name"] or "cpu" for r in runners])
-    parts = path / store.PARTS
-    parts.mkdir(exist_ok=True)
-    cells = planning.cells_of(plan, str(path / store.PLAN))
+    (path / store.PARTS).mkdir(exist_ok=True)
     capacity, _ = planning.capacity_bytes(device, plan["memory_cap_bytes"])
     written = []
-    try:
+
+    def sink(kind: str):
+        return lambda job, result: written.append(
+            store.append_row(store.part(path, kind, job_id), result.as_dict()))
+
+    with Session(plan, slots, capacity, run_dir, threads_per_worker(os.environ, len(slots)),
+                 {"slurm_job_id": job_id}) as session:
         if boundaries:
-            done = {(b["key"], b["gpu_name"]) for b in store.read_run_boundaries(path)[0]}
-            jobs = boundary_jobs(cells, [r.where["gpu_name"] for r in runners], done)
-            budget_s = plan["boundary_budget_s"] / max(1, len(jobs))
-            pool.run(jobs, lambda runner, job: search_boundary(runner, job, cells, plan,
-                                                               capacity, budget_s),
-                     lambda job, boundary: written.append(store.append_row(
-                         parts / f"boundaries-{job_id}.jsonl", boundary.as_dict())),
-                     group_of=lambda job: job[1] or "cpu")
-            return len(written)
-        done = store.done_keys(store.read_run(path)[0])
-        planned = {row["key"]: row for row in planning.plan_rows(cells, capacity)}
-
-        def measure(runner: Runner, config) -> Row:
-            return runner.cell(config, planned[config.key()]["predicted_peak_bytes"],
-                               planned[config.key()]["prediction_note"])
-
-        pool.run([c for c in cells if c.key() in keys and c.key() not in done], measure,
-                 lambda config, row: written.append(store.append_row(
-                     parts / f"results-{job_id}.jsonl", row.as_dict())))
-    finally:
-        for runner in runners:
-            runner.retire_worker()
+            session.search_boundaries(session.boundary_jobs(store.done_boundaries(path)),
+                                      sink("boundaries"))
+        else:
+            done = store.done_keys(store.read_run(path)[0])
+            session.measure([c for c in session.cells if c.key() in keys and c.key() not in done],
+                            sink("results"))
     return len(written)

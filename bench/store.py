@@ -225,8 +225,8 @@ def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
     hold, or another architecture than the plan's."""
     plan = _plan_of(run_dir)
     rows, warnings = _own_rows(run_dir / RESULTS, plan)
-    for part in sorted((run_dir / PARTS).glob("results-*.jsonl")):
-        more, more_warnings = _own_rows(part, plan)
+    for path in sorted((run_dir / PARTS).glob("results-*.jsonl")):
+        more, more_warnings = _own_rows(path, plan)
         rows += more
         warnings += more_warnings
     ran = done_keys(rows)
@@ -278,10 +278,20 @@ def done_keys(rows: list[dict]) -> set[str]:
     return {r["key"] for r in rows if r["error_kind"] != Outcome.JOB_ENDED}
 
 
+def part(run_dir: Path, kind: str, job_id: str) -> Path:
+    """A Slurm task's own file of `kind` (results or boundaries) in the run directory."""
+    return run_dir / PARTS / f"{kind}-{job_id}.jsonl"
+
+
+def done_boundaries(run_dir: Path) -> set[tuple[str, str | None]]:
+    """The searches the run holds, as (boundary key, card model; None on the CPU)."""
+    return {(b["key"], b["gpu_name"]) for b in read_run_boundaries(run_dir)[0]}
+
+
 def read_run_boundaries(run_dir: Path) -> tuple[list[dict], list[str]]:
     rows, warnings = read_boundaries(run_dir / BOUNDARIES)
-    for part in sorted((run_dir / PARTS).glob("boundaries-*.jsonl")):
-        more, more_warnings = read_boundaries(part)
+    for path in sorted((run_dir / PARTS).glob("boundaries-*.jsonl")):
+        more, more_warnings = read_boundaries(path)
         rows += more
         warnings += more_warnings
     return rows, warnings

@@ -12,7 +12,8 @@ from bench import devices
 from bench.doctor import Checkup
 from bench.grid import Config
 from bench.pool import Pool
-from bench.run import _preflight, boundary_jobs
+from bench.run import _preflight
+from bench.session import boundary_jobs
 from helpers import (
     CPU_SYNTHETIC,
     NO_GPU,

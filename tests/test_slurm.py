@@ -285,6 +285,23 @@ def test_a_tasks_cpus_are_shared_among_its_workers(environ, workers, threads):
     assert executor.threads_per_worker(environ, workers) == threads
 
 
+def test_a_boundary_searched_on_a_card_is_not_submitted_again(tmp_path):
+    """The submitting process asked for rows with no card model: a GPU partition's finished
+    search never matched, and every --resume submitted it again."""
+    from bench.grid import Config
+    from bench.run import unsearched
+
+    cells = [Config(64, device="cuda:0"), Config(256, device="cuda:0")]
+    assert [c.boundary_key() for c in unsearched(tmp_path, cells)] == ["float32-nchw"]
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "boundaries-7_0.jsonl").write_text(json.dumps(
+        {"key": "float32-nchw", "dtype": "float32", "channels_last": False,
+         "placement": "device", "gpu_name": "NVIDIA H200", "max_ok_batch": 1048576,
+         "first_failed_batch": None, "stop_reason": "budget", "failure": None,
+         "trials": []}) + "\n")
+    assert unsearched(tmp_path, cells) == []
+
+
 def test_without_submitit_the_slurm_executor_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # unimportable, as without the extra
     result = run_main("bench.run", *CPU_CELLS, "--executor", "slurm", "--out", tmp_path / "r")

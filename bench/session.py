@@ -1,0 +1,107 @@
+"""The one place a plan and its slots become measured rows and boundary searches, for every
+launcher: the local run (bench.run: the lock, results.jsonl, the signals) and each Slurm array task
+(bench.slurm: a part file of its own) call it alike.
+
+A session builds the worker spec from the plan, one Runner per slot and a Pool grouped by card
+model; it gives each cell its prediction, applies one budget rule to the boundary searches, hands
+every row and boundary to the launcher's sink as it finishes, and retires the workers however it
+ends. The workers stamp what they built (the model's fingerprint) and the runners where they ran.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from bench import devices as placing
+from bench import plan as planning
+from bench.boundary import Boundary, find_max_batch
+from bench.grid import Config
+from bench.pool import Pool
+from bench.predict import model_for, unmodelled
+from bench.row import Row
+from bench.runner import Runner
+from bench.store import PLAN
+from bench.worker import WorkerSpec
+
+
+class Session:
+    """Workers for a plan's cells on `slots`, from one queue; close it (or use `with`)."""
+
+    def __init__(self, plan: dict, slots: list[placing.Slot], capacity: int | None,
+                 where: str, threads: int | None = None, labels: dict | None = None):
+        # where: the run directory, for messages; threads: torch's threads per worker where not
+        # one per bound core (a Slurm task's CPUs); labels: row fields every row gets (its job)
+        self.plan, self.capacity = plan, capacity
+        self.cells = planning.cells_of(plan, f"{where}/{PLAN}")
+        spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
+                          planning.settings_of(plan, f"{where}/{PLAN}"),
+                          plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
+                          threads=threads, model_fingerprint=plan["model"]["fingerprint"])
+        self.runners = [Runner(replace(spec, device=slot.device,
+                                       visible_devices=slot.visible_devices,
+                                       cpu_cores=slot.cpu_cores),
+                               slot.gpu_index, plan["cell_timeout_s"],
+                               {**placing.where(slot), **(labels or {})})
+                        for slot in slots]
+        self.card_models = [r.where["gpu_name"] for r in self.runners]
+        self.pool = Pool(self.runners, [model or "cpu" for model in self.card_models])
+        self._planned = {row["key"]: row for row in planning.plan_rows(self.cells, capacity)}
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Retire every worker: each finishes what it holds, then exits."""
+        for runner in self.runners:
+            runner.retire_worker()
+
+    def measure(self, cells: Iterable[Config], sink: Callable[[Config, Row], None]) -> None:
+        """Run `cells`, each on whichever worker is free, handing each row to `sink`."""
+        def cell(runner: Runner, config: Config) -> Row:
+            planned = self._planned[config.key()]
+            return runner.cell(config, planned["predicted_peak_bytes"],
+                               planned["prediction_note"])
+
+        self.pool.run(list(cells), cell, sink)
+
+    def boundary_jobs(self, done: set[tuple[str, str | None]]) -> list[tuple[Config, str | None]]:
+        """The searches still to run here: one per boundary and card model (None on the CPU)."""
+        return boundary_jobs(self.cells, self.card_models, done)
+
+    def search_boundaries(self, jobs: list[tuple[Config, str | None]],
+                          sink: Callable[[tuple[Config, str | None], Boundary], None]) -> None:
+        """One search per job, each card model's on its own cards. The plan's budget is wall
+        time for them all: searches side by side on several workers each get a worker's share
+        of it, and never more than the whole."""
+        if not jobs:
+            return
+        budget_s = min(self.plan["boundary_budget_s"],
+                       self.plan["boundary_budget_s"] * len(self.runners) / len(jobs))
+        self.pool.run(jobs, lambda runner, job: self._search(runner, job, budget_s), sink,
+                      group_of=lambda job: job[1] or "cpu")
+
+    def _search(self, runner: Runner, job: tuple[Config, str | None],
+                budget_s: float) -> Boundary:
+        config, gpu_name = job
+        predicted = (model_for(config).max_batch(self.capacity)
+                     if self.capacity and not unmodelled(config) else None)
+        boundary = Boundary(config, predicted_max_batch=predicted, gpu_name=gpu_name)
+        began = time.monotonic()
+        find_max_batch(lambda batch: runner.trial(replace(config, batch_size=batch), batch),
+                       boundary, min(c.batch_size for c in self.cells),
+                       self.plan["boundary_limit"], budget_s)
+        boundary.search_s = time.monotonic() - began
+        return boundary
+
+
+def boundary_jobs(cells: list[Config], card_models: list[str | None],
+                  done: set[tuple[str, str | None]]) -> list[tuple[Config, str | None]]:
+    """The searches still to run: one per boundary of `cells` and card model (None on the CPU),
+    less those `done` holds as (boundary key, card model)."""
+    return [(c, m) for m in dict.fromkeys(card_models) for c in planning.boundary_configs(cells)
+            if (c.boundary_key(), m) not in done]
