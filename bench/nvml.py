@@ -178,15 +178,19 @@ class NvmlReader:
 
     def clock_event_reasons(self) -> int:
         """Why the clocks are below their maximum now: a mask of nvmlClocksEventReason bits.
-        A driver older than the binding lacks the new call (FUNCTION_NOT_FOUND) but has the
-        old one, of throttle reasons; the bits are the same."""
+        A driver older than the binding lacks the new call (FUNCTION_NOT_FOUND), and an older
+        binding the new name, but both have the old one, of throttle reasons; the bits are the
+        same."""
         for name in ("nvmlDeviceGetCurrentClocksEventReasons",
                      "nvmlDeviceGetCurrentClocksThrottleReasons"):
+            read = getattr(self._nvml, name, None)  # an older binding lacks the newer name
+            if read is None:
+                continue
             try:
-                return getattr(self._nvml, name)(self._handle)
+                return read(self._handle)
             except self._nvml.NVMLError_FunctionNotFound:
                 continue
-            except (AttributeError, self._nvml.NVMLError) as exc:
+            except self._nvml.NVMLError as exc:
                 raise NvmlUnavailable(f"no clock-event reasons: {exc}") from None
         raise NvmlUnavailable("no clock-event reasons: this driver has neither call")
 

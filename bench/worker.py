@@ -147,6 +147,10 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
             data = real_tensors(True, spec.data_root)
         data_load_s = time.perf_counter() - data_began
         if spec.memory_cap_bytes is not None:
+            # torch.optim imports torch._dynamo on its first use; under a tight address-space
+            # cap that import fails (MemoryError, SystemError) instead of the step running out
+            # of memory, so it is imported before the cap
+            import torch._dynamo  # noqa: F401
             memory.apply_memory_cap(device, spec.memory_cap_bytes)
         if device.type == "cuda":
             torch.cuda.init()

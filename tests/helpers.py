@@ -77,7 +77,7 @@ def rows_of(run_dir):
     return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
-def _ctrl_c_as_at_a_terminal():
+def ctrl_c_as_at_a_terminal():
     """SIGINT's default action, as a terminal gives it: a shell that starts the suite in the
     background leaves SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     import signal
@@ -91,7 +91,7 @@ def start_grid_and_wait_for_a_row(out, *more_args, **popen):
            "batch_size=32,64,128,256", "--set", "placement=device", "--out", str(out),
            *CPU_SYNTHETIC, *more_args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            preexec_fn=_ctrl_c_as_at_a_terminal, **popen)
+                            preexec_fn=ctrl_c_as_at_a_terminal, **popen)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
     while not (results.exists() and results.read_text().count("\n") >= 1):

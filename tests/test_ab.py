@@ -10,7 +10,14 @@ import time
 import pytest
 
 from bench.ab import median_interval
-from helpers import ROOT, one_line_error, run_main, run_module, slowed_tree
+from helpers import (
+    ROOT,
+    ctrl_c_as_at_a_terminal,
+    one_line_error,
+    run_main,
+    run_module,
+    slowed_tree,
+)
 
 ONE_CELL = ["--set", "batch_size=64", "--set", "placement=device", "--device", "cpu"]
 
@@ -99,7 +106,8 @@ def test_a_stopped_gate_leaves_no_server_running(tmp_path, signum, status):
     hung = _fake_tree(tmp_path / "hung", HELLO + "sys.stdin.readline()\ntime.sleep(3600)\n")
     proc = subprocess.Popen([sys.executable, "-m", "bench.ab", str(hung), str(hung), *ONE_CELL],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_at_a_terminal)
     deadline = time.monotonic() + 60
     while len(servers := _servers(proc.pid)) < 2:
         assert time.monotonic() < deadline and proc.poll() is None

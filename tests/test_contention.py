@@ -203,13 +203,16 @@ def test_an_older_driver_gives_the_clock_events_through_the_older_call(monkeypat
     from bench.nvml import NvmlReader
 
     def missing(handle):
-        raise pynvml.NVMLError_FunctionNotFound(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)  # its subclass, by code
 
     reader = NvmlReader.__new__(NvmlReader)  # the reader's calls alone, no driver (the seam)
     reader._nvml, reader._handle = pynvml, "handle"
-    monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", missing)
+    # the newer call where the binding has it (the oldest supported binding does not)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", missing, raising=False)
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", lambda h: 0x4)
     assert reader.clock_event_reasons() == 0x4
+    monkeypatch.delattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons")
+    assert reader.clock_event_reasons() == 0x4  # a binding that predates the newer name
     monkeypatch.setattr(pynvml, "nvmlDeviceGetCurrentClocksThrottleReasons", missing)
     with pytest.raises(NvmlUnavailable, match="this driver has neither call"):
         reader.clock_event_reasons()

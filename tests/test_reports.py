@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.contention import Contention
-from helpers import ROOT, MiB, crafted_row, crafted_run, run_main
+from helpers import ROOT, MiB, crafted_row, crafted_run, ctrl_c_as_at_a_terminal, run_main
 from reports.frame import load_run, pareto
 from reports.write import write_report
 
@@ -390,7 +390,7 @@ def test_ctrl_c_while_the_report_is_written_ends_it_without_a_traceback(one_cell
     shutil.copytree(one_cell_run, run_dir)
     proc = subprocess.Popen([sys.executable, "-m", "reports", str(run_dir)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            preexec_fn=ctrl_c_as_at_a_terminal,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)

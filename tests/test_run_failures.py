@@ -24,6 +24,7 @@ from helpers import (
     ONE_CELL,
     ROOT,
     crafted_cpu_row,
+    ctrl_c_as_at_a_terminal,
     one_line_error,
     rows_of,
     run_main,
@@ -259,7 +260,7 @@ def test_a_signal_while_the_run_plans_stops_it_without_a_traceback(tmp_path, sig
            "user_factories:slow_to_build", "--out", str(tmp_path / "run"), *CPU_SYNTHETIC]
     proc = subprocess.Popen(cmd, cwd=ROOT / "tests", stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            preexec_fn=ctrl_c_as_at_a_terminal,
                             env={**os.environ, "PYTHONPATH": str(ROOT),
                                  "LENET_BENCH_TEST_MARK": str(mark)})
     deadline = time.monotonic() + 120
@@ -281,6 +282,7 @@ def test_ctrl_c_while_a_worker_starts_stops_the_run_without_a_traceback(tmp_path
     cmd = [sys.executable, "-m", "bench.run", *ONE_CELL, "--out", str(out), *CPU_SYNTHETIC]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_as_at_a_terminal,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 120
     while not _workers(proc.pid):
