@@ -162,6 +162,7 @@ class ContentionWatch:
         self._nvml, self._proc = nvml, proc
         self._before: CpuTimes | None = None
         self._violations_before: dict[str, int] = {}
+        self._own: set[int] = set()
         self._others: int | None = None
         self._clock_min: int | None = None
         self._clock_max: int | None = None
@@ -174,6 +175,8 @@ class ContentionWatch:
         except (OSError, ValueError):
             self._before = None  # not Linux: the CPU columns stay empty
         self._violations_before = self._violations()
+        # this run's own processes, read from /proc once per window, not at every sample
+        self._own = _family(os.getpid(), self._proc) if self._nvml is not None else set()
         self.sample()
 
     def _violations(self) -> dict[str, int]:
@@ -201,7 +204,7 @@ class ContentionWatch:
             self._temperature = max(self._temperature or temperature, temperature)
         except NvmlUnavailable:
             pass
-        others = _other_processes(self._nvml.processes(), proc=self._proc)
+        others = _other_processes(self._nvml.processes(), self._own)
         if others is not None:
             self._others = max(self._others or 0, others)
 
@@ -227,20 +230,19 @@ class ContentionWatch:
             gpu_temperature_max_c=self._temperature))
 
 
-def _other_processes(processes, me: int | None = None, proc: Path = PROC) -> int | None:
-    """Processes on the card besides this run's own, or None where NVML cannot see them:
-    hidden, or an empty list while this process holds a context. This run's own are this
-    worker, its parent (which may hold a context of its own from asking the card's properties)
-    and the parent's other workers: in a pool on one host none of them is contention. In a
-    container NVML may list host pids, so this process is not always found by its pid: then one
-    of those listed is taken to be it."""
+def _other_processes(processes, own: set[int], me: int | None = None) -> int | None:
+    """Processes on the card besides this run's `own` (_family: this worker, its parent, which
+    may hold a context of its own from asking the card's properties, and the parent's other
+    workers: in a pool on one host none of them is contention), or None where NVML cannot see
+    them: hidden, or an empty list while this process holds a context. In a container NVML may
+    list host pids, so this process is not always found by its pid: then one of those listed is
+    taken to be it."""
     if not processes:  # this process holds a context: an empty list means NVML cannot see
         return None
-    me = os.getpid() if me is None else me
     pids = {p.pid for p in processes}
-    if me not in pids:
+    if (os.getpid() if me is None else me) not in pids:
         return max(0, len(pids) - 1)
-    return len(pids - _family(me, proc))
+    return len(pids - own)
 
 
 def _family(pid: int, proc: Path = PROC) -> set[int]:

@@ -520,8 +520,11 @@ def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool,
 
 def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
     lines = []
-    done = [r for r in rows if r["examples_per_s"]
-            and not not_learning(r["loss_first"], r["loss_last"])]
+    timed = [r for r in rows if r["examples_per_s"]]
+    # why a cell that ran fast did not train, read once: such a cell is never among the fastest
+    stalled = {r["key"]: why for r in timed if (why := not_learning(r["loss_first"],
+                                                                   r["loss_last"]))}
+    done = [r for r in timed if r["key"] not in stalled]
     done.sort(key=lambda r: r["examples_per_s"], reverse=True)
     if done:
         lines.append("fastest cells:")
@@ -532,10 +535,8 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
                          f"{'  (noisy)' if r['noisy'] else ''}"
                          f"{'  (busy: ' + '; '.join(r['busy_reasons']) + ')' if r['busy'] else ''}")
     failed = [r for r in rows if r["status"] != Outcome.OK]
-    for r in rows:
-        if r["examples_per_s"] and not_learning(r["loss_first"], r["loss_last"]):
-            lines.append(f"  {r['key']}: left out, it did not train: "
-                         f"{not_learning(r['loss_first'], r['loss_last'])}")
+    for key, why in stalled.items():
+        lines.append(f"  {key}: left out, it did not train: {why}")
     for r in failed:
         lines.append(f"  {r['key']}: {r['status']}"
                      f"{' at batch ' + str(r['batch_size']) if r['batch_size'] else ''}"

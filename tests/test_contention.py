@@ -176,15 +176,16 @@ def test_a_card_without_a_temperature_still_gives_its_clocks_and_events(tmp_path
 def test_a_pools_parent_and_sibling_workers_are_not_other_processes():
     """On a 4-GPU box each worker saw its parent (a context from asking the card's
     properties) and so every cell read busy."""
-    from bench.contention import _other_processes
+    from bench.contention import _family, _other_processes
 
     workers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
                for _ in range(2)]
     try:
         listed = [GpuProcess(pid, 2**30, "python") for pid in
                   (workers[0].pid, workers[1].pid, os.getpid(), 4242)]
-        assert _other_processes(listed, me=workers[0].pid) == 1  # 4242 alone
-        assert _other_processes(listed[:3], me=workers[0].pid) == 0
+        own = _family(workers[0].pid)
+        assert _other_processes(listed, own, me=workers[0].pid) == 1  # 4242 alone
+        assert _other_processes(listed[:3], own, me=workers[0].pid) == 0
     finally:
         for worker in workers:
             worker.kill()
