@@ -44,6 +44,7 @@ def test_cores_this_process_may_not_use_are_shared_anew_saying_so():
     assert devices.usable(stored, allowed=set(range(8))) == (stored, None)
 
 
+@pytest.mark.e2e  # real runs, about 10 s a case: the full tier
 def test_a_run_resumed_where_its_cores_do_not_exist_measures_its_cells(one_cell_run, tmp_path):
     """A run moved to a smaller host: its cells became error rows, and the run exited 0."""
     out = tmp_path / "run"

@@ -169,6 +169,7 @@ def test_lenets_own_shape_given_explicitly_makes_a_plain_runs_keys(shape):
     assert keys[0] == keys[1] and keys[0]
 
 
+@pytest.mark.e2e  # real runs, about 10 s a case: the full tier
 def test_a_resume_after_the_model_changed_is_refused_in_one_line(tmp_path, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setenv("LENET_BENCH_TEST_WIDTH", "8")

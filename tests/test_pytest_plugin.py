@@ -83,6 +83,7 @@ def _spoil_baseline(pytester, spoil) -> None:
     saved.write_text(json.dumps(data))
 
 
+@pytest.mark.e2e  # a pytest session and a baseline a case, about 11 s each: the full tier
 @pytest.mark.parametrize("spoil, words", [
     (lambda b: b["extra_info"].pop("tracked_peak_bytes"),
      "the baseline's tracked_peak_bytes is missing, not a size to compare with"),
