@@ -53,14 +53,6 @@ def parent_device(slots: list[Slot]) -> str:
     return first.device if first.gpu_index is None else f"cuda:{first.gpu_index}"
 
 
-def from_plan(plan: dict) -> list[Slot]:
-    """The slots a stored plan names (as JSON, cores are a list), or its one device."""
-    if not plan.get("devices"):
-        return single(plan["device"])
-    return [Slot(**{**stored, "cpu_cores": tuple(stored["cpu_cores"])
-                    if stored.get("cpu_cores") else None}) for stored in plan["devices"]]
-
-
 def usable(slots: list[Slot], allowed: set[int] | None = None) -> tuple[list[Slot], str | None]:
     """The slots with CPU workers bound only to cores this process may use (a run resumed on a
     smaller host, or under a taskset or cgroup that leaves some out), shared anew where the

@@ -14,6 +14,7 @@ import itertools
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.schema import field_defaults
+from bench.settings import Settings
 from lenet.modes import MODES
 
 LENET = "lenet"  # the default model; bench.models builds it and the others
@@ -179,9 +180,9 @@ class Grid:
     find_max_batch: bool = False
     boundary_limit: int = 2**24  # the largest batch the boundary search tries
     boundary_budget_s: float = 120.0  # all boundary searches together
-    repeats: int = 5
-    min_repeat_s: float = 0.2  # each repeat runs enough steps to last this long
-    warmup_steps: int = 3
+    repeats: int = Settings.repeats
+    min_repeat_s: float = Settings.min_repeat_s  # each repeat runs enough steps to last this long
+    warmup_steps: int = Settings.warmup_steps
     overrides: dict = field(default_factory=dict)
     model: str = LENET
     input_shape: str = ""

@@ -30,6 +30,7 @@ from torch import nn
 
 from bench.grid import LENET
 from bench.oom import one_line
+from bench.plan_file import ModelInfo
 
 TORCHVISION = "torchvision:"
 # Samples in another model's synthetic set: batches are drawn with replacement, so any batch size
@@ -224,12 +225,11 @@ def fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def describe(spec: ModelSpec) -> dict:
+def describe(spec: ModelSpec) -> ModelInfo:
     """What a plan and the page say of the model."""
     model = spec.build(seed=0)
-    return {"name": spec.name, "input_shape": list(spec.input_shape),
-            "num_classes": spec.num_classes, "parameters": parameters(model),
-            "fingerprint": fingerprint(model)}
+    return ModelInfo(spec.name, tuple(spec.input_shape), spec.num_classes, parameters(model),
+                     fingerprint(model))
 
 
 def _describe(value) -> str:

@@ -1,23 +1,44 @@
-"""A run's plan: the cells a grid gives on a device, each with its predicted peak and whether it
-fits, and the predicted OOM boundary per dtype and layout. `--dry-run` prints it; a run stores it
-as plan.json and `--resume` reads it back."""
+"""Planning a run: from the command line's typed `Request` to the `Plan` a run directory stores
+(bench.plan_file), and the forecast `--dry-run` prints: the cells a grid gives on a device, each
+with its predicted peak and whether it fits, and the predicted OOM boundary per dtype and
+layout."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from bench.grid import COMPILED_MODES, LENET, Config, Grid, batch_sizes, get_grid, parse_set
 from bench.models import ModelSpec, describe, parse_input_shape, resolve
 from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.plan_file import Plan
 from bench.predict import CONTEXT_ALLOWANCE_BYTES, model_for, unmodelled
-from bench.schema import SCHEMA_VERSION
 from bench.settings import Settings
-from bench.store import RunDirError
 from bench.units import format_bytes
 from lenet.cli import UsageError, resolve_device
 from lenet.data import DataError, fashion_mnist_root
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a new run is asked for, as the command line gives it; a field it leaves out takes
+    the default here (the grid's own where None)."""
+
+    grid: str = "default"
+    set: tuple[str, ...] = ()  # --set AXIS=V1,V2, as given
+    device: str = "auto"
+    data: str = "auto"  # auto, real or synthetic
+    data_root: str | None = None
+    memory_cap_bytes: int | None = None
+    cell_timeout_s: float = 900.0
+    find_max_batch: bool | None = None
+    boundary_budget_s: float | None = None
+    repeats: int | None = None
+    model: str = LENET
+    input_shape: str | None = None
+    slurm: bool = False  # --executor slurm: the cells run on the cards Slurm gives
+    dry_run: bool = False
 
 
 def resolve_data(choice: str, data_root: str | None,
@@ -61,7 +82,23 @@ def capacity_bytes(device: torch.device, cap: int | None) -> tuple[int | None, s
     return available, "the host's available memory"
 
 
-def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
+@dataclass(frozen=True)
+class Planned:
+    """A cell as planned: its predicted figure (the allocator's peak on a GPU; on the CPU one
+    step's tracked tensors) or why there is none, and whether it fits (None: unknown)."""
+
+    config: Config
+    predicted_peak_bytes: int | None
+    prediction_note: str | None
+    fits: bool | None
+
+    def as_dict(self) -> dict:
+        return {**self.config.as_dict(), "key": self.config.key(),
+                "predicted_peak_bytes": self.predicted_peak_bytes,
+                "prediction_note": self.prediction_note, "fits": self.fits}
+
+
+def plan_rows(cells: list[Config], capacity: int | None) -> list[Planned]:
     rows = []
     for config in cells:
         note = unmodelled(config)
@@ -75,9 +112,8 @@ def plan_rows(cells: list[Config], capacity: int | None) -> list[dict]:
             predicted = model.peak_bytes(config.batch_size)
         else:
             predicted = model.step_bytes(config.batch_size)
-        rows.append({**config.as_dict(), "key": config.key(), "predicted_peak_bytes": predicted,
-                     "prediction_note": note, "fits": None if capacity is None or note
-                     else model.peak_bytes(config.batch_size) <= capacity})
+        rows.append(Planned(config, predicted, note, None if capacity is None or note
+                            else model.peak_bytes(config.batch_size) <= capacity))
     return rows
 
 
@@ -87,35 +123,52 @@ def smallest_need_bytes(cells: list[Config]) -> int:
     return min(model_for(c).peak_bytes(c.batch_size) for c in cells)
 
 
-def plan_boundaries(cells: list[Config], capacity: int | None) -> list[dict]:
-    """The predicted OOM boundary of each search, on device-resident data."""
-    return [{"key": c.boundary_key(), "predicted_max_batch": None if capacity is None
-             or unmodelled(c) else model_for(c).max_batch(capacity)}
-            for c in boundary_configs(cells)]
+@dataclass(frozen=True)
+class Forecast:
+    """What --dry-run prints: every cell as planned and each search's predicted boundary,
+    against the capacity named in words."""
+
+    device: str
+    capacity_bytes: int | None
+    capacity: str
+    cells: list[Planned]
+    boundaries: list[tuple[str, int | None]]  # (boundary key, predicted largest batch)
+
+    def as_dict(self) -> dict:
+        return {"device": self.device, "capacity_bytes": self.capacity_bytes,
+                "capacity": self.capacity, "cells": [c.as_dict() for c in self.cells],
+                "boundaries": [{"key": key, "predicted_max_batch": batch}
+                               for key, batch in self.boundaries]}
+
+    def print(self, as_json: bool) -> None:
+        if as_json:
+            import json
+
+            print(json.dumps(self.as_dict(), indent=1))
+            return
+        what = ("the allocator's peak" if self.device.startswith("cuda")
+                else "one step's tensors, without the weights and data the fit also counts")
+        print(f"{len(self.cells)} cells on {self.device}; predicted: {what}; 'fits' is the "
+              f"predicted peak against {self.capacity}")
+        width = max(len(row.config.key()) for row in self.cells)
+        for row in self.cells:
+            if row.prediction_note:
+                print(f"  {row.config.key():<{width}}  {row.prediction_note}")
+                continue
+            verdict = {True: "fits", False: "DOES NOT FIT", None: "?"}[row.fits]
+            print(f"  {row.config.key():<{width}}  predicted "
+                  f"{format_bytes(row.predicted_peak_bytes):>10}  {verdict}")
+        print(f"predicted OOM boundary (largest batch) against {self.capacity}:")
+        width = max((len(key) for key, _ in self.boundaries), default=0)
+        for key, batch in self.boundaries:
+            print(f"  {key:<{width}}  {batch or '?':>10}")
 
 
-def print_plan(plan: dict, as_json: bool) -> None:
-    if as_json:
-        import json
-
-        print(json.dumps(plan, indent=1))
-        return
-    what = ("the allocator's peak" if plan["device"].startswith("cuda")
-            else "one step's tensors, without the weights and data the fit also counts")
-    print(f"{len(plan['cells'])} cells on {plan['device']}; predicted: {what}; 'fits' is the "
-          f"predicted peak against {plan['capacity']}")
-    width = max(len(row["key"]) for row in plan["cells"])
-    for row in plan["cells"]:
-        if row["prediction_note"]:
-            print(f"  {row['key']:<{width}}  {row['prediction_note']}")
-            continue
-        verdict = {True: "fits", False: "DOES NOT FIT", None: "?"}[row["fits"]]
-        print(f"  {row['key']:<{width}}  predicted {format_bytes(row['predicted_peak_bytes']):>10}"
-              f"  {verdict}")
-    print(f"predicted OOM boundary (largest batch) against {plan['capacity']}:")
-    width = max((len(b["key"]) for b in plan["boundaries"]), default=0)
-    for b in plan["boundaries"]:
-        print(f"  {b['key']:<{width}}  {b['predicted_max_batch'] or '?':>10}")
+def forecast(cells: list[Config], device: str, capacity: int | None, words: str) -> Forecast:
+    """The predicted OOM boundary of each search is on device-resident data."""
+    return Forecast(device, capacity, words, plan_rows(cells, capacity),
+                    [(c.boundary_key(), None if capacity is None or unmodelled(c)
+                      else model_for(c).max_batch(capacity)) for c in boundary_configs(cells)])
 
 
 def boundary_configs(cells: list[Config]) -> list[Config]:
@@ -134,24 +187,25 @@ def skipped_words(skipped: dict[str, str]) -> list[str]:
             for reason, keys in by_reason.items()]
 
 
-def plan_device(args) -> tuple[torch.device, str | None]:
+def plan_device(request: Request) -> tuple[torch.device, str | None]:
     """The device, and a notice when a dry run plans for a GPU that is not here."""
-    wants_cuda = args.device.startswith("cuda")
-    if getattr(args, "executor", None) == "slurm" and wants_cuda:
+    wants_cuda = request.device.startswith("cuda")
+    if request.slurm and wants_cuda:
         # the cells run on the card each array task is given, which it sees as cuda:0
         return torch.device("cuda", 0), ("the cells run on the GPU Slurm gives each array task "
                                           "(cuda:0 inside it)")
-    if not (args.dry_run and wants_cuda and not torch.cuda.is_available()):
-        return resolve_device(args.device), None
-    if args.memory_cap is None:
-        raise UsageError(f"--dry-run --device {args.device} plans for a GPU that is not here: "
+    if not (request.dry_run and wants_cuda and not torch.cuda.is_available()):
+        return resolve_device(request.device), None
+    if request.memory_cap_bytes is None:
+        raise UsageError(f"--dry-run --device {request.device} plans for a GPU that is not here: "
                          f"give its memory with --memory-cap, e.g. --memory-cap 80GiB")
     try:
-        device = torch.device(args.device)
+        device = torch.device(request.device)
     except RuntimeError:
-        raise UsageError(f"unknown device {args.device!r}; use auto, cpu or cuda:N") from None
+        raise UsageError(f"unknown device {request.device!r}; use auto, cpu or cuda:N") from None
     return torch.device("cuda", device.index or 0), (
-        f"planning for a GPU that is not here, with {format_bytes(args.memory_cap)} for the "
+        f"planning for a GPU that is not here, with {format_bytes(request.memory_cap_bytes)} "
+        f"for the "
         f"allocator (--memory-cap); a real card also needs about "
         f"{format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA context")
 
@@ -199,72 +253,50 @@ def key_shape(name: str, text: str | None) -> str:
     return "" if shape == resolve(name).input_shape else "x".join(str(d) for d in shape)
 
 
-def new_plan(args) -> tuple[dict, list[Config]]:
-    device, device_notice = plan_device(args)
-    args.input_shape = key_shape(args.model, args.input_shape)
-    model = resolve(args.model, args.input_shape or "")
-    data, notice = resolve_data(args.data, args.data_root, model)
-    overrides = parse_set(args.set)
-    grid = get_grid(args.grid, device.type == "cuda", overrides, model.name,
-                    args.input_shape or "")
+def new_plan(request: Request) -> Plan:
+    device, device_notice = plan_device(request)
+    input_shape = key_shape(request.model, request.input_shape)
+    model = resolve(request.model, input_shape)
+    data, notice = resolve_data(request.data, request.data_root, model)
+    overrides = parse_set(list(request.set))
+    grid = get_grid(request.grid, device.type == "cuda", overrides, model.name, input_shape)
     placement_words = None
     if not model.is_lenet and "batch_size" not in overrides:
-        capacity, _ = capacity_bytes(device, args.memory_cap)
+        capacity, _ = capacity_bytes(device, request.memory_cap_bytes)
         placed, placement_words = placed_batch_sizes(grid, device, capacity)
         grid = replace(grid, overrides={**overrides, "batch_size": tuple(placed)})
-    if args.repeats is not None and args.repeats < 5:
-        raise UsageError(f"--repeats {args.repeats}: at least 5 are needed for a median and IQR")
+    if request.repeats is not None and request.repeats < 5:
+        raise UsageError(f"--repeats {request.repeats}: at least 5 are needed for a median and "
+                         f"IQR")
     cells, skipped = grid.cells(str(device)), grid.skipped(str(device))
     if not cells:
         raise UsageError(f"nothing to run on {device}: {skipped_words(skipped)[0]}; choose "
                          f"another mode with --set mode=..., or run on a CUDA device")
-    settings = Settings(repeats=args.repeats or grid.repeats, min_repeat_s=grid.min_repeat_s,
+    settings = Settings(repeats=request.repeats or grid.repeats, min_repeat_s=grid.min_repeat_s,
                         warmup_steps=grid.warmup_steps)
-    plan = {
-        "schema_version": SCHEMA_VERSION, "grid": grid.name,
-        "grid_description": grid.description + (f"; {placement_words}" if placement_words
-                                                else ""),
-        "overrides": overrides, "model": describe(model),
-        "input_shape": args.input_shape or "",
-        "device": str(device), "device_notice": device_notice, "data": data,
-        "data_notice": notice, "data_root": args.data_root,
-        "memory_cap_bytes": args.memory_cap, "cell_timeout_s": args.cell_timeout,
-        "find_max_batch": grid.find_max_batch if args.find_max_batch is None
-        else args.find_max_batch,
-        "boundary_limit": grid.boundary_limit,
-        "boundary_budget_s": args.boundary_budget or grid.boundary_budget_s,
-        "settings": asdict(settings), "cells": [c.as_dict() for c in cells],
-        "skipped": skipped,
-    }
-    return plan, cells
+    return Plan(
+        grid=grid.name, device=str(device), data=data, settings=settings, cells=tuple(cells),
+        grid_description=grid.description + (f"; {placement_words}" if placement_words
+                                             else ""),
+        overrides=overrides, model=describe(model), input_shape=input_shape,
+        device_notice=device_notice, data_notice=notice, data_root=request.data_root,
+        memory_cap_bytes=request.memory_cap_bytes, cell_timeout_s=request.cell_timeout_s,
+        find_max_batch=grid.find_max_batch if request.find_max_batch is None
+        else request.find_max_batch,
+        boundary_limit=grid.boundary_limit,
+        boundary_budget_s=request.boundary_budget_s or grid.boundary_budget_s,
+        skipped=skipped)
 
 
-def same_model(plan: dict, run_dir) -> None:
+def same_model(plan: Plan, run_dir) -> None:
     """Refuse to carry on a run whose model has changed since it was planned (a user's factory
     edited between a stop and --resume): its rows would mix two architectures under one name."""
-    planned = plan["model"]["fingerprint"]
+    planned = plan.model.fingerprint
     if planned is None:  # a plan from before fingerprints
         return
-    now = describe(resolve(plan["model"]["name"], plan["input_shape"]))["fingerprint"]
+    now = describe(resolve(plan.model.name, plan.input_shape)).fingerprint
     if now != planned:
-        raise UsageError(f"{plan['model']['name']} has changed since {run_dir} was planned "
+        raise UsageError(f"{plan.model.name} has changed since {run_dir} was planned "
                          f"(architecture {planned} then, {now} now), so its rows would mix two "
                          f"models; restore the model to resume, or start a new run with "
                          f"another --out")
-
-
-def cells_of(plan: dict, where: str) -> list[Config]:
-    """The plan's cells, or RunDirError where plan.json does not describe cells."""
-    try:
-        return [Config(**c) for c in plan["cells"]]
-    except TypeError as exc:
-        raise RunDirError(f"{where} holds a cell this version cannot read ({exc}); start a new "
-                          f"run instead") from None
-
-
-def settings_of(plan: dict, where: str) -> Settings:
-    try:
-        return Settings(**plan["settings"])
-    except TypeError as exc:
-        raise RunDirError(f"{where} holds settings this version cannot read ({exc}); start a "
-                          f"new run instead") from None

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,10 +35,11 @@ from bench import plan as planning
 from bench import slurm, store
 from bench.boundary import Boundary
 from bench.doctor import report
-from bench.grid import AXES, LENET, Config, GridError, grid_names
+from bench.grid import AXES, Config, GridError, grid_names
 from bench.models import ModelError
 from bench.outcome import Outcome
 from bench.phases import phase_lines, phases
+from bench.plan_file import Plan, SlurmOptions
 from bench.row import not_learning
 from bench.schema import NewerSchemaError
 from bench.session import Session
@@ -55,10 +56,8 @@ from lenet.cli import (
 from lenet.data import DataError
 
 PROG = "python -m bench.run"
-# What a new run uses where the command line is silent. --resume takes none of these: the run
-# carries on with its own plan.
-DEFAULTS = {"grid": "default", "device": "auto", "data": "auto", "cell_timeout": 900.0,
-            "model": LENET}
+# the options that make a plan: --resume takes none of these but the Slurm queueing ones, as the
+# run carries on with its own plan
 PLAN_OPTIONS = ("grid", "set", "device", "devices", "data", "data_root", "memory_cap",
                 "cell_timeout", "find_max_batch", "boundary_budget", "repeats", "model",
                 "input_shape", "executor", "partition", "gpus_per_task", "time_limit", "tasks",
@@ -173,47 +172,56 @@ def main(argv=None) -> int:
         return 128 + signum
 
 
-def _open_plan(args) -> tuple[dict, list[Config], Path, bool]:
-    """(plan, cells, run directory, resumed): a new plan, or the plan of the run to resume."""
+def _request(args) -> planning.Request:
+    """The command line's new-run options as a typed request; what it leaves out takes the
+    request's defaults."""
+    given = {"grid": args.grid, "set": tuple(args.set), "device": args.device, "data": args.data,
+             "data_root": args.data_root, "memory_cap_bytes": args.memory_cap,
+             "cell_timeout_s": args.cell_timeout, "find_max_batch": args.find_max_batch,
+             "boundary_budget_s": args.boundary_budget, "repeats": args.repeats,
+             "model": args.model, "input_shape": args.input_shape,
+             "slurm": args.executor == "slurm", "dry_run": args.dry_run}
+    return planning.Request(**{k: v for k, v in given.items() if v is not None})
+
+
+def _open_plan(args) -> tuple[Plan, Path, bool]:
+    """(plan, run directory, resumed): a new plan, or the plan of the run to resume."""
     if args.resume is None:
         if args.out is not None and not args.dry_run:
             store.refuse_used(args.out)  # before any notice: a refusal is one line
+        request = _request(args)
         slots = None
         if args.devices is not None:
             slots = placing.parse(args.devices, torch.cuda.device_count())
-            if args.device not in (None, "auto", slots[0].device.partition(":")[0]):
+            if request.device not in ("auto", slots[0].device.partition(":")[0]):
                 raise UsageError(f"--device {args.device} and --devices {args.devices} disagree; "
                                  f"--devices alone says where the cells run")
-            args.device = slots[0].device
-        for name, value in DEFAULTS.items():
-            if getattr(args, name) is None:
-                setattr(args, name, value)
-        plan, cells = planning.new_plan(args)
-        plan["devices"] = [asdict(s) for s in slots or placing.single(plan["device"])]
-        plan["executor"] = _executor_of(args, plan)
-        return plan, cells, args.out or store.default_run_dir(), False
+            request = replace(request, device=slots[0].device)
+        plan = planning.new_plan(request)
+        plan = replace(plan, devices=tuple(slots or placing.single(plan.device)),
+                       executor=_executor_of(args, plan))
+        return plan, args.out or store.default_run_dir(), False
     plan = store.open_existing(args.resume)
     # where a Slurm run's tasks queue and for how long does not change what they measure: a
     # resume may change it (after Slurm refused a partition, say)
-    movable = SLURM_RESUMABLE if plan["executor"] is not None else ()
+    movable = SLURM_RESUMABLE if plan.executor is not None else ()
     given = [f"--{n.replace('_', '-')}" for n in PLAN_OPTIONS
              if getattr(args, n) not in (None, []) and n not in movable]
     if args.out is not None:
         given.append("--out")
     if given:
         raise UsageError(f"--resume carries on {args.resume} with its own plan (grid "
-                         f"'{plan['grid']}' on {plan['device']}); drop {', '.join(given)}, or "
+                         f"'{plan.grid}' on {plan.device}); drop {', '.join(given)}, or "
                          f"start a new run")
-    cells = planning.cells_of(plan, str(args.resume / store.PLAN))
     planning.same_model(plan, args.resume)
     if any(getattr(args, n) not in (None, []) for n in movable):
-        plan["executor"] = _moved_executor(plan["executor"], args)
-    if plan["executor"] is None:
-        resolve_device(plan["device"])  # the same device must still be there
-    return plan, cells, args.resume, True
+        plan = replace(plan, executor=_moved_executor(plan.executor, args))
+    if plan.executor is None:
+        resolve_device(plan.device)  # the same device must still be there
+    return plan, args.resume, True
 
 
-def _executor_of(args, plan: dict) -> dict | None:
+def _executor_of(args, plan: Plan) -> SlurmOptions | None:
     """The plan's executor: None for this machine, else the Slurm job array's options."""
     slurm_only = [f"--{n.replace('_', '-')}" for n in ("partition", "gpus_per_task",
                                                           "time_limit", "tasks", "slurm")
@@ -227,36 +235,35 @@ def _executor_of(args, plan: dict) -> dict | None:
                          "array task holds --gpus-per-task GPUs")
     slurm.require()
     options, gpus_given = slurm.options_of(args.partition, args.gpus_per_task, args.time_limit,
-                                           args.tasks, args.slurm)
-    if not gpus_given and plan["device"].startswith("cuda"):
+                                           args.tasks, slurm.parse_extra(args.slurm))
+    if not gpus_given and plan.on_gpu:
         options = replace(options, gpus_per_task=1)
-    if options.gpus_per_task == 0 and plan["device"].startswith("cuda"):
+    if options.gpus_per_task == 0 and plan.on_gpu:
         raise UsageError("--gpus-per-task 0 with a CUDA device: each task needs a GPU")
-    return {"name": "slurm", **asdict(options)}
+    return options
 
 
-def _moved_executor(old: dict, args) -> dict:
-    """A Slurm run's executor with the queueing options a resume gave in place of the plan's."""
+def _moved_executor(old: SlurmOptions, args) -> SlurmOptions:
+    """A Slurm run's options with the queueing ones a resume gave in place of the plan's."""
     extra = slurm.parse_extra(args.slurm)
-    if "gpus_per_task" in extra:
+    new, gpus_given = slurm.options_of(args.partition, None, args.time_limit, args.tasks, extra)
+    if gpus_given:
         raise UsageError("--slurm gpus_per_task changes what each task measures; start a new "
                          "run for it")
-    new, _ = slurm.options_of(args.partition, None, args.time_limit, args.tasks, args.slurm)
-    changed = {"partition": new.partition, "tasks": new.tasks,
-               "time_limit_min": new.time_limit_min
-               if args.time_limit is not None or "time" in extra else None}
-    return {**old, **{k: v for k, v in changed.items() if v is not None},
-            "extra": {**old["extra"], **new.extra}}
+    timed = args.time_limit is not None or "time" in extra
+    return replace(old, partition=new.partition or old.partition, tasks=new.tasks or old.tasks,
+                   time_limit_min=new.time_limit_min if timed else old.time_limit_min,
+                   extra={**old.extra, **new.extra})
 
 
-def _announce(plan: dict, device: torch.device, resumed: bool) -> None:
+def _announce(plan: Plan, device: torch.device, resumed: bool) -> None:
     """Notices, on standard error: under --json, standard output is the JSON alone."""
     if device.type == "cpu" and not resumed:
         why = "no GPU" if not torch.cuda.is_available() else "--device cpu"
-        print(f"{why}: grid '{plan['grid']}' runs CPU-sized settings "
-              f"({plan['grid_description']})", file=sys.stderr)
-    for notice in (plan["device_notice"], plan["data_notice"],
-                   *planning.skipped_words(plan["skipped"])):
+        print(f"{why}: grid '{plan.grid}' runs CPU-sized settings "
+              f"({plan.grid_description})", file=sys.stderr)
+    for notice in (plan.device_notice, plan.data_notice,
+                   *planning.skipped_words(plan.skipped)):
         if notice:
             print(notice, file=sys.stderr)
 
@@ -314,19 +321,17 @@ _STARTED_S = _process_age_s() if __name__ == "__main__" else None
 
 def _run(args) -> int:
     began = time.monotonic()
-    plan, cells, run_dir, resumed = _open_plan(args)
-    device = torch.device(placing.parent_device(placing.from_plan(plan)))
+    plan, run_dir, resumed = _open_plan(args)
+    cells = list(plan.cells)
+    device = torch.device(placing.parent_device(plan.slots()))
     _announce(plan, device, resumed)
-    capacity, capacity_words = planning.capacity_bytes(device, plan["memory_cap_bytes"])
+    capacity, capacity_words = planning.capacity_bytes(device, plan.memory_cap_bytes)
     if args.dry_run:
-        planning.print_plan({"device": str(device), "capacity_bytes": capacity,
-                             "capacity": capacity_words,
-                             "cells": planning.plan_rows(cells, capacity),
-                             "boundaries": planning.plan_boundaries(cells, capacity)}, args.json)
+        planning.forecast(cells, str(device), capacity, capacity_words).print(args.json)
         return 0
-    if plan["executor"] is not None:
+    if plan.executor is not None:
         return _run_slurm(plan, cells, run_dir, resumed, args)
-    slots, notice = placing.usable(placing.from_plan(plan))
+    slots, notice = placing.usable(plan.slots())
     if notice:
         print(notice, file=sys.stderr)
     slots = _preflight(slots, cells)
@@ -335,7 +340,7 @@ def _run(args) -> int:
         if not resumed:
             store.create(run_dir, plan, run_env.collect(device))
         todo = _todo(run_dir, cells)
-        with Session(plan, slots, capacity, str(run_dir)) as session:
+        with Session(plan, slots, capacity) as session:
             if len(slots) > 1:
                 print(f"{len(slots)} workers, one queue: "
                       f"{', '.join(slot.label for slot in slots)}", file=sys.stderr)
@@ -361,7 +366,7 @@ def _measure(session: Session, todo: list[Config], run_dir: Path) -> int | None:
                 bar.update()
 
             session.measure(todo, record)
-        if session.plan["find_max_batch"]:
+        if session.plan.find_max_batch:
             _search_boundaries(session, run_dir)
     except KeyboardInterrupt:
         print(f"\ninterrupted: every finished cell is saved in {results}; {carry_on}",
@@ -394,14 +399,13 @@ def _search_boundaries(session: Session, run_dir: Path) -> None:
         session.search_boundaries(jobs, record)
 
 
-def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, args) -> int:
+def _run_slurm(plan: Plan, cells: list[Config], run_dir: Path, resumed: bool, args) -> int:
     """Submit what is missing as a job array (tasks still queued or running are picked up), then
     wait for the tasks, unless told not to."""
-    options = slurm.SlurmOptions(**{k: v for k, v in plan["executor"].items() if k != "name"})
     store.make_dir(run_dir)
     with store.locked(run_dir):
-        if resumed and plan["executor"] != store.open_existing(run_dir)["executor"]:
-            store.write_json(run_dir / store.PLAN, plan)  # the next resume asks the same
+        if resumed and plan.executor != store.open_existing(run_dir).executor:
+            store.write_plan(run_dir, plan)  # the next resume asks the same
         if not resumed:
             # this host's: each host that runs cells adds its own (bench.slurm.HOSTS)
             store.create(run_dir, plan, run_env.collect(torch.device("cpu")))
@@ -411,13 +415,13 @@ def _run_slurm(plan: dict, cells: list[Config], run_dir: Path, resumed: bool, ar
         done = store.done_keys(store.read_run(run_dir)[0])
         held = {key for task in live for key in task["keys"]}
         missing = [c.key() for c in cells if c.key() not in done | held]
-        searches = plan["find_max_batch"] and not any(t["boundaries"] for t in live) and \
+        searches = plan.find_max_batch and not any(t["boundaries"] for t in live) and \
             bool(unsearched(run_dir, cells))
         if live:
             print(f"picking up {len(live)} Slurm tasks still queued or running "
                   f"({len(held)} cells)", file=sys.stderr)
         if missing or searches:
-            submission = slurm.submit(run_dir, missing, options, searches)
+            submission = slurm.submit(run_dir, missing, plan.executor, searches)
             submissions.append(submission)
             print(f"submitted Slurm job {submission['array_job_id']}: "
                   f"{len(submission['tasks'])} tasks for {len(missing)} cells"
@@ -460,7 +464,7 @@ def _array_ids(submissions: list[dict]) -> list[str]:
     return [s["array_job_id"] for s in submissions]
 
 
-def _wait_for_tasks(run_dir: Path, plan: dict, cells: list[Config],
+def _wait_for_tasks(run_dir: Path, plan: Plan, cells: list[Config],
                     submissions: list[dict]) -> None:
     """Show progress until no task can write another row; then give each cell whose task ended
     without it a `job_ended` row."""

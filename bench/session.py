@@ -18,36 +18,35 @@ from bench import devices as placing
 from bench import plan as planning
 from bench.boundary import Boundary, find_max_batch
 from bench.grid import Config
+from bench.plan_file import Plan
 from bench.pool import Pool
 from bench.predict import model_for, unmodelled
 from bench.row import Row
 from bench.runner import Runner
-from bench.store import PLAN
 from bench.worker import WorkerSpec
 
 
 class Session:
     """Workers for a plan's cells on `slots`, from one queue; close it (or use `with`)."""
 
-    def __init__(self, plan: dict, slots: list[placing.Slot], capacity: int | None,
-                 where: str, threads: int | None = None, labels: dict | None = None):
-        # where: the run directory, for messages; threads: torch's threads per worker where not
-        # one per bound core (a Slurm task's CPUs); labels: row fields every row gets (its job)
+    def __init__(self, plan: Plan, slots: list[placing.Slot], capacity: int | None,
+                 threads: int | None = None, labels: dict | None = None):
+        # threads: torch's threads per worker where not one per bound core (a Slurm task's
+        # CPUs); labels: row fields every row gets (its job)
         self.plan, self.capacity = plan, capacity
-        self.cells = planning.cells_of(plan, f"{where}/{PLAN}")
-        spec = WorkerSpec(plan["device"], plan["data"], plan["data_root"],
-                          planning.settings_of(plan, f"{where}/{PLAN}"),
-                          plan["memory_cap_bytes"], plan["model"]["name"], plan["input_shape"],
-                          threads=threads, model_fingerprint=plan["model"]["fingerprint"])
+        self.cells = list(plan.cells)
+        spec = WorkerSpec(plan.device, plan.data, plan.data_root, plan.settings,
+                          plan.memory_cap_bytes, plan.model.name, plan.input_shape,
+                          threads=threads, model_fingerprint=plan.model.fingerprint)
         self.runners = [Runner(replace(spec, device=slot.device,
                                        visible_devices=slot.visible_devices,
                                        cpu_cores=slot.cpu_cores),
-                               slot.gpu_index, plan["cell_timeout_s"],
+                               slot.gpu_index, plan.cell_timeout_s,
                                {**placing.where(slot), **(labels or {})})
                         for slot in slots]
         self.card_models = [r.where["gpu_name"] for r in self.runners]
         self.pool = Pool(self.runners, [model or "cpu" for model in self.card_models])
-        self._planned = {row["key"]: row for row in planning.plan_rows(self.cells, capacity)}
+        self._planned = {row.config.key(): row for row in planning.plan_rows(self.cells, capacity)}
 
     def __enter__(self) -> Session:
         return self
@@ -64,8 +63,7 @@ class Session:
         """Run `cells`, each on whichever worker is free, handing each row to `sink`."""
         def cell(runner: Runner, config: Config) -> Row:
             planned = self._planned[config.key()]
-            return runner.cell(config, planned["predicted_peak_bytes"],
-                               planned["prediction_note"])
+            return runner.cell(config, planned.predicted_peak_bytes, planned.prediction_note)
 
         self.pool.run(list(cells), cell, sink)
 
@@ -80,8 +78,8 @@ class Session:
         of it, and never more than the whole."""
         if not jobs:
             return
-        budget_s = min(self.plan["boundary_budget_s"],
-                       self.plan["boundary_budget_s"] * len(self.runners) / len(jobs))
+        budget_s = min(self.plan.boundary_budget_s,
+                       self.plan.boundary_budget_s * len(self.runners) / len(jobs))
         self.pool.run(jobs, lambda runner, job: self._search(runner, job, budget_s), sink,
                       group_of=lambda job: job[1] or "cpu")
 
@@ -94,7 +92,7 @@ class Session:
         began = time.monotonic()
         find_max_batch(lambda batch: runner.trial(replace(config, batch_size=batch), batch),
                        boundary, min(c.batch_size for c in self.cells),
-                       self.plan["boundary_limit"], budget_s)
+                       self.plan.boundary_limit, budget_s)
         boundary.search_s = time.monotonic() - began
         return boundary
 

@@ -20,11 +20,11 @@ import re
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import store
 from bench.outcome import Attempt, Outcome
+from bench.plan_file import Plan, SlurmOptions
 from bench.row import Row
 from lenet.cli import UsageError
 
@@ -36,17 +36,6 @@ LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUS
                          "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING",
                          "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"})
 INSTALL_HINT = "pip install 'lenet-bench[slurm]' (or pip install -e '.[slurm]' in a checkout)"
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """What the job array asks Slurm for; stored in the plan, so --resume asks the same."""
-
-    partition: str | None = None
-    gpus_per_task: int = 0
-    time_limit_min: int = 60
-    tasks: int | None = None  # how many array tasks share the cells; None: one per cell
-    extra: dict[str, str] = field(default_factory=dict)  # --slurm KEY=VALUE, as sbatch takes it
 
 
 # --slurm keys that a bench.run option of its own sets: given both ways they would conflict
@@ -96,10 +85,10 @@ def time_minutes(text: str) -> int:
 
 
 def options_of(partition: str | None, gpus_per_task: int | None, time_limit_min: int | None,
-               tasks: int | None, pairs: list[str]) -> tuple[SlurmOptions, bool]:
-    """The job array's options from bench.run's own and --slurm's, refusing one set both ways;
-    and whether the GPUs per task were given at all."""
-    extra = parse_extra(pairs)
+               tasks: int | None, extra: dict[str, str]) -> tuple[SlurmOptions, bool]:
+    """The job array's options from bench.run's own and --slurm's (parse_extra), refusing one
+    set both ways; and whether the GPUs per task were given at all."""
+    extra = dict(extra)
     given = {"time_limit": time_limit_min, "partition": partition, "gpus_per_task": gpus_per_task}
     for key, name in OWN_OPTIONS.items():
         if key in extra and given[name] is not None:
@@ -260,12 +249,10 @@ def live_tasks(submissions: list[dict], states: dict[str, tuple[str, str]]) -> l
             if states.get(t["job_id"], ("GONE", ""))[0] in LIVE_STATES]
 
 
-def ended_rows(run_dir: Path, plan: dict, submissions: list[dict],
+def ended_rows(run_dir: Path, plan: Plan, submissions: list[dict],
                states: dict[str, tuple[str, str]], done: set[str]) -> list[Row]:
     """One `job_ended` row per cell whose task ended without its row."""
-    from bench.plan import cells_of
-
-    by_key = {c.key(): c for c in cells_of(plan, str(run_dir / store.PLAN))}
+    by_key = {c.key(): c for c in plan.cells}
     rows = []
     # the latest submission first: a cell resubmitted after its job ended once is costed to
     # the job that held it last
@@ -278,7 +265,7 @@ def ended_rows(run_dir: Path, plan: dict, submissions: list[dict],
                 continue
             error = (f"Slurm job {task['job_id']} ended ({words}) before this cell finished; "
                      f"its log: {run_dir / LOGS / task['job_id']}")
-            rows.append(Row(by_key[key], plan["data"], Outcome.ERROR,
+            rows.append(Row(by_key[key], plan.data, Outcome.ERROR,
                             error_kind=Outcome.JOB_ENDED, error=error,
                             attempts=[Attempt(by_key[key].batch_size, Outcome.JOB_ENDED, error)],
                             slurm_job_id=task["job_id"]))
@@ -317,23 +304,23 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     path = Path(run_dir)
     job_id = submitit.JobEnvironment().job_id
     plan = store.open_existing(path)
-    device = torch.device(plan["device"])
+    device = torch.device(plan.device)
     host = platform.node()
     hosts = path / HOSTS
     hosts.mkdir(exist_ok=True)
     if not (hosts / f"{host}.json").exists():
         store.write_json(hosts / f"{host}.json", run_env.collect(device))
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    slots = devices.parse("all", gpus) if gpus > 1 else devices.single(plan["device"])
+    slots = devices.parse("all", gpus) if gpus > 1 else devices.single(plan.device)
     (path / store.PARTS).mkdir(exist_ok=True)
-    capacity, _ = planning.capacity_bytes(device, plan["memory_cap_bytes"])
+    capacity, _ = planning.capacity_bytes(device, plan.memory_cap_bytes)
     written = []
 
     def sink(kind: str):
         return lambda job, result: written.append(
             store.append_row(store.part(path, kind, job_id), result.as_dict()))
 
-    with Session(plan, slots, capacity, run_dir, threads_per_worker(os.environ, len(slots)),
+    with Session(plan, slots, capacity, threads_per_worker(os.environ, len(slots)),
                  {"slurm_job_id": job_id}) as session:
         if boundaries:
             session.search_boundaries(session.boundary_jobs(store.done_boundaries(path)),

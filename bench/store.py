@@ -25,10 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.boundary import read_boundary
-from bench.grid import Config
 from bench.outcome import Outcome
+from bench.plan_file import Plan, PlanError
 from bench.row import read_row
-from bench.schema import upgraded
 
 PLAN = "plan.json"
 ENV = "env.json"
@@ -40,17 +39,6 @@ PARTS = "parts"
 # what a run directory may hold besides .lock: a new run goes only where none of these is
 RUN_FILES = (PLAN, ENV, RESULTS, BOUNDARIES, PARTS, "slurm.json", "slurm", "hosts", "report",
              "compare")
-PLAN_KEYS = ("grid", "device", "data", "settings", "cells")
-# What a plan written before a field existed is read with.
-PLAN_DEFAULTS = {"grid_description": "", "overrides": dict, "device_notice": None,
-                 "data_notice": None, "data_root": None, "memory_cap_bytes": None,
-                 "cell_timeout_s": None, "find_max_batch": False, "boundary_limit": 2**24,
-                 "boundary_budget_s": 120.0, "skipped": dict, "input_shape": "",
-                 # one device (bench.devices.single), on this host, before --devices and Slurm
-                 "devices": None, "executor": None,
-                 # plans from before --model trained LeNet; their counts were not recorded
-                 "model": lambda: {"name": "lenet", "input_shape": [1, 28, 28], "num_classes": 10,
-                                   "parameters": None, "fingerprint": None}}
 # What makes a line of results.jsonl a row, and a line of boundaries.jsonl a boundary
 ROW_FIELDS = ("key", "status")
 BOUNDARY_FIELDS = ("key", "dtype")
@@ -122,13 +110,13 @@ def refuse_open_to_all(path: Path) -> None:
                           f"another --out")
 
 
-def create(path: Path, plan: dict, env: dict) -> Path:
+def create(path: Path, plan: Plan, env: dict) -> Path:
     """Make a new run directory; refuse one that already holds a run (refuse_used)."""
     refuse_used(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / ENV, env)
-        write_json(path / PLAN, plan)  # last: a directory with a plan is a run
+        write_plan(path, plan)  # last: a directory with a plan is a run
     except OSError as exc:
         raise RunDirError(f"cannot write the run directory {path}: {exc.strerror or exc}; "
                           f"choose a writable --out") from None
@@ -148,34 +136,49 @@ def refuse_used(path: Path) -> None:
                           f"its {PLAN}; choose another --out, or remove them")
 
 
-def open_existing(path: Path) -> dict:
+def open_existing(path: Path) -> Plan:
     """The plan of a run to resume."""
     refuse_open_to_all(path)
     if not (path / PLAN).is_file():
         raise RunDirError(f"{path} is not a run directory (no {PLAN}); start one with "
                           f"python -m bench.run --out {path}")
     try:
-        plan = json.loads((path / PLAN).read_text())
+        raw = json.loads((path / PLAN).read_text())
     except PermissionError as exc:
         raise RunDirError(f"cannot read {path / PLAN}: {exc.strerror}; fix its permissions "
                           f"(or run as its owner)") from None
     except (OSError, ValueError) as exc:
         raise RunDirError(f"cannot read {path / PLAN}: {exc}; start a new run instead") from None
-    missing = [k for k in PLAN_KEYS if not isinstance(plan, dict) or k not in plan]
-    if missing or not isinstance(plan["cells"], list):
-        lacks = ", ".join(missing) or "a list of cells"
-        raise RunDirError(f"{path / PLAN} is not a plan (it lacks {lacks}); start a new run "
-                          f"instead")
-    plan = read_plan(plan, path / PLAN)
+    plan = read_plan(raw, path / PLAN)
     if not os.access(path, os.W_OK):
         raise RunDirError(f"{path} is not writable; fix its permissions to resume it")
     return plan
 
 
-def read_plan(plan: dict, where: Path) -> dict:
-    """A stored plan at this schema, every key present; NewerSchemaError for a newer plan, whose
-    cells may have axes this version lacks."""
-    return upgraded(plan, PLAN_DEFAULTS, str(where))
+def read_plan(raw, where: Path) -> Plan:
+    """A stored plan at this schema; NewerSchemaError for a newer plan, whose cells may have
+    axes this version lacks, RunDirError for one this version cannot read."""
+    try:
+        return Plan.from_dict(raw, str(where))
+    except PlanError as exc:
+        raise RunDirError(str(exc)) from None
+
+
+def plan_or_none(run_dir: Path) -> Plan | None:
+    """The run's plan, or None where there is none to read (missing, torn, or not a plan): for
+    readers that show what they can without one. A plan from a newer version is still refused."""
+    try:
+        raw = json.loads((run_dir / PLAN).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        return Plan.from_dict(raw, str(run_dir / PLAN))
+    except PlanError:
+        return None
+
+
+def write_plan(run_dir: Path, plan: Plan) -> None:
+    write_json(run_dir / PLAN, plan.as_dict())
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -223,7 +226,7 @@ def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
     job ended gives way to a row of the same cell that ran (the cell was run again by
     --resume). RunDirError where a file holds rows of another run: a cell the plan does not
     hold, or another architecture than the plan's."""
-    plan = _plan_of(run_dir)
+    plan = plan_or_none(run_dir)
     rows, warnings = _own_rows(run_dir / RESULTS, plan)
     for path in sorted((run_dir / PARTS).glob("results-*.jsonl")):
         more, more_warnings = _own_rows(path, plan)
@@ -236,35 +239,19 @@ def read_run(run_dir: Path) -> tuple[list[dict], list[str]]:
             or (r["key"] not in ran and last_end[r["key"]] == n)], warnings
 
 
-def _plan_of(run_dir: Path) -> dict | None:
-    """The plan rows are checked against, or None where there is none to read (the reader that
-    needs one says so)."""
-    try:
-        plan = json.loads((run_dir / PLAN).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(plan, dict) or not all(k in plan for k in PLAN_KEYS) \
-            or not isinstance(plan["cells"], list):
-        return None
-    return read_plan(plan, run_dir / PLAN)
-
-
-def _own_rows(path: Path, plan: dict | None) -> tuple[list[dict], list[str]]:
+def _own_rows(path: Path, plan: Plan | None) -> tuple[list[dict], list[str]]:
     """A results file's rows, refused where any belongs to another run: one rule for the local
     resume, the Slurm tasks, the report and the gate."""
     rows, warnings = read_results(path)
     if plan is None or not rows:
         return rows, warnings
-    try:
-        planned = {Config(**c).key() for c in plan["cells"]}
-    except TypeError:  # cells this version cannot read: bench.plan.cells_of says so
-        return rows, warnings
+    planned = {c.key() for c in plan.cells}
     strangers = sorted({r["key"] for r in rows} - planned)
     if strangers:
         raise RunDirError(
             f"{path} holds {len(strangers)} rows of cells that {PLAN} does not plan (such as "
             f"{strangers[0]}): it mixes two runs; start a new run with another --out")
-    fingerprint = plan["model"]["fingerprint"]
+    fingerprint = plan.model.fingerprint
     others = sorted({r["model_fingerprint"] for r in rows} - {fingerprint, None})
     if fingerprint is not None and others:
         raise RunDirError(

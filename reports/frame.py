@@ -15,6 +15,7 @@ import pandas as pd
 from bench import store
 from bench.grid import Config
 from bench.outcome import TRAINED
+from bench.plan_file import ModelInfo, Plan
 from bench.row import ROW_KEYS, config_of, not_learning
 from bench.schema import NewerSchemaError
 from lenet.cli import UsageError
@@ -32,19 +33,29 @@ class NotARun(UsageError):
 class Run:
     path: Path
     env: dict
-    plan: dict
+    plan: Plan | None  # None where plan.json is missing or unreadable: the page shows the rows
     cells: pd.DataFrame
     boundaries: pd.DataFrame
     warnings: list
 
     @property
     def on_gpu(self) -> bool:
-        return str(self.plan.get("device") or self.env.get("device", "cpu")).startswith("cuda")
+        device = self.plan.device if self.plan else self.env.get("device", "cpu")
+        return str(device).startswith("cuda")
+
+    @property
+    def model(self) -> ModelInfo:
+        """The run's model; LeNet where the plan does not say, as before --model."""
+        return self.plan.model if self.plan else ModelInfo()
+
+    @property
+    def memory_cap_bytes(self) -> int | None:
+        return self.plan.memory_cap_bytes if self.plan else None
 
     @property
     def capacity_bytes(self) -> float | None:
         """The memory a cell could fill: the cap where one was set, else the card's total."""
-        return self.plan.get("memory_cap_bytes") or self.env.get("gpu_total_bytes")
+        return self.memory_cap_bytes or self.env.get("gpu_total_bytes")
 
 
 def _read_json(path: Path) -> dict:
@@ -117,7 +128,7 @@ def load_run(path: Path) -> Run:
     try:
         rows, warnings = store.read_run(path)
         boundary_rows, boundary_warnings = store.read_run_boundaries(path)
-        plan = store.read_plan(_read_json(path / store.PLAN), path / store.PLAN)
+        plan = store.plan_or_none(path)
     except (NewerSchemaError, store.RunDirError) as exc:
         raise NotARun(str(exc)) from None
     cells = pd.DataFrame(rows, columns=ROW_KEYS)

@@ -7,7 +7,9 @@ from html import escape
 
 import pandas as pd
 
+from bench.grid import LENET
 from bench.phases import phases
+from bench.plan_file import ModelInfo, Plan
 from bench.units import format_bytes
 from reports import findings
 from reports.frame import (
@@ -60,17 +62,17 @@ def _bytes(value) -> str:
 
 def header(run: Run) -> str:
     env, plan = run.env, run.plan
-    data = plan.get("data") or ", ".join(sorted(set(run.cells.get("data_source", []))))
+    data = (plan.data if plan else None) or ", ".join(
+        sorted(set(run.cells.get("data_source", []))))
     wall = run.cells["wall_s"].sum() if "wall_s" in run.cells else None
     facts = [
-        ("model", model_words(plan)),
+        ("model", model_words(run.model)),
         ("device", device_words(run)),
         ("driver", env.get("driver_version")), ("CUDA", env.get("cuda_version")),
         ("torch", env.get("torch_version")), ("torchvision", env.get("torchvision_version")),
         ("data", f"{data}{' (synthetic: speed and memory only, not accuracy)' if data == 'synthetic' else ''}"),  # noqa: E501
         ("grid", _grid_words(plan)),
-        ("memory cap", _bytes(plan.get("memory_cap_bytes")) if plan.get("memory_cap_bytes")
-         else "none"),
+        ("memory cap", _bytes(run.memory_cap_bytes) if run.memory_cap_bytes else "none"),
         ("when", env.get("created_at")),
         ("how long", f"{wall:,.0f} s measuring cells" if wall else None),
         ("commit", env.get("commit")), ("host", env.get("host")),
@@ -106,20 +108,21 @@ def where_table(cells: pd.DataFrame) -> str | None:
             f"<th>median examples/s</th></tr>{rows}</table>")
 
 
-def model_words(plan: dict) -> str:
+def model_words(model: ModelInfo) -> str:
     """The model, its parameter count and the input it trained on."""
-    model = plan["model"]
-    count = model.get("parameters")
-    counted = "parameters not recorded" if count is None else f"{count:,} parameters"
-    shape = "x".join(str(d) for d in model.get("input_shape") or [])
-    return f"{model['name']}: {counted}, input {shape}, {model.get('num_classes')} classes"
+    counted = ("parameters not recorded" if model.parameters is None
+               else f"{model.parameters:,} parameters")
+    shape = "x".join(str(d) for d in model.input_shape)
+    return f"{model.name}: {counted}, input {shape}, {model.num_classes} classes"
 
 
-def _grid_words(plan: dict) -> str:
+def _grid_words(plan: Plan | None) -> str:
     """The grid as it ran: its description, and what --set changed of it."""
-    words = f"{plan.get('grid', '?')}: {plan.get('grid_description', '')}"
-    overrides = plan.get("overrides") or {}
-    if isinstance(overrides, dict) and overrides:
+    if plan is None:
+        return "not recorded (no readable plan.json)"
+    words = f"{plan.grid}: {plan.grid_description}"
+    overrides = plan.overrides
+    if overrides:
         changed = " ".join(f"--set {axis}={','.join(str(v) for v in values)}"
                            for axis, values in overrides.items())
         words += f"; as run, with {changed}"
@@ -155,14 +158,14 @@ def answers(run: Run) -> list[str]:
         lines.append(f"<span class='warn'>{escape(overall['key'])} measured faster "
                      f"({_speed(overall['examples_per_s'])} examples/s), but while the machine "
                      f"was busy ({_busy_words(overall)}): not counted.</span>")
-    small = run.plan.get("memory_cap_bytes") or SMALL_CARD_BYTES
+    small = run.memory_cap_bytes or SMALL_CARD_BYTES
     fits = fastest(trusted, small)
     if fits is not None and fits["key"] != best["key"]:
         lines.append(f"Fastest within {_bytes(small)}: <b>{escape(fits['key'])}</b> at "
                      f"{_speed(fits['examples_per_s'])} examples/s.")
     elif fits is not None:
         lines.append(f"It fits a card of {_bytes(small)} as well.")
-    if run.plan["model"]["name"] == "lenet":  # the notebook's settings are LeNet's
+    if run.model.name == LENET:  # the notebook's settings are LeNet's
         lines.append(_notebook_answer(cells, best))
     for dtype, (batch, reason) in largest_batch_per_dtype(run).items():
         batch_words = "none" if pd.isna(batch) else f"{int(batch):,}"
@@ -343,19 +346,19 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
          comparison: str | None = None, base_name: str | None = None) -> str:
     device = device_words(run)
     device = "CPU" if device.startswith("CPU: ") else device
-    name = "LeNet" if run.plan["model"]["name"] == "lenet" else run.plan["model"]["name"]
+    name = "LeNet" if run.model.name == LENET else run.model.name
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>{escape(name)} bench: {escape(device)}</title><style>{CSS}</style></head>"
              f"<body>", f"<h1>{escape(name)} training bench on {escape(device)}</h1>", header(run)]
     for warning in run.warnings:
         parts.append(f"<p class='warn'>{escape(warning)}</p>")
-    if run.plan.get("data_notice"):
-        parts.append(f"<p class='warn'>{escape(run.plan['data_notice'])}</p>")
+    if run.plan and run.plan.data_notice:
+        parts.append(f"<p class='warn'>{escape(run.plan.data_notice)}</p>")
     if comparison is not None:
         parts += [f"<h2>Against {escape(base_name or 'the base run')}: worst first</h2>",
                   comparison]
     if run.cells.empty:
-        planned = len(run.plan.get("cells") or [])
+        planned = len(run.plan.cells) if run.plan else 0
         parts += ["<h2>No cell has finished</h2>",
                   f"<p>This run holds no result yet ({planned} cells planned). Carry it on with "
                   f"<code>python -m bench.run --resume {escape(str(run.path))}</code>.</p>",

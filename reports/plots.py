@@ -116,7 +116,7 @@ def memory(run: Run, folder: Path) -> str | None:
     if predicted:
         ax.plot(*predicted, ":", color="gray", label=series[-1][1])
     if run.capacity_bytes:
-        words = "memory cap" if run.plan.get("memory_cap_bytes") else "card capacity"
+        words = "memory cap" if run.memory_cap_bytes else "card capacity"
         ax.axhline(run.capacity_bytes / MiB, color="red", linewidth=1, label=words)
     if boundary:
         ax.axvline(boundary, color="black", linestyle="--", linewidth=1,

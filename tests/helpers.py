@@ -173,6 +173,17 @@ CPU_ENV = {"gpu_name": None, "driver_version": None, "cuda_version": None,
            "commit": "abc123"}
 
 
+def a_plan(**fields):
+    """A plan of one CPU cell on synthetic data, with any field of bench.plan_file.Plan given."""
+    from bench.grid import Config
+    from bench.plan_file import Plan
+    from bench.settings import Settings
+
+    plan = {"grid": "smoke", "device": "cpu", "data": "synthetic", "settings": Settings(),
+            "cells": (Config(64),), **fields}
+    return Plan(**plan)
+
+
 def crafted_run(path, rows, device="cuda:0", boundaries=(), env=None, torn=False):
     """A run directory holding `rows` (stored dicts): env.json, plan.json, results.jsonl and
     boundaries.jsonl, as a finished run leaves them."""
@@ -181,8 +192,12 @@ def crafted_run(path, rows, device="cuda:0", boundaries=(), env=None, torn=False
         "gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "580.65.06",
         "cuda_version": "13.0", "torch_version": "2.14.1", "gpu_total_bytes": 80 * 1024 * MiB,
         "created_at": "2026-11-27T10:00:00+00:00", "commit": "abc123"}))
-    (path / "plan.json").write_text(json.dumps({"grid": "default", "device": device,
-                                                "data": "fashion-mnist"}))
+    from bench.row import config_of, read_row
+
+    cells = tuple(dict.fromkeys(config_of(read_row(r, "crafted")) for r in rows
+                                if isinstance(r, dict) and "key" in r))
+    (path / "plan.json").write_text(json.dumps(a_plan(grid="default", device=device, cells=cells,
+                                                       data="fashion-mnist").as_dict()))
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if torn:
         text += '{"key": "b9-flo'

@@ -17,6 +17,7 @@ from bench.session import boundary_jobs
 from helpers import (
     CPU_SYNTHETIC,
     NO_GPU,
+    a_plan,
     one_line_error,
     rows_of,
     run_main,
@@ -195,9 +196,10 @@ def test_a_pooled_run_reads_its_capacity_from_the_first_listed_card_not_the_pare
 
 def test_a_plans_devices_read_back_as_the_slots_it_was_written_with():
     import json
-    from dataclasses import asdict
+
+    from bench.plan_file import Plan
 
     slots = devices.parse("2xcpu", 0, [0, 1, 2])
-    stored = json.loads(json.dumps({"device": "cpu", "devices": [asdict(s) for s in slots]}))
-    assert devices.from_plan(stored) == slots
-    assert devices.from_plan({"device": "cuda:1", "devices": None}) == [devices.Slot("cuda:1", 1)]
+    stored = json.loads(json.dumps(a_plan(devices=tuple(slots)).as_dict()))
+    assert Plan.from_dict(stored, "plan.json").slots() == slots
+    assert a_plan(device="cuda:1").slots() == [devices.Slot("cuda:1", 1)]

@@ -255,7 +255,7 @@ def test_slurm_options_that_cannot_work_are_refused_before_submitting(tmp_path, 
                                            ("1-12", 2160), ("0-1:30", 90), ("2-0:0:30", 2881)])
 def test_slurms_time_is_read_in_each_of_sbatchs_formats(time, minutes):
     """--slurm time=5 is the task's limit, not replaced by --time-limit's default (60)."""
-    options, _ = executor.options_of(None, None, None, None, [f"time={time}"])
+    options, _ = executor.options_of(None, None, None, None, {"time": time})
     assert options.time_limit_min == minutes and "time" not in options.extra
 
 

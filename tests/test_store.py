@@ -5,11 +5,13 @@ import pytest
 
 from bench import store
 from bench.contention import Contention
-from bench.grid import Config
+from bench.devices import Slot
+from bench.grid import Config, Grid
 from bench.outcome import Attempt, Outcome
+from bench.plan_file import ModelInfo, SlurmOptions
 from bench.row import ROW_KEYS, Row, config_of
 from bench.schema import SCHEMA_VERSION, NewerSchemaError
-from helpers import ROOT
+from helpers import ROOT, a_plan
 
 
 def test_rows_are_appended_one_per_line(tmp_path):
@@ -37,10 +39,10 @@ def test_a_torn_last_line_is_skipped_with_a_warning_then_cut(tmp_path):
 
 
 def test_create_refuses_a_directory_that_holds_a_run(tmp_path):
-    store.create(tmp_path / "run", {"grid": "smoke"}, {})
+    store.create(tmp_path / "run", a_plan(), {})
     with pytest.raises(store.RunDirError, match=r"already holds a run; continue it with "
                                                 r"--resume .*run, or choose another --out"):
-        store.create(tmp_path / "run", {"grid": "smoke"}, {})
+        store.create(tmp_path / "run", a_plan(), {})
 
 
 def test_resume_needs_a_run_directory(tmp_path):
@@ -157,11 +159,48 @@ def test_a_row_written_now_reads_back_as_written(tmp_path):
 
 
 def test_resume_refuses_a_plan_from_a_newer_version(tmp_path):
-    store.create(tmp_path / "run", {"grid": "smoke", "device": "cpu", "data": "synthetic",
-                                    "settings": {}, "cells": [],
-                                    "schema_version": SCHEMA_VERSION + 1}, {})
+    store.write_json(tmp_path / store.PLAN, {**a_plan().as_dict(),
+                                            "schema_version": SCHEMA_VERSION + 1})
     with pytest.raises(NewerSchemaError, match="plan.json was written by a newer lenet-bench"):
-        store.open_existing(tmp_path / "run")
+        store.open_existing(tmp_path)
+
+
+# plan.json as the first version wrote it: no model, loader, executor or boundary settings
+FIRST_PLAN = {"grid": "smoke", "device": "cpu", "data": "fashion-mnist",
+              "settings": {"repeats": 5, "min_repeat_s": 0.2, "warmup_steps": 2, "lr": 0.9,
+                           "seed": 0, "max_steps_per_repeat": 100000},
+              "cells": [{"batch_size": 64, "dtype": "float32", "channels_last": False,
+                         "placement": "device", "pin_memory": False, "num_workers": 0,
+                         "device": "cpu"}]}
+
+
+def test_a_plan_of_the_first_version_reads_as_a_typed_plan_with_every_default(tmp_path):
+    store.write_json(tmp_path / store.PLAN, FIRST_PLAN)
+    plan = store.open_existing(tmp_path)
+    assert plan.cells == (Config(64),) and plan.model == ModelInfo()
+    assert plan.model.name == "lenet" and plan.model.fingerprint is None
+    assert plan.slots() == [Slot("cpu")] and plan.executor is None
+    assert plan.boundary_budget_s == Grid.boundary_budget_s and plan.overrides == {}
+    assert plan.schema_version == SCHEMA_VERSION
+
+
+def test_a_plan_reads_back_as_it_was_written(tmp_path):
+    written = a_plan(overrides={"batch_size": (64, 256)}, devices=(Slot("cpu", None, None, (0,)),
+                                                                   Slot("cpu", None, None, (1,))),
+                     executor=SlurmOptions("gpu", 1, 90, 4, {"qos": "high"}),
+                     model=ModelInfo("torchvision:resnet18", (3, 64, 64), 1000, 11_689_512,
+                                     "0123abcd"))
+    store.create(tmp_path / "run", written, {})
+    assert store.open_existing(tmp_path / "run") == written
+
+
+def test_a_plan_whose_cells_this_version_cannot_read_is_refused_in_one_line(tmp_path):
+    store.write_json(tmp_path / store.PLAN, {**FIRST_PLAN, "cells": [{"batch_size": 64,
+                                                                     "colour": "blue"}]})
+    with pytest.raises(store.RunDirError, match=r"plan.json holds a plan this version cannot "
+                                                r"read \(.*colour.*\); start a new run"):
+        store.open_existing(tmp_path)
+    assert store.plan_or_none(tmp_path) is None  # the report shows the rows without it
 
 
 def test_a_run_reads_as_one_row_per_cell_across_its_slurm_tasks_files(tmp_path):
