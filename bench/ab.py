@@ -32,8 +32,8 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.compare import percentage
-from bench.grid import AXES, Config, GridError, get_grid, parse_set
+from bench.cli import add_grid_options, percentage
+from bench.grid import Config, GridError, get_grid, parse_set
 from bench.repeat_server import PROTOCOL
 from bench.settings import Settings
 from bench.units import format_percent
@@ -241,13 +241,8 @@ def main(argv=None) -> int:
     parser.add_argument("base", type=_tree, metavar="BASE_TREE")
     parser.add_argument("candidate", type=_tree, nargs="?", default=None,
                         metavar="CANDIDATE_TREE")
-    parser.add_argument("--grid", default="smoke", help="whose cells to gate (default: smoke)")
-    parser.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
-                        help=f"override an axis ({', '.join(AXES)})")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
-    parser.add_argument("--data", choices=("real", "synthetic"), default="synthetic",
-                        help="the data the steps train on (default: synthetic)")
-    parser.add_argument("--data-root", help="a folder holding Fashion-MNIST's IDX files")
+    add_grid_options(parser, grid="smoke", device="auto", data="synthetic",
+                     data_choices=("real", "synthetic"))
     parser.add_argument("--pairs", type=positive_int, default=PAIRS,
                         help=f"fresh pairs of server processes (default {PAIRS})")
     parser.add_argument("--rounds", type=positive_int, default=ROUNDS,

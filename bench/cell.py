@@ -22,7 +22,7 @@ import torch
 from bench import memory
 from bench.contention import Contention, ContentionWatch
 from bench.energy import NO_TIMED_WINDOW, Energy, meter_for
-from bench.grid import COMPILED_MODES, Config
+from bench.grid import Config
 from bench.memory import AllocatorPeaks
 from bench.models import build_model
 from bench.nvml import PeakSampler
@@ -33,6 +33,7 @@ from bench.settings import Settings
 from bench.stats import Measurement
 from bench.timing import synchronize, timed_steps
 from lenet.data import TensorData, device_batches, host_batches
+from lenet.modes import TABLE
 from lenet.train import build_step
 
 
@@ -122,7 +123,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
     memory.reset_peaks(device)
     start_rss = memory.rss_bytes()  # read at the reset: where this attempt starts from
     setup_began = time.perf_counter()
-    compiled = config.mode in COMPILED_MODES
+    compiled = TABLE[config.mode].compiles
     lookups = _cache_lookups() if compiled else None
     step, batches = _prepare(config, batch_size, data, settings)
     try:

@@ -14,7 +14,6 @@ Exit status: 0 passed, 1 a regression, 2 bad input or refused.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import store
+from bench.cli import growth_past, percentage
 from bench.outcome import TRAINED, Outcome
 from bench.row import read_row
 from bench.schema import NewerSchemaError
@@ -70,19 +70,6 @@ class CellChange:
         return (self.key, _num(self.base["examples_per_s"]),
                 _num(self.new["examples_per_s"]), _pct(self.ratio("examples_per_s")),
                 *memory)
-
-
-def percentage(text: str) -> float:
-    """`5%` (or `5`) -> 0.05: a finite, non-negative number (a NaN bound would pass anything)."""
-    try:
-        value = float(text.rstrip("%")) / 100
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage like 5%") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must not be negative")
-    return value
 
 
 def _number(value, what: str, positive: bool = False) -> float | None:
@@ -237,13 +224,9 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float,
                 f"({after / before - 1:+.1%}), past the {format_percent(max_slowdown)} allowed "
                 f"and the spread of {spread:,.0f}")
     name = change.memory_field
-    if name is not None:
-        before, after = b[name], n[name]
-        if after - before > max_memory_growth * before:
-            change.failures.append(
-                f"{name} grew from {format_bytes(before)} to {format_bytes(after)} "
-                f"({after / before - 1:+.1%}), past the {format_percent(max_memory_growth)} "
-                f"allowed")
+    grew = name and growth_past(name, b[name], n[name], max_memory_growth, format_bytes)
+    if grew:
+        change.failures.append(grew)
     before, after = b[ENERGY_FIELD], n[ENERGY_FIELD]
     if max_energy_growth is None or not before or after is None:
         return
@@ -251,10 +234,9 @@ def _check(change: CellChange, max_slowdown: float, max_memory_growth: float,
         # a card's counter, its power samples and the CPU packages' counter measure different
         # things: a change between them says nothing of the code
         change.energy_methods = (b["energy_method"], n["energy_method"])
-    elif after - before > max_energy_growth * before:
-        change.failures.append(
-            f"{ENERGY_FIELD} grew from {before:,.3g} J to {after:,.3g} J "
-            f"({after / before - 1:+.1%}), past the {format_percent(max_energy_growth)} allowed")
+    elif grew := growth_past(ENERGY_FIELD, before, after, max_energy_growth,
+                             lambda joules: f"{joules:,.3g} J"):
+        change.failures.append(grew)
 
 
 def busy_notes(changes: list[CellChange], base_name: str, new_name: str) -> list[str]:

@@ -15,14 +15,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.schema import field_defaults
 from bench.settings import Settings
-from lenet.modes import MODES
+from lenet.modes import MODES, TABLE
 
 LENET = "lenet"  # the default model; bench.models builds it and the others
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("host", "device")
-# Modes whose every trial compiles anew (11 s a trial on an H200, about 18 s on two CPU cores):
-# the boundary search, a dozen trials, is not run for them.
-COMPILED_MODES = ("compile", "compile-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -53,12 +50,7 @@ class Config:
 
     def unsupported(self) -> str | None:
         """Why this cell cannot run on its device, or None."""
-        if self.mode in ("graph", "compile-cudagraphs") and not self.device.startswith("cuda"):
-            return f"mode {self.mode} needs a CUDA device"
-        if self.mode == "graph" and self.dtype == "float16":
-            return ("mode graph cannot train float16: its GradScaler checks for infinities on "
-                    "the host each step, which a CUDA graph cannot capture")
-        return None
+        return TABLE[self.mode].refusal(self.device, self.dtype)
 
     @property
     def layout(self) -> str:
@@ -207,7 +199,7 @@ class Grid:
 
 
 _POWERS_OF_4 = (64, 256, 1024, 4096, 16384)
-_FAST_MODES = ("compile", "compile-cudagraphs", "graph")
+_FAST_MODES = tuple(name for name in MODES if name != "eager")
 # On a GPU each repeat lasts 0.4 s, so the 5 timed repeats give the energy counter about the 2 s
 # window it needs (bench.energy.MIN_WINDOW_S); a cell whose repeats fall short times another.
 _GPU_REPEAT_S = 0.4

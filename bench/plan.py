@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench.grid import COMPILED_MODES, LENET, Config, Grid, batch_sizes, get_grid, parse_set
+from bench.grid import LENET, Config, Grid, batch_sizes, get_grid, parse_set
 from bench.models import ModelSpec, describe, parse_input_shape, resolve
 from bench.nvml import NvmlReader, NvmlUnavailable
 from bench.plan_file import Plan
@@ -18,6 +18,7 @@ from bench.settings import Settings
 from bench.units import format_bytes
 from lenet.cli import UsageError, resolve_device
 from lenet.data import DataError, fashion_mnist_root
+from lenet.modes import TABLE
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def forecast(cells: list[Config], device: str, capacity: int | None, words: str)
 def boundary_configs(cells: list[Config]) -> list[Config]:
     """One search per value of every axis but the batch and the loader (Config.for_boundary),
     none for the compiled modes: each of a search's trials would compile anew."""
-    return list(dict.fromkeys(c.for_boundary() for c in cells if c.mode not in COMPILED_MODES))
+    return list(dict.fromkeys(c.for_boundary() for c in cells if not TABLE[c.mode].compiles))
 
 
 def skipped_words(skipped: dict[str, str]) -> list[str]:

@@ -25,6 +25,7 @@ from bench.grid import LENET
 from bench.memory import LiveBytes
 from bench.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
 from lenet.data import TRAIN_SIZE
+from lenet.modes import TABLE
 from lenet.train import TrainStep
 
 # Each line is fitted through two probe steps. The line of a few examples starts at two (batch
@@ -169,23 +170,10 @@ def memory_model(dtype: str, channels_last: bool, placement: str,
                        weights + few_fixed, few_per_sample, weights)
 
 
-# Where the model, fitted to an eager step's tensors, does not hold; it says so rather than
-# predict. A compiled step fuses kernels (fewer intermediates) and keeps workspaces of its own; a
-# CUDA graph keeps its step's memory in a private pool between replays, beside static copies of
-# the batch.
-_UNMODELLED = {
-    "compile": "not modelled: torch.compile fuses kernels and keeps workspaces the eager model "
-               "does not see",
-    "compile-cudagraphs": "not modelled: torch.compile fuses kernels, and its CUDA graphs keep "
-                          "a private memory pool",
-    "graph": "not modelled: a CUDA graph keeps its step's memory in a private pool, beside "
-             "static copies of the batch",
-}
-
-
 def unmodelled(config) -> str | None:
-    """Why the model does not predict this cell's peak, or None where it does."""
-    return _UNMODELLED.get(config.mode)
+    """Why the model does not predict this cell's peak (its mode's, lenet.modes), or None where
+    it does."""
+    return TABLE[config.mode].unmodelled
 
 
 def model_for(config) -> MemoryModel:

@@ -40,7 +40,8 @@ class MemoryThreshold:
     def failure(self, name: str, base, now: dict) -> str | None:
         """The line that says `name` grew past this threshold, or that it cannot be compared
         (a gate that cannot compare fails: it never passes unseen); None where it held."""
-        from bench.units import format_bytes, format_percent
+        from bench.cli import growth_past
+        from bench.units import format_bytes
 
         after = now.get(self.field)
         if not _is_number(after):
@@ -55,11 +56,8 @@ class MemoryThreshold:
         if not _is_number(before) or before <= 0:
             return (f"{name}: the baseline's {self.field} is {_words(before)}, not a size to "
                     f"compare with; save a new baseline (--benchmark-autosave)")
-        if after - before <= self.fraction * before:
-            return None
-        return (f"{name}: {self.field} grew from {format_bytes(before)} to "
-                f"{format_bytes(after)} ({after / before - 1:+.1%}), past the "
-                f"{format_percent(self.fraction)} allowed")
+        grew = growth_past(self.field, before, after, self.fraction, format_bytes)
+        return grew and f"{name}: {grew}"
 
 
 def _words(value) -> str:
@@ -76,7 +74,9 @@ def parse_threshold(text: str) -> MemoryThreshold:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not FIELD:PCT, such as tracked_peak_bytes:5% (FIELD is an extra_info "
             f"name)")
-    return MemoryThreshold(match["field"], float(match["percent"]) / 100)
+    from bench.cli import percentage
+
+    return MemoryThreshold(match["field"], percentage(match["percent"]))
 
 
 def pytest_addoption(parser):

@@ -34,8 +34,9 @@ from bench import env as run_env
 from bench import plan as planning
 from bench import slurm, store
 from bench.boundary import Boundary
+from bench.cli import add_grid_options
 from bench.doctor import report
-from bench.grid import AXES, Config, GridError, grid_names
+from bench.grid import Config, GridError
 from bench.models import ModelError
 from bench.outcome import Outcome
 from bench.phases import phase_lines, phases
@@ -84,10 +85,8 @@ def _stop(signum, frame):
 
 def _parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--grid", help=f"one of: {', '.join(grid_names())} (default: default)")
-    p.add_argument("--set", action="append", default=[], metavar="AXIS=V1,V2",
-                   help=f"override an axis ({', '.join(AXES)})")
-    p.add_argument("--device", help="auto (the default), cpu or cuda:N")
+    add_grid_options(p, grid=None, device=None, data=None,
+                     data_choices=("auto", "real", "synthetic"))
     p.add_argument("--devices", metavar="all|0,2,3|cpu,cpu|Nxcpu",
                    help="one worker per device, pulling cells from one queue (default: --device "
                         "alone)")
@@ -105,10 +104,6 @@ def _parser() -> OneLineParser:
     p.add_argument("--no-find-max-batch", dest="find_max_batch", action="store_false")
     p.add_argument("--boundary-budget", type=positive_float, metavar="SECONDS",
                    help="time for all boundary searches together (default: the grid's)")
-    p.add_argument("--data", choices=("auto", "real", "synthetic"),
-                   help="real Fashion-MNIST, synthetic, or real where installed (auto, the "
-                        "default)")
-    p.add_argument("--data-root", help="a folder holding Fashion-MNIST's IDX files")
     p.add_argument("--repeats", type=positive_int, help="timed repeats per cell (at least 5)")
     p.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS",
                    help="stop a cell (and its worker) that runs longer than this (default 900)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from lenet.modes import TABLE
 from lenet.train import TrainStep
 
 # Steps on a side stream before capture, as PyTorch's recipe does (its example uses 3).
@@ -26,11 +27,10 @@ class GraphedStep:
     them."""
 
     def __init__(self, step: TrainStep):
-        if step.device.type != "cuda":
-            raise ValueError(f"graph mode needs a CUDA device, not {step.device}")
-        if step.scaler is not None:
-            raise ValueError("graph mode cannot train float16: its GradScaler checks for "
-                             "infinities on the host each step, which a CUDA graph cannot capture")
+        refusal = TABLE["graph"].refusal(str(step.device), step.dtype)
+        if refusal:
+            raise ValueError(f"{refusal}, not {step.device}" if step.device.type != "cuda"
+                             else refusal)
         self.step = step
         self.graph: torch.cuda.CUDAGraph | None = None
 

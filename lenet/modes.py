@@ -1,9 +1,60 @@
-"""How a training step runs, named without importing torch (the report reads these names).
+"""How a training step runs: one entry per mode with every fact about it, read by the grid (what
+a cell may run), the step (how it runs), the planner (which modes get a boundary search), the
+memory model (where it does not predict) and the report. Without torch: the report reads it.
 
-eager: PyTorch as written. compile: the forward and the loss compiled by torch.compile
-(inductor), the backward following from them. compile-cudagraphs: the same, its kernels replayed
-as CUDA graphs (torch.compile's "reduce-overhead"). graph: the whole step, update included,
-captured once as a CUDA graph and replayed (lenet.graph_step).
+Adding a mode is an entry here and its branch in the step (lenet.train.build_step).
 """
 
-MODES = ("eager", "compile", "compile-cudagraphs", "graph")
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    words: str  # what the mode does, in a sentence
+    needs_cuda: bool = False
+    refused_dtypes: dict[str, str] = field(default_factory=dict)  # dtype -> why it cannot train
+    compiler_mode: str | None = None  # torch.compile's mode, for the modes it compiles
+    captured: bool = False  # the whole step, update included, captured once as a CUDA graph
+    # why the memory model (fitted to an eager step's tensors) does not predict this mode's
+    # peak; None where it does
+    unmodelled: str | None = None
+
+    @property
+    def compiles(self) -> bool:
+        """Whether building the step compiles it: every trial of a boundary search, a dozen,
+        would compile anew (11 s a trial on an H200, about 18 s on two CPU cores), so compiled
+        modes get no boundary search."""
+        return self.compiler_mode is not None
+
+    def refusal(self, device: str, dtype: str) -> str | None:
+        """Why a cell of this mode cannot run on `device` at `dtype`, or None."""
+        if self.needs_cuda and not device.startswith("cuda"):
+            return f"mode {self.name} needs a CUDA device"
+        if dtype in self.refused_dtypes:
+            return f"mode {self.name} cannot train {dtype}: {self.refused_dtypes[dtype]}"
+        return None
+
+
+TABLE: dict[str, Mode] = {m.name: m for m in (
+    Mode("eager", "PyTorch as written"),
+    Mode("compile", "the forward and the loss compiled by torch.compile (inductor), the "
+                    "backward following from them", compiler_mode="default",
+         unmodelled="not modelled: torch.compile fuses kernels and keeps workspaces the eager "
+                    "model does not see"),
+    Mode("compile-cudagraphs", "the same, its kernels replayed as CUDA graphs (torch.compile's "
+                               "reduce-overhead)", needs_cuda=True,
+         compiler_mode="reduce-overhead",
+         unmodelled="not modelled: torch.compile fuses kernels, and its CUDA graphs keep a "
+                    "private memory pool"),
+    Mode("graph", "the whole step, update included, captured once as a CUDA graph and replayed "
+                  "(lenet.graph_step)", needs_cuda=True, captured=True,
+         # a GradScaler checks for infinities on the host between the backward and the update
+         refused_dtypes={"float16": "its GradScaler checks for infinities on the host each "
+                                    "step, which a CUDA graph cannot capture"},
+         unmodelled="not modelled: a CUDA graph keeps its step's memory in a private pool, "
+                    "beside static copies of the batch"),
+)}
+MODES = tuple(TABLE)

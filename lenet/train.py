@@ -30,12 +30,11 @@ from lenet.cli import (
 )
 from lenet.data import DataError, fashion_mnist
 from lenet.model import build_lenet
+from lenet.modes import TABLE
 
 # Training precisions: float32, or autocast to a 16-bit type (float16 needs a GradScaler).
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# torch.compile's mode for each of lenet.modes.MODES that TrainStep compiles
-_COMPILE_MODES = {"compile": "default", "compile-cudagraphs": "reduce-overhead"}
 
 
 class TrainStep:
@@ -47,11 +46,16 @@ class TrainStep:
                  channels_last: bool = False, mode: str = "eager"):
         if dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(AUTOCAST_DTYPES)}")
-        if mode not in ("eager", *_COMPILE_MODES):
-            raise ValueError(f"TrainStep runs {', '.join(('eager', *_COMPILE_MODES))}, not "
-                             f"{mode!r} (graph mode is lenet.graph_step.GraphedStep)")
+        runs = [m.name for m in TABLE.values() if not m.captured]
+        if mode not in runs:
+            raise ValueError(f"TrainStep runs {', '.join(runs)}, not {mode!r} (a captured mode "
+                             f"is lenet.graph_step.GraphedStep)")
         self.net = net
         self.mode = mode
+        self.dtype = dtype
+        compiler_mode = TABLE[mode].compiler_mode
+        # torch.compile's reduce-overhead replays CUDA graphs, whose outputs the next step reuses
+        self._marks_steps = compiler_mode == "reduce-overhead"
         self.device = next(net.parameters()).device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
@@ -61,11 +65,11 @@ class TrainStep:
         self.autocast_dtype = AUTOCAST_DTYPES[dtype]
         self.scaler = torch.amp.GradScaler(self.device.type) if dtype == "float16" else None
         self._forward = self._forward_and_loss
-        if mode in _COMPILE_MODES:
+        if compiler_mode is not None:
             # a fresh start for each step built: compiled for this batch's shapes alone, as a
             # new process would, not with the guards and dynamic shapes of an earlier cell's
             torch.compiler.reset()
-            self._forward = torch.compile(self._forward_and_loss, mode=_COMPILE_MODES[mode],
+            self._forward = torch.compile(self._forward_and_loss, mode=compiler_mode,
                                           dynamic=False)
 
     def _forward_and_loss(self, images: torch.Tensor, labels: torch.Tensor):
@@ -80,7 +84,7 @@ class TrainStep:
         self.net.train()
         images = images.contiguous(memory_format=self.memory_format)
         self.optimizer.zero_grad(set_to_none=True)
-        if self.mode == "compile-cudagraphs":
+        if self._marks_steps:
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: outputs may be reused
         loss, logits = self._forward(images, labels)
         if self.scaler is None:
@@ -96,7 +100,7 @@ class TrainStep:
 def build_step(net: nn.Module, lr: float, dtype: str = "float32", channels_last: bool = False,
                mode: str = "eager"):
     """The training step in any of lenet.modes.MODES."""
-    if mode == "graph":
+    if TABLE[mode].captured:
         from lenet.graph_step import GraphedStep  # it builds on TrainStep
 
         return GraphedStep(TrainStep(net, lr, dtype, channels_last))

@@ -6,6 +6,11 @@ import re
 
 import pytest
 
+# pytester's in-process run drops every module first imported inside it when it ends, but torch's
+# operator libraries stay registered in the process: a module that registers one (torch._dynamo's
+# test operators) would fail on its next import. Imported here, before any run, it is kept.
+import torch._dynamo  # noqa: F401
+
 from helpers import PLUGIN, ROOT, needs_gpu
 
 LOAD = [option for name in PLUGIN for option in ("-p", name)]
@@ -36,6 +41,18 @@ def _run(pytester, size, *options):
     pytester.makepyfile(test_project=PROJECT.format(size=size))
     return pytester.runpytest_inprocess("-p", "no:cacheprovider", *LOAD,
                                         "--benchmark-max-time=0.05", *options)
+
+
+def test_torch_still_compiles_after_an_in_process_run(pytester):
+    """A test after this one (bench.run's main called in this process) compiles: torch's
+    compiler outlives pytester's run instead of being re-imported into a failure."""
+    import sys
+
+    import torch
+
+    assert _run(pytester, 1000).ret == 0
+    assert "torch._dynamo" in sys.modules
+    assert torch.compile(lambda x: x + 1, backend="eager")(torch.ones(2)).tolist() == [2.0, 2.0]
 
 
 def test_the_fixture_records_memory_and_the_machine(pytester):

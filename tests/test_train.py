@@ -36,7 +36,7 @@ def test_compile_trains_to_the_same_loss_as_eager_from_the_same_seed():
 
 
 def test_graph_mode_refuses_the_cpu():
-    with pytest.raises(ValueError, match="graph mode needs a CUDA device, not cpu"):
+    with pytest.raises(ValueError, match="mode graph needs a CUDA device, not cpu"):
         build_step(build_lenet(), lr=0.1, mode="graph")
 
 
