@@ -25,7 +25,7 @@ from bench.energy import NO_TIMED_WINDOW, Energy, meter_for
 from bench.grid import Config
 from bench.memory import AllocatorPeaks
 from bench.models import build_model
-from bench.nvml import PeakSampler
+from bench.nvml import GpuReader, PeakSampler
 from bench.oom import failure_kind, halve, one_line, run_with_backoff, status_of
 from bench.outcome import Attempt, Outcome
 from bench.row import Row
@@ -117,7 +117,7 @@ def compile_cache_words(before: dict[str, int], after: dict[str, int]) -> str:
 
 
 def measure(config: Config, batch_size: int, data: TensorData, settings: Settings,
-            nvml=None) -> Measured:
+            nvml: GpuReader | None = None) -> Measured:
     """Train `config` at `batch_size` and time it. Raises what training raises (an OOM included)."""
     device = torch.device(config.device)
     memory.reset_peaks(device)
@@ -200,7 +200,7 @@ def run_trial(config: Config, batch_size: int, data: TensorData, settings: Setti
     return Trial(failure or Attempt(batch_size, Outcome.OK), healthy)
 
 
-def run_cell(config: Config, data: TensorData, settings: Settings, nvml=None,
+def run_cell(config: Config, data: TensorData, settings: Settings, nvml: GpuReader | None = None,
              floor: int = 1) -> tuple[Row, bool]:
     """Measure one cell, halving the batch on OOM. Returns the row and whether memory came back
     to where it was (if not, the worker should be replaced)."""

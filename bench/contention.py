@@ -18,6 +18,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only named in annotations: the reader is passed in
+    from bench.nvml import GpuReader
 
 PROC = Path("/proc")
 # A share of the CPUs' time taken by other processes, or stolen, past which the figure is not
@@ -158,7 +162,7 @@ class ContentionWatch:
         watch.start(); ...; watch.sample(); ...; contention = watch.stop()
     """
 
-    def __init__(self, nvml=None, proc: Path = PROC):
+    def __init__(self, nvml: GpuReader | None = None, proc: Path = PROC):
         self._nvml, self._proc = nvml, proc
         self._before: CpuTimes | None = None
         self._violations_before: dict[str, int] = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.grid import GridError, get_grid
-from bench.nvml import MemoryInfo, NvmlReader, NvmlUnavailable
+from bench.nvml import GpuReader, MemoryInfo, NvmlReader, NvmlUnavailable
 from bench.plan import smallest_need_bytes
 from bench.predict import CONTEXT_ALLOWANCE_BYTES
 from bench.units import format_bytes
@@ -36,7 +36,7 @@ def process_lines(processes) -> list[str]:
     return [f"process {p.pid} ({p.name}): {format_bytes(p.used_bytes)}" for p in processes]
 
 
-def fits(reader, needed_bytes: int) -> tuple[bool, str]:
+def fits(reader: GpuReader, needed_bytes: int) -> tuple[bool, str]:
     """Whether `needed_bytes` of tensors plus a CUDA context fit in what is free now; the reason."""
     info = reader.memory()
     required = needed_bytes + CONTEXT_ALLOWANCE_BYTES

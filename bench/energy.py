@@ -14,6 +14,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only named in annotations: the reader is passed in
+    from bench.nvml import GpuReader
 
 MIN_WINDOW_S = 2.0  # two ends, each up to 0.1 s of energy off: at most 10% of 2 s
 POWER_SAMPLE_PERIOD_S = 0.02
@@ -116,10 +120,10 @@ class _PowerIntegral:
 class EnergyMeter:
     """Measures one window: `start()`, the timed work, `stop()` -> Energy.
 
-    `nvml` is a GPU's reader (bench.nvml.NvmlReader, or a fake in tests), None on a CPU; `rapl`
+    `nvml` is a GPU's reader (bench.nvml.GpuReader), None on a CPU; `rapl`
     is the CPU's counter or the reason it has none (RaplCounter.find)."""
 
-    def __init__(self, nvml=None, rapl: RaplCounter | str | None = None,
+    def __init__(self, nvml: GpuReader | None = None, rapl: RaplCounter | str | None = None,
                  min_window_s: float = MIN_WINDOW_S):
         self._nvml, self._rapl, self._min_window_s = nvml, rapl, min_window_s
         self.method, self.note = self._choose()
@@ -132,7 +136,7 @@ class EnergyMeter:
             except Exception as counter_failure:  # noqa: BLE001 - fall back to power samples
                 try:
                     self._nvml.power_mw()
-                    return POWER_SAMPLES, f"no energy counter ({counter_failure})"
+                    return POWER_SAMPLES, str(counter_failure)  # "no energy counter: why"
                 except Exception as exc:  # noqa: BLE001
                     return None, f"not measured: NVML gives neither energy nor power ({exc})"
         if isinstance(self._rapl, RaplCounter):
@@ -187,7 +191,7 @@ class EnergyMeter:
         return self._integral.joules
 
 
-def meter_for(device_type: str, nvml, rapl_root: Path = RAPL_ROOT) -> EnergyMeter:
+def meter_for(device_type: str, nvml: GpuReader | None, rapl_root: Path = RAPL_ROOT) -> EnergyMeter:
     """The meter of a cell: its card's, through the NVML reader where there is one; for a CUDA
     cell without one, nothing (the CPU packages' counter would not be the card's energy); for a
     CPU cell, RAPL where the kernel allows."""

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench.nvml import MemoryInfo, NvmlUnavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 # The plugin to name with -p where the package is not installed (its pytest11 entry point absent).
 PLUGIN = [] if any(ep.value == "bench.pytest_plugin" for ep in entry_points(group="pytest11")) \
@@ -27,6 +29,92 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 needs_real_data = pytest.mark.skipif(
     not DEBIAN_DATA.is_dir(),
     reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+
+
+GiB = 2**30
+
+
+class FakeCard:
+    """The one fake of bench.nvml.GpuReader, the seam through which the CPU covers what a card
+    says: an 80 GB H100 whose free memory, processes, clocks, clock events, power-cap time,
+    temperature and power draw the test decides. Where a real card cannot say, it raises
+    NvmlUnavailable as NvmlReader does: `temperature_c=None`, `counter=False` or `power=False`
+    for a reading the card lacks, `fail=True` for a card lost mid-run (clocks, events and
+    temperature). Its energy counter advances at `watts` in steps of `update_s`, as NVML's
+    does; its power-cap counter by `power_capped_ns` between one read and the next."""
+
+    def __init__(self, free_bytes=70 * GiB, processes=None, clock_mhz=1980, events=0,
+                 power_capped_ns=0, temperature_c=71, watts=250.0, update_s=0.0, counter=True,
+                 power=True, fail=False):
+        self.info = MemoryInfo(80 * GiB, GiB // 2, 80 * GiB - GiB // 2 - free_bytes,
+                               free_bytes)
+        self.process_list, self.clock_mhz, self.events = processes, clock_mhz, events
+        self.power_capped_ns, self.temperature = power_capped_ns, temperature_c
+        self.watts, self.update_s, self.counter, self.power = watts, update_s, counter, power
+        self.fail = fail
+        self.violation_reads = 0
+        self.t0 = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        pass
+
+    def _read(self, what, value):
+        if self.fail:
+            raise NvmlUnavailable(f"{what}: NVML_ERROR_GPU_IS_LOST")
+        return value
+
+    def memory(self):
+        return self.info
+
+    def used_bytes(self):
+        return self.info.used_bytes
+
+    def processes(self):
+        return self.process_list
+
+    def sm_clock_mhz(self):
+        return self._read("no SM clock", self.clock_mhz)
+
+    def max_sm_clock_mhz(self):
+        return self._read("no maximum SM clock", 1980)
+
+    def clock_event_reasons(self):
+        return self._read("no clock-event reasons", self.events)
+
+    def violation_ns(self):
+        self.violation_reads += 1
+        return {"power cap": 10**12 + (self.violation_reads - 1) * self.power_capped_ns,
+                "thermal": 10**12}
+
+    def temperature_c(self):
+        if self.temperature is None:
+            raise NvmlUnavailable("no temperature: Not Supported")
+        return self._read("no temperature", self.temperature)
+
+    def total_energy_mj(self):
+        if not self.counter:
+            raise NvmlUnavailable("no energy counter: Not Supported")
+        elapsed = time.perf_counter() - self.t0
+        if self.update_s:
+            elapsed -= elapsed % self.update_s
+        return int(5_000_000 + self.watts * elapsed * 1000)
+
+    def power_mw(self):
+        if not self.power:
+            raise NvmlUnavailable("no power reading: Not Supported")
+        return int(self.watts * 1000)
+
+    def name(self):
+        return "NVIDIA H100 80GB HBM3"
+
+    def driver_version(self):
+        return "580.65.06"
 
 
 def one_line_error(result) -> str:

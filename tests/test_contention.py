@@ -20,7 +20,7 @@ from bench.contention import (
     read_cpu_times,
 )
 from bench.nvml import GpuProcess, NvmlUnavailable
-from helpers import CPU_SYNTHETIC, rows_of, run_module
+from helpers import CPU_SYNTHETIC, FakeCard, rows_of, run_module
 
 SPIN = "import time; end = time.monotonic() + 600; exec('while time.monotonic() < end: pass')"
 # Starts a spinning process and exits at once, so the spinner belongs to no process here.
@@ -85,45 +85,6 @@ def test_the_cells_own_children_count_as_its_own_time():
     assert after.own - before.own >= spun
 
 
-class FakeNvml:
-    """A fake NVML reader (the seam): fixed clocks, clock-event mask, temperature, processes."""
-
-    def __init__(self, clock_mhz, events, processes, fail=False, power_capped_ns=0,
-                 temperature=True):
-        self.clock_mhz, self.events, self.process_list, self.fail = clock_mhz, events, \
-            processes, fail
-        self.power_capped_ns, self.temperature = power_capped_ns, temperature
-        self.reads = 0
-
-    def violation_ns(self):
-        """The power-cap counter advances by power_capped_ns over the window: one read at
-        each end."""
-        self.reads += 1
-        return {"power cap": 10**12 + (self.reads - 1) * self.power_capped_ns}
-
-    def _read(self, value):
-        if self.fail:
-            raise NvmlUnavailable("NVML_ERROR_GPU_IS_LOST")
-        return value
-
-    def sm_clock_mhz(self):
-        return self._read(self.clock_mhz)
-
-    def max_sm_clock_mhz(self):
-        return self._read(1980)
-
-    def clock_event_reasons(self):
-        return self._read(self.events)
-
-    def temperature_c(self):
-        if not self.temperature:
-            raise NvmlUnavailable("no temperature: Not Supported")
-        return self._read(71)
-
-    def processes(self):
-        return self.process_list
-
-
 def _gpu_only(nvml, tmp_path):
     watch = ContentionWatch(nvml, proc=tmp_path)  # an empty /proc: the CPU part reads nothing
     watch.start()
@@ -134,7 +95,8 @@ def _gpu_only(nvml, tmp_path):
 def test_a_throttled_shared_gpu_is_busy_and_says_why(tmp_path):
     me = GpuProcess(os.getpid(), 2**30, "python")
     other = GpuProcess(4242, 40 * 2**30, "train.py")
-    contention = _gpu_only(FakeNvml(1410, 0x4 | 0x1, [me, other]), tmp_path)
+    contention = _gpu_only(FakeCard(processes=[me, other], clock_mhz=1410, events=0x4 | 0x1),
+                           tmp_path)
     assert contention.busy is True
     assert contention.busy_reasons == (
         "1 other process on the GPU",
@@ -144,14 +106,14 @@ def test_a_throttled_shared_gpu_is_busy_and_says_why(tmp_path):
 
 def test_an_idle_clock_event_alone_is_quiet(tmp_path):
     """Between repeats the GPU may report itself idle: that is not contention."""
-    contention = _gpu_only(FakeNvml(1980, 0x1, [GpuProcess(os.getpid(), 2**30, "python")]),
-                           tmp_path)
+    contention = _gpu_only(FakeCard(processes=[GpuProcess(os.getpid(), 2**30, "python")],
+                                    events=0x1), tmp_path)
     assert contention.busy is False and contention.busy_reasons == ()
     assert contention.gpu_other_processes == 0
 
 
 def test_hidden_processes_and_failed_reads_leave_figures_empty_not_zero(tmp_path):
-    contention = _gpu_only(FakeNvml(1980, 0, None, fail=True), tmp_path)
+    contention = _gpu_only(FakeCard(processes=None, fail=True), tmp_path)
     assert contention.gpu_other_processes is None and contention.gpu_sm_clock_min_mhz is None
     assert contention.busy is None  # nothing could be read: not "quiet"
 
@@ -160,14 +122,15 @@ def test_a_power_cap_during_the_repeats_is_seen_by_the_counters_not_the_samples(
     """Samples between repeats see an idle card at full clocks and no events; NVML's
     violation counters saw 120 ms of the window held down by the power cap."""
     me = GpuProcess(os.getpid(), 2**30, "python")
-    contention = _gpu_only(FakeNvml(1980, 0, [me], power_capped_ns=120_000_000), tmp_path)
+    contention = _gpu_only(FakeCard(processes=[me], power_capped_ns=120_000_000), tmp_path)
     assert contention.busy is True
     assert contention.gpu_clock_events == ("power cap: clocks held down 120 ms of the repeats",)
 
 
 def test_a_card_without_a_temperature_still_gives_its_clocks_and_events(tmp_path):
     me = GpuProcess(os.getpid(), 2**30, "python")
-    contention = _gpu_only(FakeNvml(1410, 0x4, [me], temperature=False), tmp_path)
+    contention = _gpu_only(FakeCard(processes=[me], clock_mhz=1410, events=0x4,
+                                    temperature_c=None), tmp_path)
     assert contention.gpu_sm_clock_min_mhz == 1410 and contention.gpu_clock_events == (
         "power cap",)
     assert contention.gpu_temperature_max_c is None
@@ -194,7 +157,7 @@ def test_a_pools_parent_and_sibling_workers_are_not_other_processes():
 
 def test_an_empty_process_list_means_nvml_cannot_see_not_none_there(tmp_path):
     """This process holds a context on the card: a list without it is a list NVML hides."""
-    contention = _gpu_only(FakeNvml(1980, 0, []), tmp_path)
+    contention = _gpu_only(FakeCard(processes=[]), tmp_path)
     assert contention.gpu_other_processes is None
 
 

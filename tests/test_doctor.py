@@ -1,41 +1,13 @@
 import torch
 
 from bench.doctor import fits, report
-from bench.nvml import GpuProcess, MemoryInfo, NvmlUnavailable
-from helpers import run_main
-
-GiB = 2**30
-
-
-class FakeCard:
-    """A reader for a card whose memory and processes the test decides."""
-
-    def __init__(self, free_bytes, processes):
-        self.info = MemoryInfo(80 * GiB, GiB // 2, 80 * GiB - GiB // 2 - free_bytes, free_bytes)
-        self._processes = processes
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def memory(self):
-        return self.info
-
-    def processes(self):
-        return self._processes
-
-    def name(self):
-        return "NVIDIA H100 80GB HBM3"
-
-    def driver_version(self):
-        return "580.65.06"
+from bench.nvml import GpuProcess, NvmlUnavailable
+from helpers import FakeCard, GiB, run_main
 
 
 def test_a_card_held_by_other_processes_names_them():
-    card = FakeCard(GiB // 4, [GpuProcess(4242, 60 * GiB, "python"),
-                               GpuProcess(77, 19 * GiB, "jupyter-kernel")])
+    card = FakeCard(GiB // 4, processes=[GpuProcess(4242, 60 * GiB, "python"),
+                                         GpuProcess(77, 19 * GiB, "jupyter-kernel")])
     ok, message = fits(card, needed_bytes=10 * 2**20)
     assert not ok
     assert message == (
@@ -45,17 +17,17 @@ def test_a_card_held_by_other_processes_names_them():
 
 
 def test_a_full_card_whose_processes_are_hidden():
-    ok, message = fits(FakeCard(GiB // 4, None), needed_bytes=10 * 2**20)
+    ok, message = fits(FakeCard(GiB // 4, processes=None), needed_bytes=10 * 2**20)
     assert not ok and "processes NVML cannot name here" in message
 
 
 def test_a_free_card_fits():
-    ok, message = fits(FakeCard(70 * GiB, []), needed_bytes=10 * 2**20)
+    ok, message = fits(FakeCard(70 * GiB, processes=[]), needed_bytes=10 * 2**20)
     assert ok and message.startswith("fits: 778.0 MiB needed")
 
 
 def test_report_lists_the_card_and_its_processes():
-    card = FakeCard(GiB // 4, [GpuProcess(4242, 60 * GiB, "python")])
+    card = FakeCard(GiB // 4, processes=[GpuProcess(4242, 60 * GiB, "python")])
     checkup = report(torch.device("cuda", 0), 10 * 2**20, reader_factory=lambda i: card)
     assert not checkup.fits
     assert "GPU: NVIDIA H100 80GB HBM3, driver 580.65.06" in checkup.lines

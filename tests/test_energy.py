@@ -16,28 +16,8 @@ from bench.energy import (
     RaplCounter,
     meter_for,
 )
-
-
-class FakeCard:
-    """An NVML reader's energy and power calls: a card drawing `watts` steadily. The counter
-    advances in steps of `update_s`, as NVML's does."""
-
-    def __init__(self, watts=250.0, update_s=0.0, counter=True, power=True):
-        self.watts, self.update_s, self.counter, self.power = watts, update_s, counter, power
-        self.t0 = time.perf_counter()
-
-    def total_energy_mj(self):
-        if not self.counter:
-            raise RuntimeError("Not Supported")
-        elapsed = time.perf_counter() - self.t0
-        if self.update_s:
-            elapsed -= elapsed % self.update_s
-        return int(5_000_000 + self.watts * elapsed * 1000)
-
-    def power_mw(self):
-        if not self.power:
-            raise RuntimeError("Not Supported")
-        return int(self.watts * 1000)
+from bench.nvml import NvmlUnavailable
+from helpers import FakeCard
 
 
 def window(meter, seconds):
@@ -47,7 +27,7 @@ def window(meter, seconds):
 
 
 def test_the_counter_gives_joules_watts_and_joules_per_1000_examples():
-    energy = window(EnergyMeter(FakeCard(250.0), min_window_s=0.2), 0.3)
+    energy = window(EnergyMeter(FakeCard(watts=250.0), min_window_s=0.2), 0.3)
     assert energy.method == COUNTER and energy.note is None
     assert energy.mean_power_w == pytest.approx(250.0, rel=0.02)
     assert energy.per_1000_examples_j(30_000) == pytest.approx(energy.joules / 30, rel=1e-9)
@@ -64,9 +44,9 @@ def test_a_window_shorter_than_the_counter_needs_gives_a_note_not_noise():
 
 
 def test_without_the_counter_power_samples_are_integrated_and_named():
-    energy = window(EnergyMeter(FakeCard(120.0, counter=False), min_window_s=0.2), 0.4)
+    energy = window(EnergyMeter(FakeCard(watts=120.0, counter=False), min_window_s=0.2), 0.4)
     assert energy.method == POWER_SAMPLES
-    assert energy.note.startswith("no energy counter (Not Supported")
+    assert energy.note == "no energy counter: Not Supported"
     assert energy.mean_power_w == pytest.approx(120.0, rel=0.1)
 
 
@@ -77,21 +57,23 @@ def test_a_power_reading_that_fails_from_the_first_is_not_measured_never_zero():
         def power_mw(self):
             self.calls += 1
             if self.calls > 1:  # the meter's choice read it once; the window's first fails
-                raise RuntimeError("GPU is lost")
+                raise NvmlUnavailable("no power reading: GPU is lost")
             return 120_000
 
     energy = window(EnergyMeter(FailsAfterChoosing(counter=False), min_window_s=0.1), 0.15)
     assert energy.joules is None and energy.method == POWER_SAMPLES
-    assert energy.note == "not measured: the nvml-power-samples failed (RuntimeError: GPU is lost)"
+    assert energy.note == ("not measured: the nvml-power-samples failed (NvmlUnavailable: no "
+                           "power reading: GPU is lost)")
 
 
 def test_a_card_with_neither_is_not_measured_never_zero():
     energy = window(EnergyMeter(FakeCard(counter=False, power=False)), 0.01)
     assert energy.joules is None and energy.method is None
-    assert energy.note == "not measured: NVML gives neither energy nor power (Not Supported)"
+    assert energy.note == ("not measured: NVML gives neither energy nor power (no power "
+                           "reading: Not Supported)")
 
 
-@pytest.mark.parametrize("card", [FakeCard(0.0), FakeCard(0.0, counter=False)])
+@pytest.mark.parametrize("card", [FakeCard(watts=0.0), FakeCard(watts=0.0, counter=False)])
 def test_a_counter_that_does_not_move_is_not_measured_never_zero(card):
     energy = window(EnergyMeter(card, min_window_s=0.1), 0.15)
     assert energy.joules is None and energy.per_1000_examples_j(1000) is None
@@ -149,32 +131,6 @@ def test_no_rapl_is_not_measured_with_the_reason(tmp_path):
     assert energy.note == f"not measured: no RAPL package counter under {tmp_path / 'powercap'}"
 
 
-class FakeGpuReader(FakeCard):
-    """The whole NVML reader a cell uses (the seam), for a CPU cell that pretends to be timed on
-    a card drawing 250 W: memory, processes, clocks and the energy counter."""
-
-    def used_bytes(self):
-        return 2**30
-
-    def processes(self):
-        return None
-
-    def sm_clock_mhz(self):
-        return 1980
-
-    def max_sm_clock_mhz(self):
-        return 1980
-
-    def clock_event_reasons(self):
-        return 0
-
-    def violation_ns(self):
-        return {"power cap": 0, "thermal": 0}
-
-    def temperature_c(self):
-        return 60
-
-
 def test_a_cell_stores_the_energy_of_its_timed_repeats():
     from bench.cell import Settings, run_cell
     from bench.grid import Config
@@ -185,7 +141,7 @@ def test_a_cell_stores_the_energy_of_its_timed_repeats():
     # faster of two blocks made 5 x 0.4 s land either side of 2 s: energy lost at random)
     settings = Settings(min_repeat_s=0.05, warmup_steps=1)
     row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
-                      FakeGpuReader(250.0))
+                      FakeCard(watts=250.0))
     assert row.status == "ok" and row.energy_method == COUNTER and row.energy_note is None
     assert row.energy_window_s >= MIN_WINDOW_S and row.energy_window_s >= sum(row.repeat_s)
     assert len(row.repeat_s) == row.repeats >= settings.repeats
@@ -204,7 +160,7 @@ def test_without_an_energy_figure_to_take_a_cell_times_just_its_repeats():
 
     settings = Settings(min_repeat_s=0.01, warmup_steps=1)
     row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
-                      FakeGpuReader(250.0, counter=False, power=False))
+                      FakeCard(watts=250.0, counter=False, power=False))
     assert row.energy_method is None and row.repeats == settings.repeats
 
 
@@ -225,12 +181,12 @@ def test_the_process_figure_is_read_while_the_allocators_cache_is_still_held(mon
     monkeypatch.setattr(memory, "release", lambda device: (events.append("release"),
                                                            release(device)))
 
-    class Reader(FakeGpuReader):
+    class Reader(FakeCard):
         def processes(self):
             events.append("processes")
             return [GpuProcess(os.getpid(), 123 * 2**20, "python")]
 
     row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512),
-                      Settings(min_repeat_s=0.01, warmup_steps=1), Reader(250.0))
+                      Settings(min_repeat_s=0.01, warmup_steps=1), Reader())
     assert row.nvml_process_used_bytes == 123 * 2**20
     assert events[-2:] == ["processes", "release"]

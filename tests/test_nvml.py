@@ -8,8 +8,9 @@ from bench.nvml import NvmlDevice, NvmlReader, NvmlUnavailable, PeakSampler, nvm
 from helpers import needs_gpu
 
 
-class FakeReader:
-    """Returns the given readings in turn, then repeats the last."""
+class Readings:
+    """A read function for PeakSampler (not a card): the given readings in turn, then the last
+    again."""
 
     def __init__(self, values, fail_after=None):
         self.values, self.calls, self.fail_after = list(values), 0, fail_after
@@ -29,7 +30,7 @@ def _wait_for(predicate, timeout_s=5.0):
 
 
 def test_sampler_keeps_the_peak():
-    reader = FakeReader([100, 300, 200, 250])
+    reader = Readings([100, 300, 200, 250])
     with PeakSampler(reader, period_s=0.0005) as sampler:
         _wait_for(lambda: reader.calls >= 4)
     assert sampler.peak == 300 and sampler.error is None
@@ -44,7 +45,7 @@ def test_a_reading_taken_at_stop_counts():
 
 
 def test_a_failing_reader_ends_sampling_and_is_recorded():
-    reader = FakeReader([5, 7], fail_after=2)
+    reader = Readings([5, 7], fail_after=2)
     with PeakSampler(reader, period_s=0.0005) as sampler:
         _wait_for(lambda: sampler.error is not None)
     assert sampler.peak == 7
@@ -179,3 +180,14 @@ def test_real_nvml_reads_the_card():
         assert set(violations) <= {"power cap", "thermal"}
         assert all(isinstance(ns, int) and ns >= 0 for ns in violations.values())
         assert isinstance(reader.clock_event_reasons(), int)
+
+
+def test_the_real_reader_and_the_one_fake_answer_every_call_of_the_protocol():
+    """The instruments are written against GpuReader; the fake that stands in for a card in the
+    CPU's tests cannot drift from what the real reader offers."""
+    from bench.nvml import GpuReader
+    from helpers import FakeCard
+
+    calls = {name for name in vars(GpuReader) if not name.startswith("_")}
+    assert {"memory", "processes", "total_energy_mj", "close"} <= calls
+    assert calls <= set(dir(NvmlReader)) and calls <= set(dir(FakeCard))
