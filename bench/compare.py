@@ -143,13 +143,7 @@ def load_side(path: Path) -> Side:
     rows, warnings = store.read_run(path)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    env_path = path / store.ENV
-    try:
-        env = json.loads(env_path.read_text()) if env_path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {env_path}: {exc}") from None
-    if not isinstance(env, dict):
-        raise UsageError(f"{env_path} is not an object")
+    env = store.read_env(path, strict=True)
     # what makes figures comparable beyond the machine: the data and the cap they ran under
     env = {**env,
            "data_source": ", ".join(sorted({str(r["data_source"]) for r in rows})) or None,

@@ -402,10 +402,10 @@ def _run_slurm(plan: Plan, cells: list[Config], run_dir: Path, resumed: bool, ar
         if resumed and plan.executor != store.open_existing(run_dir).executor:
             store.write_plan(run_dir, plan)  # the next resume asks the same
         if not resumed:
-            # this host's: each host that runs cells adds its own (bench.slurm.HOSTS)
+            # this host's: each host that runs cells adds its own (bench.store.HOSTS)
             store.create(run_dir, plan, run_env.collect(torch.device("cpu")))
             (run_dir / store.RESULTS).touch()
-        submissions = slurm.read_submissions(run_dir)
+        submissions = store.read_submissions(run_dir)
         live = slurm.live_tasks(submissions, slurm.task_states(_array_ids(submissions)))
         done = store.done_keys(store.read_run(run_dir)[0])
         held = {key for task in live for key in task["keys"]}
@@ -421,7 +421,7 @@ def _run_slurm(plan: Plan, cells: list[Config], run_dir: Path, resumed: bool, ar
             print(f"submitted Slurm job {submission['array_job_id']}: "
                   f"{len(submission['tasks'])} tasks for {len(missing)} cells"
                   f"{' and the boundary searches' if searches else ''}; logs in "
-                  f"{run_dir / slurm.LOGS}", file=sys.stderr)
+                  f"{run_dir / store.SLURM_LOGS}", file=sys.stderr)
         follow = (f"follow it with: {PROG} --resume {run_dir}; stop it with: "
                   f"{slurm.cancel_words(submissions)}")
         if args.no_wait:

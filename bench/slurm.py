@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import platform
 import re
@@ -28,9 +27,6 @@ from bench.plan_file import Plan, SlurmOptions
 from bench.row import Row
 from lenet.cli import UsageError
 
-JOBS = "slurm.json"  # every submission: its array job and which cells each task holds
-LOGS = "slurm"  # submitit's folder: each task's pickled call and its stdout and stderr
-HOSTS = "hosts"  # one env.json per host that ran cells: hosts/<host>.json
 # a task in one of these states may still write rows
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
                          "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING",
@@ -122,7 +118,7 @@ def require() -> None:
 def _executor(run_dir: Path, options: SlurmOptions):
     import submitit
 
-    executor = submitit.SlurmExecutor(folder=run_dir / LOGS / "%j")
+    executor = submitit.SlurmExecutor(folder=run_dir / store.SLURM_LOGS / "%j")
     known = executor._valid_parameters()
     extra = {k: v for k, v in options.extra.items() if k not in known}
     parameters = {k: _number(v) for k, v in options.extra.items() if k in known}
@@ -158,8 +154,8 @@ def submit(run_dir: Path, keys: list[str], options: SlurmOptions, boundaries: bo
 
     said = io.StringIO()  # sbatch's complaints: the one line that matters goes in the error
     # the pickled calls are code the tasks execute as this user: owner-only, whatever the umask
-    (run_dir / LOGS).mkdir(mode=0o700, exist_ok=True)
-    (run_dir / LOGS).chmod(0o700)
+    (run_dir / store.SLURM_LOGS).mkdir(mode=0o700, exist_ok=True)
+    (run_dir / store.SLURM_LOGS).chmod(0o700)
     umask = os.umask(0o077)
     try:
         with contextlib.redirect_stderr(said):
@@ -177,25 +173,13 @@ def submit(run_dir: Path, keys: list[str], options: SlurmOptions, boundaries: bo
     submission = {"array_job_id": jobs[0].job_id.partition("_")[0],
                   "tasks": [{"job_id": job.job_id, "keys": share, "boundaries": not share}
                             for job, share in zip(jobs, shares)]}
-    submissions = read_submissions(run_dir) + [submission]
-    store.write_json(run_dir / JOBS, {"submissions": submissions})
+    store.add_submission(run_dir, submission)
     return submission
 
 
 def _shares(keys: list[str], tasks: int | None) -> list[list[str]]:
     count = min(tasks or len(keys), len(keys))
     return [keys[n::count] for n in range(count)] if keys else []
-
-
-def read_submissions(run_dir: Path) -> list[dict]:
-    path = run_dir / JOBS
-    if not path.is_file():
-        return []
-    try:
-        return json.loads(path.read_text())["submissions"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise store.RunDirError(f"cannot read {path}: {exc}; its jobs cannot be followed "
-                                f"(scancel them by name, lenet-bench-{run_dir.name})") from None
 
 
 class SlurmUnreachable(Exception):
@@ -264,7 +248,7 @@ def ended_rows(run_dir: Path, plan: Plan, submissions: list[dict],
             if key in done or key not in by_key:
                 continue
             error = (f"Slurm job {task['job_id']} ended ({words}) before this cell finished; "
-                     f"its log: {run_dir / LOGS / task['job_id']}")
+                     f"its log: {run_dir / store.SLURM_LOGS / task['job_id']}")
             rows.append(Row(by_key[key], plan.data, Outcome.ERROR,
                             error_kind=Outcome.JOB_ENDED, error=error,
                             attempts=[Attempt(by_key[key].batch_size, Outcome.JOB_ENDED, error)],
@@ -306,7 +290,7 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     plan = store.open_existing(path)
     device = torch.device(plan.device)
     host = platform.node()
-    hosts = path / HOSTS
+    hosts = path / store.HOSTS
     hosts.mkdir(exist_ok=True)
     if not (hosts / f"{host}.json").exists():
         store.write_json(hosts / f"{host}.json", run_env.collect(device))

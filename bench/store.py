@@ -1,9 +1,13 @@
-"""The run directory: `plan.json` (what to run), `env.json` (where), `results.jsonl` (one row per
-cell) and `boundaries.jsonl` (one row per boundary search); under `--executor slurm` also
-`parts/`, a results and a boundaries file per array task, each with one writer. `read_run` and
-`read_run_boundaries` read the union. The plan and every row carry the
-schema version they were written at; `read_results` and `read_boundaries` are the one way to read
-rows back, each at this version with every key present (bench.schema).
+"""The run directory, and the one reader of it that `bench.run`, `bench.slurm`, `bench.compare` and
+the reports share: `plan.json` (what to run: bench.plan_file.Plan), `env.json` (where),
+`results.jsonl` (one row per cell) and `boundaries.jsonl` (one row per boundary search); under
+`--executor slurm` also `slurm.json` (each submission's job array), `slurm/` (its logs),
+`hosts/` (the env of each host that ran cells) and `parts/`, a results and a boundaries file per
+array task, each with one writer. `read_run` and `read_run_boundaries` read the union. The plan
+and every row carry the schema version they were written at; `read_results` and
+`read_boundaries` are the one way to read rows back, each at this version with every key present
+(bench.schema). A reader that must not guess (a resume, a gate) reads strictly and refuses what
+it cannot read; the report reads leniently and says "not measured" for it.
 
 Rows are appended, flushed and fsync'd one at a time, so a `kill -9` loses at most the row being
 written. A reader takes every whole line and skips a torn last one, and any line that is not a
@@ -36,8 +40,11 @@ BOUNDARIES = "boundaries.jsonl"
 LOCK = ".lock"
 RUN_DIR_MODE = 0o750  # owner: all; group: read; others: nothing
 PARTS = "parts"
+SUBMISSIONS = "slurm.json"  # every submission: its array job and which cells each task holds
+SLURM_LOGS = "slurm"  # submitit's folder: each task's pickled call and its stdout and stderr
+HOSTS = "hosts"  # one env.json per host that ran cells: hosts/<host>.json
 # what a run directory may hold besides .lock: a new run goes only where none of these is
-RUN_FILES = (PLAN, ENV, RESULTS, BOUNDARIES, PARTS, "slurm.json", "slurm", "hosts", "report",
+RUN_FILES = (PLAN, ENV, RESULTS, BOUNDARIES, PARTS, SUBMISSIONS, SLURM_LOGS, HOSTS, "report",
              "compare")
 # What makes a line of results.jsonl a row, and a line of boundaries.jsonl a boundary
 ROW_FIELDS = ("key", "status")
@@ -179,6 +186,42 @@ def plan_or_none(run_dir: Path) -> Plan | None:
 
 def write_plan(run_dir: Path, plan: Plan) -> None:
     write_json(run_dir / PLAN, plan.as_dict())
+
+
+def read_env(run_dir: Path, strict: bool) -> dict:
+    """env.json: {} where there is none (a run from before it, a pytest-benchmark side). One
+    that cannot be read, or is not an object, is RunDirError where `strict`, else {}."""
+    path = run_dir / ENV
+    try:
+        env = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise RunDirError(f"cannot read {path}: {exc}") from None
+        return {}
+    if not isinstance(env, dict):
+        if strict:
+            raise RunDirError(f"{path} is not an object")
+        return {}
+    return env
+
+
+def read_submissions(run_dir: Path) -> list[dict]:
+    """Each Slurm submission of the run (slurm.json), oldest first; [] before the first."""
+    path = run_dir / SUBMISSIONS
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())["submissions"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"cannot read {path}: {exc}; its jobs cannot be followed (scancel "
+                          f"them by name, lenet-bench-{run_dir.name})") from None
+
+
+def add_submission(run_dir: Path, submission: dict) -> list[dict]:
+    """Record a submission in slurm.json; every submission, this one last."""
+    submissions = read_submissions(run_dir) + [submission]
+    write_json(run_dir / SUBMISSIONS, {"submissions": submissions})
+    return submissions
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -6,7 +6,6 @@ hides processes): the page shows them as "not measured", never as 0.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -56,16 +55,6 @@ class Run:
     def capacity_bytes(self) -> float | None:
         """The memory a cell could fill: the cap where one was set, else the card's total."""
         return self.memory_cap_bytes or self.env.get("gpu_total_bytes")
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object from the run directory, or {} where the file is missing, torn or not an
-    object: the page then says "not measured" for what it would have held."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 # Columns whose missing values must stay missing, not turn a whole column into floats or NaN
@@ -132,7 +121,7 @@ def load_run(path: Path) -> Run:
     except (NewerSchemaError, store.RunDirError) as exc:
         raise NotARun(str(exc)) from None
     cells = pd.DataFrame(rows, columns=ROW_KEYS)
-    return Run(path, _read_json(path / store.ENV), plan, with_derived_columns(cells),
+    return Run(path, store.read_env(path, strict=False), plan, with_derived_columns(cells),
                pd.DataFrame(boundary_rows), warnings + boundary_warnings)
 
 
