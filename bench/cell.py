@@ -21,14 +21,13 @@ import torch
 
 from bench import memory
 from bench.contention import Contention, ContentionWatch
-from bench.energy import NO_TIMED_WINDOW, Energy, meter_for
+from bench.energy import Energy, meter_for
 from bench.grid import Config
 from bench.memory import AllocatorPeaks
 from bench.models import build_model
 from bench.nvml import GpuReader, PeakSampler
-from bench.oom import failure_kind, halve, one_line, run_with_backoff, status_of
+from bench.oom import failure_kind, halve, one_line, run_with_backoff
 from bench.outcome import Attempt, Outcome
-from bench.row import Row
 from bench.settings import Settings
 from bench.stats import Measurement
 from bench.timing import synchronize, timed_steps
@@ -200,10 +199,34 @@ def run_trial(config: Config, batch_size: int, data: TensorData, settings: Setti
     return Trial(failure or Attempt(batch_size, Outcome.OK), healthy)
 
 
+@dataclass(frozen=True)
+class CardReadings:
+    """What the card said over a cell, through NVML: its peak use, this process's share (read
+    with the allocator's cache still held), and why a figure is missing."""
+
+    peak_used_bytes: int | None
+    process_used_bytes: int | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """A cell as a worker measured it, in typed pieces; the parent builds its row from them
+    (bench.session.build_row), the one place a row is made."""
+
+    config: Config
+    data_source: str
+    attempts: list[Attempt]  # each batch tried, the last one the cell's outcome
+    measured: Measured | None  # the attempt that trained; None where none did
+    card: CardReadings | None  # None: no NVML reader (a CPU cell, or NVML unavailable)
+    started_at: str | None = None
+    wall_s: float | None = None
+
+
 def run_cell(config: Config, data: TensorData, settings: Settings, nvml: GpuReader | None = None,
-             floor: int = 1) -> tuple[Row, bool]:
-    """Measure one cell, halving the batch on OOM. Returns the row and whether memory came back
-    to where it was (if not, the worker should be replaced)."""
+             floor: int = 1) -> tuple[CellResult, bool]:
+    """Measure one cell, halving the batch on OOM. Returns what it measured and whether memory
+    came back to where it was (if not, the worker should be replaced)."""
     device = torch.device(config.device)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
@@ -213,49 +236,15 @@ def run_cell(config: Config, data: TensorData, settings: Settings, nvml: GpuRead
         measured, attempts = run_with_backoff(
             lambda batch: measure(config, batch, data, settings, nvml), config.batch_size,
             release=lambda: memory.release(device), policy=functools.partial(halve, floor=floor))
-    # this process's share as the driver sees it, the allocator's cache still held: before
-    # settled_bytes empties it
-    process_used, process_note = _process_used_bytes(nvml) if nvml is not None else (None, None)
-    healthy = memory.settled_bytes(device) <= baseline
-    last: Attempt = attempts[-1]
-    row = Row(config, data.source, status_of(attempts), attempts=attempts, started_at=started_at,
-              **({"batch_size": last.batch_size} if last.outcome == Outcome.OK else
-                 {"error_kind": last.outcome, "error": last.error}))
+    card = None
     if sampler is not None:
-        row.nvml_peak_used_bytes = sampler.peak
-        row.nvml_process_used_bytes = process_used
-        row.nvml_note = sampler.error or process_note
-    if measured is not None:
-        _record(row, measured)
-    else:
-        row.energy_note = NO_TIMED_WINDOW
-    row.wall_s = time.perf_counter() - start
-    return row, healthy
-
-
-def _record(row: Row, measured: Measured) -> None:
-    for name, value in measured.measurement.summary().items():
-        setattr(row, name, value)
-    row.contention = measured.contention
-    row.setup_s = measured.setup_s
-    row.sizing_s = measured.sizing_s
-    row.compile_cache = measured.compile_cache
-    energy, examples = measured.energy, measured.measurement.examples
-    row.energy_j_per_1000_examples = energy.per_1000_examples_j(examples)
-    row.mean_power_w = energy.mean_power_w
-    row.energy_window_s = energy.window_s
-    row.energy_method = energy.method
-    row.energy_note = energy.note
-    row.peak_allocated_bytes = measured.peaks.peak_allocated_bytes
-    row.peak_reserved_bytes = measured.peaks.peak_reserved_bytes
-    # Linux keeps RSS in per-thread counters it folds in lazily, so a high-water mark read later
-    # can land a few pages under the RSS read at the reset: the peak is at least that
-    peak_rss = measured.peaks.cpu_peak_rss_bytes
-    row.cpu_peak_rss_bytes = None if peak_rss is None else max(peak_rss,
-                                                               measured.start_rss_bytes or 0)
-    row.cpu_baseline_rss_bytes = measured.start_rss_bytes
-    row.tracked_peak_bytes = measured.tracked_peak_bytes
-    row.loss_first, row.loss_last = measured.loss_first, measured.loss_last
+        # this process's share as the driver sees it, the allocator's cache still held: before
+        # settled_bytes empties it
+        process_used, process_note = _process_used_bytes(nvml)
+        card = CardReadings(sampler.peak, process_used, sampler.error or process_note)
+    healthy = memory.settled_bytes(device) <= baseline
+    return CellResult(config, data.source, attempts, measured, card, started_at,
+                      time.perf_counter() - start), healthy
 
 
 def _process_used_bytes(nvml) -> tuple[int | None, str | None]:

@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 from bench.grid import AXES, grid_names
+from bench.units import format_percent
 
 
 def add_grid_options(parser: argparse.ArgumentParser, grid: str | None, device: str | None,
@@ -47,8 +48,6 @@ def growth_past(name: str, before: float, after: float, allowed: float,
                 formatted: Callable[[float], str]) -> str | None:
     """The line that says `name` grew past `allowed` (a fraction of `before`), or None where it
     held. Callers check first that both figures are numbers and `before` is above 0."""
-    from bench.units import format_percent
-
     if after - before <= allowed * before:
         return None
     return (f"{name} grew from {formatted(before)} to {formatted(after)} "

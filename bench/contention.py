@@ -18,10 +18,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only named in annotations: the reader is passed in
-    from bench.nvml import GpuReader
+from bench.nvml import GpuReader, NvmlUnavailable
 
 PROC = Path("/proc")
 # A share of the CPUs' time taken by other processes, or stolen, past which the figure is not
@@ -190,8 +188,6 @@ class ContentionWatch:
         """The GPU's state now; a reading NVML refuses is left out."""
         if self._nvml is None:
             return
-        from bench.nvml import NvmlUnavailable
-
         # each reading on its own: a card without one still gives the others
         try:
             clock, top = self._nvml.sm_clock_mhz(), self._nvml.max_sm_clock_mhz()

@@ -3,12 +3,39 @@ stuck worker cost, and replaces a worker that died or kept memory."""
 
 from __future__ import annotations
 
-from bench.energy import NO_TIMED_WINDOW
+from dataclasses import dataclass, field
+
+from bench.cell import CellResult
 from bench.grid import Config
 from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.oom import status_of
 from bench.outcome import Attempt, Outcome
-from bench.row import Row
 from bench.worker import Worker, WorkerDied, WorkerSpec
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The card's memory before the worker's CUDA context existed, or why it is not known."""
+
+    total_bytes: int | None = None
+    driver_reserved_bytes: int | None = None
+    used_bytes: int | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Stamps:
+    """What the parent knows of a cell that its worker does not: the prediction, the cap, the
+    model the worker built, what starting it cost, the card before it, and where it ran."""
+
+    predicted_peak_bytes: int | None = None
+    prediction_note: str | None = None
+    memory_cap_bytes: int | None = None
+    model_fingerprint: str | None = None  # None where no worker built the model
+    worker_start_s: float | None = None  # where this cell started its worker
+    data_load_s: float | None = None
+    baseline: Baseline = Baseline()
+    where: dict = field(default_factory=dict)  # bench.devices.where, and labels such as the job
 
 
 class Runner:
@@ -21,25 +48,23 @@ class Runner:
         self.spec, self.cuda_index, self.timeout_s = spec, cuda_index, timeout_s
         self.where = where or {}
         self.worker: Worker | None = None
-        self.nvml_before: dict = {}
+        self.baseline = Baseline()
         self.model_fingerprint: str | None = None  # what the latest worker built
 
-    def _nvml_snapshot(self) -> dict:
+    def _nvml_snapshot(self) -> Baseline:
         """Device-wide memory before the worker's CUDA context exists: the baseline."""
         if self.cuda_index is None:
-            return {"nvml_note": "no GPU"}
+            return Baseline(note="no GPU")
         try:
             with NvmlReader(self.cuda_index) as reader:
                 info = reader.memory()
         except NvmlUnavailable as exc:
-            return {"nvml_note": str(exc)}
-        return {"nvml_total_bytes": info.total_bytes,
-                "nvml_driver_reserved_bytes": info.reserved_bytes,
-                "nvml_baseline_used_bytes": info.used_bytes}
+            return Baseline(note=str(exc))
+        return Baseline(info.total_bytes, info.reserved_bytes, info.used_bytes)
 
     def _ensure_worker(self) -> Worker:
         if self.worker is None:
-            self.nvml_before = self._nvml_snapshot()
+            self.baseline = self._nvml_snapshot()
             # the cell's time limit covers the worker's start: a worker stopped while starting
             # holds the cell no longer than one that stops while training
             self.model_fingerprint = None
@@ -59,32 +84,31 @@ class Runner:
             self.worker.kill()
             self.worker = None
 
-    def cell(self, config: Config, predicted: int | None,
-             prediction_note: str | None = None) -> Row:
+    def cell(self, config: Config) -> tuple[CellResult, Stamps]:
+        """Run a cell on the worker (started or replaced as needed): what it measured, and what
+        this side knows of it. A worker that died or failed gives a result of one failed
+        attempt, never an exception."""
+        start_s = data_load_s = None
         try:
             started = self.worker is None  # this cell needs a worker: it carries the start
             worker = self._ensure_worker()
-            row, healthy = worker.cell(config, self.timeout_s)
+            result, healthy = worker.cell(config, self.timeout_s)
             if started:
-                row.worker_start_s, row.data_load_s = worker.start_s, worker.data_load_s
+                start_s, data_load_s = worker.start_s, worker.data_load_s
         except WorkerDied as exc:
             self.worker = None
-            row, healthy = _failed_row(config, self.spec.data, exc.kind, str(exc)), True
+            result, healthy = _failed(config, self.spec.data, exc.kind, str(exc)), True
         except RuntimeError as exc:
             self.retire_worker()
-            row, healthy = _failed_row(config, self.spec.data, Outcome.ERROR, str(exc)), True
-        for name, value in self.nvml_before.items():
-            if getattr(row, name) is None:
-                setattr(row, name, value)
-        row.predicted_peak_bytes, row.prediction_note = predicted, prediction_note
-        row.memory_cap_bytes = self.spec.memory_cap_bytes
-        row.model_fingerprint = self.model_fingerprint  # None where no worker built the model
-        for name, value in self.where.items():
-            setattr(row, name, value)
+            result, healthy = _failed(config, self.spec.data, Outcome.ERROR, str(exc)), True
         # memory that did not come back, or a CUDA error that may be sticky: start afresh
-        if not healthy or (row.status == Outcome.ERROR and config.device.startswith("cuda")):
+        failed = status_of(result.attempts) == Outcome.ERROR
+        if not healthy or (failed and config.device.startswith("cuda")):
             self.retire_worker()
-        return row
+        return result, Stamps(memory_cap_bytes=self.spec.memory_cap_bytes,
+                              model_fingerprint=self.model_fingerprint,
+                              worker_start_s=start_s, data_load_s=data_load_s,
+                              baseline=self.baseline, where=self.where)
 
     def trial(self, config: Config, batch_size: int) -> Attempt:
         """One boundary trial; a trial that fails for any reason is a finding, never a crash."""
@@ -101,7 +125,5 @@ class Runner:
         return trial.attempt
 
 
-def _failed_row(config: Config, data: str, kind: Outcome, error: str) -> Row:
-    return Row(config, data, Outcome.ERROR, error_kind=kind, error=error[-2000:],
-               attempts=[Attempt(config.batch_size, kind, error)],
-               energy_note=NO_TIMED_WINDOW)
+def _failed(config: Config, data: str, kind: Outcome, error: str) -> CellResult:
+    return CellResult(config, data, [Attempt(config.batch_size, kind, error[-2000:])], None, None)

@@ -17,12 +17,16 @@ from dataclasses import replace
 from bench import devices as placing
 from bench import plan as planning
 from bench.boundary import Boundary, find_max_batch
+from bench.cell import CellResult
+from bench.energy import NO_TIMED_WINDOW
 from bench.grid import Config
+from bench.oom import status_of
+from bench.outcome import Outcome
 from bench.plan_file import Plan
 from bench.pool import Pool
 from bench.predict import model_for, unmodelled
 from bench.row import Row
-from bench.runner import Runner
+from bench.runner import Runner, Stamps
 from bench.worker import WorkerSpec
 
 
@@ -63,7 +67,10 @@ class Session:
         """Run `cells`, each on whichever worker is free, handing each row to `sink`."""
         def cell(runner: Runner, config: Config) -> Row:
             planned = self._planned[config.key()]
-            return runner.cell(config, planned.predicted_peak_bytes, planned.prediction_note)
+            result, stamps = runner.cell(config)
+            return build_row(result, replace(
+                stamps, predicted_peak_bytes=planned.predicted_peak_bytes,
+                prediction_note=planned.prediction_note))
 
         self.pool.run(list(cells), cell, sink)
 
@@ -103,3 +110,49 @@ def boundary_jobs(cells: list[Config], card_models: list[str | None],
     less those `done` holds as (boundary key, card model)."""
     return [(c, m) for m in dict.fromkeys(card_models) for c in planning.boundary_configs(cells)
             if (c.boundary_key(), m) not in done]
+
+
+def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
+    """The one place a cell's row is made: from what its worker measured and what the parent
+    knows of it (none: a cell measured in this process, as tests do)."""
+    stamps = stamps or Stamps()
+    last = result.attempts[-1]
+    trained = last.outcome == Outcome.OK
+    measured, card, baseline = result.measured, result.card, stamps.baseline
+    figures = {"energy_note": NO_TIMED_WINDOW}
+    if measured is not None:
+        energy, peaks = measured.energy, measured.peaks
+        # Linux keeps RSS in per-thread counters it folds in lazily, so a high-water mark read
+        # later can land a few pages under the RSS read at the reset: the peak is at least that
+        peak_rss = peaks.cpu_peak_rss_bytes
+        figures = {
+            **measured.measurement.summary(), "contention": measured.contention,
+            "setup_s": measured.setup_s, "sizing_s": measured.sizing_s,
+            "compile_cache": measured.compile_cache,
+            "energy_j_per_1000_examples": energy.per_1000_examples_j(
+                measured.measurement.examples),
+            "mean_power_w": energy.mean_power_w, "energy_window_s": energy.window_s,
+            "energy_method": energy.method, "energy_note": energy.note,
+            "peak_allocated_bytes": peaks.peak_allocated_bytes,
+            "peak_reserved_bytes": peaks.peak_reserved_bytes,
+            "cpu_peak_rss_bytes": None if peak_rss is None
+            else max(peak_rss, measured.start_rss_bytes or 0),
+            "cpu_baseline_rss_bytes": measured.start_rss_bytes,
+            "tracked_peak_bytes": measured.tracked_peak_bytes,
+            "loss_first": measured.loss_first, "loss_last": measured.loss_last}
+    return Row(
+        result.config, result.data_source, status_of(result.attempts),
+        batch_size=last.batch_size if trained else None,
+        error_kind=None if trained else last.outcome, error=None if trained else last.error,
+        attempts=result.attempts, started_at=result.started_at, wall_s=result.wall_s,
+        **figures,
+        nvml_total_bytes=baseline.total_bytes,
+        nvml_driver_reserved_bytes=baseline.driver_reserved_bytes,
+        nvml_baseline_used_bytes=baseline.used_bytes,
+        nvml_peak_used_bytes=card.peak_used_bytes if card else None,
+        nvml_process_used_bytes=card.process_used_bytes if card else None,
+        nvml_note=(card.note if card else None) or baseline.note,
+        predicted_peak_bytes=stamps.predicted_peak_bytes,
+        prediction_note=stamps.prediction_note, memory_cap_bytes=stamps.memory_cap_bytes,
+        model_fingerprint=stamps.model_fingerprint, worker_start_s=stamps.worker_start_s,
+        data_load_s=stamps.data_load_s, **stamps.where)

@@ -21,10 +21,17 @@ import signal
 import subprocess
 from pathlib import Path
 
-from bench import store
+import torch
+
+from bench import devices, store
+from bench import env as run_env
+from bench import plan as planning
+from bench.cell import CellResult
 from bench.outcome import Attempt, Outcome
 from bench.plan_file import Plan, SlurmOptions
 from bench.row import Row
+from bench.runner import Stamps
+from bench.session import Session, build_row
 from lenet.cli import UsageError
 
 # a task in one of these states may still write rows
@@ -249,10 +256,9 @@ def ended_rows(run_dir: Path, plan: Plan, submissions: list[dict],
                 continue
             error = (f"Slurm job {task['job_id']} ended ({words}) before this cell finished; "
                      f"its log: {run_dir / store.SLURM_LOGS / task['job_id']}")
-            rows.append(Row(by_key[key], plan.data, Outcome.ERROR,
-                            error_kind=Outcome.JOB_ENDED, error=error,
-                            attempts=[Attempt(by_key[key].batch_size, Outcome.JOB_ENDED, error)],
-                            slurm_job_id=task["job_id"]))
+            ended = [Attempt(by_key[key].batch_size, Outcome.JOB_ENDED, error)]
+            rows.append(build_row(CellResult(by_key[key], plan.data, ended, None, None),
+                                  Stamps(where={"slurm_job_id": task["job_id"]})))
             done.add(key)
     return rows
 
@@ -277,13 +283,7 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     # the warning signal submitit asks Slurm for: a cell cannot stop mid-way, so the task runs
     # on and Slurm ends it at its limit (TIMEOUT) with every finished row on disk
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    import submitit
-    import torch
-
-    from bench import devices
-    from bench import env as run_env
-    from bench import plan as planning
-    from bench.session import Session
+    import submitit  # the optional extra: imported where a task runs, never to plan
 
     path = Path(run_dir)
     job_id = submitit.JobEnvironment().job_id

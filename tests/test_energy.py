@@ -134,14 +134,16 @@ def test_no_rapl_is_not_measured_with_the_reason(tmp_path):
 def test_a_cell_stores_the_energy_of_its_timed_repeats():
     from bench.cell import Settings, run_cell
     from bench.grid import Config
+    from bench.session import build_row
     from lenet.data import synthetic_tensors
 
     # five repeats of 0.05 s make 0.25 s: short of the 2 s the counter needs, so the cell times
     # more repeats of the same size until the window is long enough (repeats sized from the
     # faster of two blocks made 5 x 0.4 s land either side of 2 s: energy lost at random)
     settings = Settings(min_repeat_s=0.05, warmup_steps=1)
-    row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
-                      FakeCard(watts=250.0))
+    result, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
+                         FakeCard(watts=250.0))
+    row = build_row(result)
     assert row.status == "ok" and row.energy_method == COUNTER and row.energy_note is None
     assert row.energy_window_s >= MIN_WINDOW_S and row.energy_window_s >= sum(row.repeat_s)
     assert len(row.repeat_s) == row.repeats >= settings.repeats
@@ -156,11 +158,13 @@ def test_a_cell_stores_the_energy_of_its_timed_repeats():
 def test_without_an_energy_figure_to_take_a_cell_times_just_its_repeats():
     from bench.cell import Settings, run_cell
     from bench.grid import Config
+    from bench.session import build_row
     from lenet.data import synthetic_tensors
 
     settings = Settings(min_repeat_s=0.01, warmup_steps=1)
-    row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
-                      FakeCard(watts=250.0, counter=False, power=False))
+    result, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512), settings,
+                         FakeCard(watts=250.0, counter=False, power=False))
+    row = build_row(result)
     assert row.energy_method is None and row.repeats == settings.repeats
 
 
@@ -174,6 +178,7 @@ def test_the_process_figure_is_read_while_the_allocators_cache_is_still_held(mon
     from bench.cell import Settings, run_cell
     from bench.grid import Config
     from bench.nvml import GpuProcess
+    from bench.session import build_row
     from lenet.data import synthetic_tensors
 
     events = []
@@ -186,7 +191,8 @@ def test_the_process_figure_is_read_while_the_allocators_cache_is_still_held(mon
             events.append("processes")
             return [GpuProcess(os.getpid(), 123 * 2**20, "python")]
 
-    row, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512),
-                      Settings(min_repeat_s=0.01, warmup_steps=1), Reader())
+    result, _ = run_cell(Config(64, device="cpu"), synthetic_tensors(512),
+                         Settings(min_repeat_s=0.01, warmup_steps=1), Reader())
+    row = build_row(result)
     assert row.nvml_process_used_bytes == 123 * 2**20
     assert events[-2:] == ["processes", "release"]

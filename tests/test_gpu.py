@@ -16,6 +16,7 @@ from bench.grid import Config
 from bench.nvml import NvmlReader
 from bench.outcome import Outcome
 from bench.predict import predict_peak_bytes
+from bench.session import build_row
 from bench.worker import Worker, WorkerSpec
 from helpers import ROOT, needs_gpu
 from lenet.data import synthetic_tensors
@@ -27,7 +28,8 @@ QUICK = Settings(min_repeat_s=0.05, warmup_steps=2)
 def test_allocator_peaks_and_nvml_fill_the_row():
     data = synthetic_tensors()
     with NvmlReader(0) as reader:
-        row, healthy = run_cell(Config(4096, device="cuda:0"), data, QUICK, reader)
+        result, healthy = run_cell(Config(4096, device="cuda:0"), data, QUICK, reader)
+    row = build_row(result)
     assert row.status == "ok" and healthy
     assert row.peak_reserved_bytes >= row.peak_allocated_bytes > 0
     assert row.nvml_peak_used_bytes > row.peak_reserved_bytes
@@ -42,9 +44,10 @@ def test_a_2gib_cap_makes_a_real_oom_and_backs_off():
     spec = WorkerSpec("cuda:0", "synthetic", None, QUICK, memory_cap_bytes=2 * 2**30)
     worker = Worker(spec)
     try:
-        row, healthy = worker.cell(Config(65536, device="cuda:0"))
+        result, healthy = worker.cell(Config(65536, device="cuda:0"))
     finally:
         worker.close()
+    row = build_row(result)
     assert row.status == "oom_backed_off" and healthy
     assert [a.batch_size for a in row.attempts][:2] == [65536, 32768]
     assert row.attempts[0].outcome == Outcome.OOM
@@ -76,11 +79,13 @@ def test_the_first_cell_of_a_fresh_process_gives_its_memory_back():
     result = _fresh_process("""
         import json
         from bench.cell import Settings, run_cell
+from bench.session import build_row
         from bench.grid import Config
+        from bench.session import build_row
         from lenet.data import synthetic_tensors
-        row, healthy = run_cell(Config(1024, device="cuda:0"), synthetic_tensors(),
-                                Settings(min_repeat_s=0.05, warmup_steps=2))
-        print(json.dumps({"status": row.status, "healthy": healthy}))
+        result, healthy = run_cell(Config(1024, device="cuda:0"), synthetic_tensors(),
+                                   Settings(min_repeat_s=0.05, warmup_steps=2))
+        print(json.dumps({"status": build_row(result).status, "healthy": healthy}))
     """)
     assert result == {"status": "ok", "healthy": True}
 
@@ -140,7 +145,9 @@ def test_a_graph_mode_cell_records_setup_energy_and_gives_memory_back(mode):
     data = synthetic_tensors()
     settings = Settings(min_repeat_s=0.45, warmup_steps=2)  # a window of 5 x 0.45 s
     with NvmlReader(0) as reader:
-        row, healthy = run_cell(Config(1024, device="cuda:0", mode=mode), data, settings, reader)
+        result, healthy = run_cell(Config(1024, device="cuda:0", mode=mode), data, settings,
+                                   reader)
+    row = build_row(result)
     assert row.status == "ok" and healthy, row.error
     assert row.setup_s > 0 and row.loss_last < row.loss_first
     # a figure, not a note: the repeats go on until the window is long enough for the counter

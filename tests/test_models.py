@@ -10,6 +10,7 @@ import pytest
 
 from bench.models import resolve
 from bench.predict import memory_model, probe_batches, step_peak_bytes
+from bench.session import build_row
 from helpers import CPU_SYNTHETIC, ROOT, one_line_error, rows_of, run_main, run_module
 
 TESTS = ROOT / "tests"
@@ -203,7 +204,7 @@ def test_a_worker_that_builds_another_model_than_planned_measures_nothing(monkey
                                                          warmup_steps=1),
                       model=name, model_fingerprint="0123456789ab")
     runner = Runner(spec, None, timeout_s=120)
-    row = runner.cell(Config(8, device="cpu", model=name), None)
+    row = build_row(*runner.cell(Config(8, device="cpu", model=name)))
     assert row.status == "error" and row.examples_per_s is None
     assert f"{name} has changed since this run was planned (architecture 0123456789ab then, " \
            in row.error

@@ -145,12 +145,12 @@ def test_a_process_list_the_library_cannot_read_is_not_available(monkeypatch):
 
 def test_a_run_notes_an_nvml_failure_instead_of_crashing(monkeypatch):
     from bench.cell import Settings
-    from bench.runner import Runner
+    from bench.runner import Baseline, Runner
     from bench.worker import WorkerSpec
 
     FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetMemoryInfo"])
     runner = Runner(WorkerSpec("cuda:0", "synthetic", None, Settings()), cuda_index=0)
-    assert runner._nvml_snapshot() == {"nvml_note": "memory not readable: GPU is lost"}
+    assert runner._nvml_snapshot() == Baseline(note="memory not readable: GPU is lost")
 
 
 def test_the_doctor_notes_an_nvml_failure_instead_of_crashing(monkeypatch):

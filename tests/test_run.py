@@ -11,6 +11,7 @@ from bench.cell import Settings
 from bench.grid import Config
 from bench.outcome import Outcome
 from bench.runner import Runner
+from bench.session import build_row
 from bench.worker import Worker, WorkerSpec
 from helpers import (
     CPU_ENV,
@@ -262,10 +263,10 @@ def test_a_dead_worker_costs_one_row_and_a_fresh_one_carries_on(tmp_path):
     runner = Runner(spec, cuda_index=None)
     runner.worker = Worker(spec)
     os.kill(runner.worker.pid, signal.SIGKILL)
-    dead = runner.cell(Config(64), predicted=1)
+    dead = build_row(*runner.cell(Config(64)))
     assert (dead.status, dead.error_kind) == ("error", "worker_died")
     assert dead.error == "the worker was killed by SIGKILL (the kernel's OOM killer sends this)"
-    alive = runner.cell(Config(64), predicted=1)
+    alive = build_row(*runner.cell(Config(64)))
     runner.retire_worker()
     assert alive.status == "ok" and alive.examples_per_s > 0
 

@@ -18,6 +18,7 @@ import pytest
 from bench.cell import Settings
 from bench.grid import Config
 from bench.runner import Runner
+from bench.session import build_row
 from bench.worker import WorkerSpec
 from helpers import (
     CPU_SYNTHETIC,
@@ -358,7 +359,7 @@ def test_a_cell_timeout_covers_a_worker_that_hangs_while_starting():
     runner = Runner(spec, cuda_index=None, timeout_s=3)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault(
-        "row", runner.cell(Config(64), predicted=1)))
+        "row", build_row(*runner.cell(Config(64)))))
     start = time.monotonic()
     thread.start()
     while not multiprocessing.active_children():
