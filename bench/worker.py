@@ -121,61 +121,78 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
         # more threads than cores spin against each other: many times slower, not 2x
         torch.set_num_threads(spec.threads or len(spec.cpu_cores))
 
+    from bench.cell import run_cell, run_trial
+
+    try:
+        data, nvml, data_load_s, built = _ready(spec)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what to do
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", (data_load_s, built)))
+    _answer(conn, {
+        "cell": lambda config: run_cell(config, data, spec.settings, nvml),
+        "trial": lambda config, batch: run_trial(config, batch, data, spec.settings),
+    })
+    if nvml is not None:
+        nvml.close()
+
+
+def _ready(spec: WorkerSpec):
+    """What the worker's cells share: (the data, the card's NVML reader or None, seconds the
+    data took, the model's fingerprint). Raises what stops the worker from starting."""
+    import torch
+
     from bench import memory
-    from bench.cell import run_cell, run_trial, single_step
+    from bench.cell import single_step
     from bench.models import SYNTHETIC_SIZE, fingerprint, resolve
     from bench.nvml import NvmlReader, NvmlUnavailable
     from bench.oom import is_oom
     from lenet.data import real_tensors, synthetic_tensors
 
     device = torch.device(spec.device)
+    data_began = time.perf_counter()
+    model = resolve(spec.model, spec.input_shape)
+    built = fingerprint(model.build(seed=0))
+    if spec.model_fingerprint is not None and built != spec.model_fingerprint:
+        raise RuntimeError(
+            f"{spec.model} has changed since this run was planned (architecture "
+            f"{spec.model_fingerprint} then, {built} now), so its cells would not be the "
+            f"plan's: restore the model, or start a new run")
+    if not model.is_lenet:
+        data = synthetic_tensors(SYNTHETIC_SIZE, 0, model.input_shape, model.num_classes)
+    elif spec.data == "synthetic":
+        data = synthetic_tensors()
+    else:
+        data = real_tensors(True, spec.data_root)
+    data_load_s = time.perf_counter() - data_began
+    if spec.memory_cap_bytes is not None:
+        # torch.optim imports torch._dynamo on its first use; under a tight address-space
+        # cap that import fails (MemoryError, SystemError) instead of the step running out
+        # of memory, so it is imported before the cap
+        import torch._dynamo  # noqa: F401
+        memory.apply_memory_cap(device, spec.memory_cap_bytes)
     nvml = None
-    try:
-        data_began = time.perf_counter()
-        model = resolve(spec.model, spec.input_shape)
-        built = fingerprint(model.build(seed=0))
-        if spec.model_fingerprint is not None and built != spec.model_fingerprint:
-            raise RuntimeError(
-                f"{spec.model} has changed since this run was planned (architecture "
-                f"{spec.model_fingerprint} then, {built} now), so its cells would not be the "
-                f"plan's: restore the model, or start a new run")
-        if not model.is_lenet:
-            data = synthetic_tensors(SYNTHETIC_SIZE, 0, model.input_shape, model.num_classes)
-        elif spec.data == "synthetic":
-            data = synthetic_tensors()
-        else:
-            data = real_tensors(True, spec.data_root)
-        data_load_s = time.perf_counter() - data_began
-        if spec.memory_cap_bytes is not None:
-            # torch.optim imports torch._dynamo on its first use; under a tight address-space
-            # cap that import fails (MemoryError, SystemError) instead of the step running out
-            # of memory, so it is imported before the cap
-            import torch._dynamo  # noqa: F401
-            memory.apply_memory_cap(device, spec.memory_cap_bytes)
-        if device.type == "cuda":
-            torch.cuda.init()
-            try:
-                nvml = NvmlReader(device.index or 0)
-            except NvmlUnavailable:
-                pass  # NVML columns stay empty, with the reason from the parent's snapshot
-        # one small step first, so the first cell does not pay for library start-up; under a
-        # tight cap even that may not fit, and then the cells find out how little does
-        first = Config(64 if model.is_lenet else 2, device=spec.device, model=spec.model,
-                       input_shape=spec.input_shape)
+    if device.type == "cuda":
+        torch.cuda.init()
         try:
-            single_step(first, first.batch_size, data, spec.settings)
-        except Exception as exc:  # noqa: BLE001 - only running out of memory is let go
-            if not is_oom(exc):
-                raise
-        memory.release(device)
-        conn.send(("ready", (data_load_s, built)))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what to do
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-        return
-    handlers = {
-        "cell": lambda config: run_cell(config, data, spec.settings, nvml),
-        "trial": lambda config, batch: run_trial(config, batch, data, spec.settings),
-    }
+            nvml = NvmlReader(device.index or 0)
+        except NvmlUnavailable:
+            pass  # NVML columns stay empty, with the reason from the parent's snapshot
+    # one small step first, so the first cell does not pay for library start-up; under a
+    # tight cap even that may not fit, and then the cells find out how little does
+    first = Config(64 if model.is_lenet else 2, device=spec.device, model=spec.model,
+                   input_shape=spec.input_shape)
+    try:
+        single_step(first, first.batch_size, data, spec.settings)
+    except Exception as exc:  # noqa: BLE001 - only running out of memory is let go
+        if not is_oom(exc):
+            raise
+    memory.release(device)
+    return data, nvml, data_load_s, built
+
+
+def _answer(conn, handlers: dict) -> None:
+    """Answer the parent's requests, one at a time, until it says stop or is gone."""
     while True:
         try:
             message = conn.recv()
@@ -188,8 +205,6 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
             conn.send(("ok", handlers[name](*args)))
         except Exception:  # noqa: BLE001 - a harness bug: the parent records it and goes on
             conn.send(("error", traceback.format_exc(limit=5)))
-    if nvml is not None:
-        nvml.close()
 
 
 class Worker:
