@@ -1,5 +1,6 @@
 """The pytest plugin as another project meets it: a small project, run by pytester, that finds the
-plugin through the installed package's entry point; the README's example in processes of its own."""
+plugin through the installed package's entry point; docs/ci-gates.md's example in processes of
+its own."""
 
 import json
 import re
@@ -172,8 +173,8 @@ def test_the_gate_needs_a_baseline(pytester):
 
 
 def _readme_example():
-    """The README's example project and its commands, as written there."""
-    text = (ROOT / "README.md").read_text()
+    """The example project of docs/ci-gates.md and its commands, as written there."""
+    text = (ROOT / "docs" / "ci-gates.md").read_text()
     section = text[text.index("## Use it in your own project's CI"):]
     code = re.search(r"```python\n(.*?)```", section, re.S)[1]
     commands = re.search(r"```sh\n(.*?)```", section, re.S)[1]
@@ -181,7 +182,7 @@ def _readme_example():
 
 
 @pytest.mark.e2e
-def test_the_readme_example_runs_as_written(pytester):
+def test_the_documented_example_runs_as_written(pytester):
     code, commands = _readme_example()
     name = re.match(r"# (\S+\.py)", code)[1]
     (pytester.path / name).write_text(code)
