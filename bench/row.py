@@ -56,6 +56,9 @@ class Row:
     cpu_baseline_rss_bytes: int | None = None  # its resident set as the measured attempt began
     tracked_peak_bytes: int | None = None  # CPU: live tensor bytes over one step, op by op
     predicted_peak_bytes: int | None = None
+    # FLOPs of one example's forward and backward (bench.flops): with examples_per_s, the
+    # arithmetic rate the cell achieved; None where the model could not be counted
+    flops_per_example: int | None = None
     model_fingerprint: str | None = None  # the architecture's hash (bench.models.fingerprint)
     prediction_note: str | None = None  # where the memory model does not hold for this cell
     memory_cap_bytes: int | None = None

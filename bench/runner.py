@@ -30,6 +30,7 @@ class Stamps:
 
     predicted_peak_bytes: int | None = None
     prediction_note: str | None = None
+    flops_per_example: int | None = None
     memory_cap_bytes: int | None = None
     model_fingerprint: str | None = None  # None where no worker built the model
     worker_start_s: float | None = None  # where this cell started its worker

@@ -4,7 +4,8 @@ Version 1 rows (written before rows carried a version) lack the contention figur
 rows lack the mode (they ran eager, its default), setup_s and the energy figures; version 3 rows
 lack where they ran (host, GPU, Slurm job); version 4 rows and boundaries lack where their time
 went (the worker's start, the data, sizing the repeats, a search's wall time); version 5 rows
-lack whether a compiled cell's compile found torch.compile's caches warm. Reading fills
+lack whether a compiled cell's compile found torch.compile's caches warm; version 6 rows lack
+the FLOPs of an example's step. Reading fills
 every field a row lacks with its default, so every reader sees every key. A row or plan from a
 newer version than this reader is refused: its fields may mean something this version cannot
 know.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class NewerSchemaError(ValueError):

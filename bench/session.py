@@ -19,7 +19,9 @@ from bench import plan as planning
 from bench.boundary import Boundary, find_max_batch
 from bench.cell import CellResult
 from bench.energy import NO_TIMED_WINDOW
+from bench.flops import counted
 from bench.grid import Config
+from bench.models import resolve
 from bench.oom import status_of
 from bench.outcome import Outcome
 from bench.plan_file import Plan
@@ -51,6 +53,8 @@ class Session:
         self.card_models = [r.where["gpu_name"] for r in self.runners]
         self.pool = Pool(self.runners, [model or "cpu" for model in self.card_models])
         self._planned = {row.config.key(): row for row in planning.plan_rows(self.cells, capacity)}
+        # one model and input shape a run: counted once, on fake tensors
+        self.flops_per_example = counted(resolve(plan.model.name, plan.input_shape))
 
     def __enter__(self) -> Session:
         return self
@@ -70,7 +74,8 @@ class Session:
             result, stamps = runner.cell(config)
             return build_row(result, replace(
                 stamps, predicted_peak_bytes=planned.predicted_peak_bytes,
-                prediction_note=planned.prediction_note))
+                prediction_note=planned.prediction_note,
+                flops_per_example=self.flops_per_example))
 
         self.pool.run(list(cells), cell, sink)
 
@@ -153,6 +158,7 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
         nvml_process_used_bytes=card.process_used_bytes if card else None,
         nvml_note=(card.note if card else None) or baseline.note,
         predicted_peak_bytes=stamps.predicted_peak_bytes,
-        prediction_note=stamps.prediction_note, memory_cap_bytes=stamps.memory_cap_bytes,
+        prediction_note=stamps.prediction_note, flops_per_example=stamps.flops_per_example,
+        memory_cap_bytes=stamps.memory_cap_bytes,
         model_fingerprint=stamps.model_fingerprint, worker_start_s=stamps.worker_start_s,
         data_load_s=stamps.data_load_s, **stamps.where)

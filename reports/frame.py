@@ -14,6 +14,7 @@ import pandas as pd
 from bench import store
 from bench.grid import Config
 from bench.outcome import TRAINED
+from bench.peaks import card_peaks
 from bench.plan_file import ModelInfo, Plan
 from bench.row import ROW_KEYS, config_of, not_learning
 from bench.schema import NewerSchemaError
@@ -79,11 +80,19 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
                  "nvml_baseline_used_bytes", "nvml_driver_reserved_bytes",
                  "cpu_peak_rss_bytes", "cpu_baseline_rss_bytes", "tracked_peak_bytes",
                  "examples_per_s", "examples_per_s_iqr", "predicted_peak_bytes", "setup_s",
-                 "energy_j_per_1000_examples", "mean_power_w"):
+                 "energy_j_per_1000_examples", "mean_power_w", "flops_per_example"):
         if name not in cells:
             cells[name] = float("nan")
         cells[name] = pd.to_numeric(cells[name], errors="coerce")
     cells["cache_slack_bytes"] = cells["peak_reserved_bytes"] - cells["peak_allocated_bytes"]
+    # the arithmetic rate achieved: model FLOPs (bench.flops) at the cell's speed, and its share
+    # of the card's dense peak for the cell's dtype where the card is known (bench.peaks)
+    cells["tflop_per_s"] = cells["examples_per_s"] * cells["flops_per_example"] / 1e12
+    peaks = [card_peaks(name if isinstance(name, str) else None) for name in cells["gpu_name"]]
+    cells["peak_tflop_per_s"] = pd.to_numeric(pd.Series(
+        [p.tflops(dtype) if p else None for p, dtype in zip(peaks, cells["dtype"])],
+        index=cells.index, dtype=object), errors="coerce")
+    cells["peak_share"] = cells["tflop_per_s"] / cells["peak_tflop_per_s"]
     # what NVML saw this worker add beyond the allocator: CUDA context, cuDNN/cuBLAS, kernels
     cells["context_bytes"] = (cells["nvml_peak_used_bytes"] - cells["nvml_baseline_used_bytes"]
                               - cells["peak_reserved_bytes"]).clip(lower=0)

@@ -8,6 +8,7 @@ from html import escape
 import pandas as pd
 
 from bench.grid import LENET
+from bench.peaks import card_peaks
 from bench.phases import phases
 from bench.plan_file import ModelInfo, Plan
 from bench.units import format_bytes
@@ -150,7 +151,7 @@ def answers(run: Run) -> list[str]:
         return ["No cell trained: see the table for each cell's error.", *left_out]
     lines.append(f"Fastest: <b>{escape(best['key'])}</b> ({_mode_words(best)}) at "
                  f"{_speed(best['examples_per_s'])} examples/s, needing "
-                 f"{_bytes(best['footprint_bytes'])}.{caveat}")
+                 f"{_bytes(best['footprint_bytes'])}. {_arithmetic_words(best)}{caveat}")
     lines.append(_energy_answer(trusted, cells, best))
     lines += left_out
     overall = fastest(cells)
@@ -172,6 +173,28 @@ def answers(run: Run) -> list[str]:
         lines.append(f"Largest batch at {escape(str(dtype))}: {batch_words} "
                      f"({escape(str(reason))}).")
     return lines
+
+
+def _arithmetic_words(cell: pd.Series) -> str:
+    """The cell's arithmetic rate, and its share of the card's peak where the card is known."""
+    if _missing(cell.get("tflop_per_s")):
+        return "Its arithmetic rate is not known (the model's FLOPs were not counted)."
+    tflops = cell["tflop_per_s"]
+    words = f"{_sig3(tflops)} TFLOP/s" if tflops >= 1 else f"{_sig3(tflops * 1000)} GFLOP/s"
+    rate = (f"It ran {words} of model arithmetic ({cell['flops_per_example'] / 1e6:,.3g} MFLOP "
+            f"an example, forward and backward)")
+    card = card_peaks(None if _missing(cell.get("gpu_name")) else str(cell["gpu_name"]))
+    if card is None:
+        where = "a CPU" if _missing(cell.get("gpu_name")) else escape(str(cell["gpu_name"]))
+        return f"{rate}; no peak is known for {where}, so no share of it is given."
+    dtype = str(cell["dtype"])
+    tf32 = "; its convolutions may run as TF32" if dtype == "float32" else ""
+    return (f"{rate}: <b>{cell['peak_share']:.1%}</b> of the {escape(card.name)}'s dense "
+            f"{escape(dtype)} peak ({card.tflops(dtype):,.1f} TFLOP/s{tf32}).")
+
+
+def _sig3(value) -> str:
+    return "not measured" if _missing(value) else f"{value:,.3g}"
 
 
 def _left_out(cells: pd.DataFrame) -> list[str]:
@@ -240,6 +263,8 @@ TABLE_COLUMNS = [
     ("examples_per_s_iqr", "IQR", _speed),
     ("step_ms_median", "step ms", _fixed(2)),
     ("setup_s", "setup s", _fixed(1)),
+    ("tflop_per_s", "TFLOP/s", lambda v: _sig3(v)),
+    ("peak_share", "of the card's peak", lambda v: "" if _missing(v) else f"{v:.1%}"),
     ("energy_j_per_1000_examples", "J per 1k examples", _fixed(3)),
     ("mean_power_w", "mean W", _fixed(0)),
     ("peak_allocated_bytes", "allocated", _bytes),

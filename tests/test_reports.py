@@ -399,3 +399,21 @@ def test_ctrl_c_while_the_report_is_written_ends_it_without_a_traceback(one_cell
     if proc.returncode != 0:  # the signal came before it was done
         assert proc.returncode == 130
         assert "interrupted: the report is not written; the results are untouched" in stderr
+
+
+def test_the_answer_places_the_fastest_cell_against_its_cards_peak(tmp_path):
+    """A float32 cell on an H200 at 2,406,445 examples/s of LeNet's 2,263,920 FLOPs each:
+    5.45 TFLOP/s, 8.1% of the card's 66.9 TFLOP/s float32 peak."""
+    rows = [crafted_row(16384, gpu_name="NVIDIA H200", flops_per_example=2_263_920,
+                        examples_per_s=2_406_445.0),
+            crafted_row(256, gpu_name="NVIDIA H200", flops_per_example=2_263_920)]
+    page = write_report(crafted_run(tmp_path / "h200", rows)).read_text()
+    assert ("It ran 5.45 TFLOP/s of model arithmetic (2.26 MFLOP an example, forward and "
+            "backward): <b>8.1%</b> of the H200 SXM's dense float32 peak (66.9 TFLOP/s; its "
+            "convolutions may run as TF32).") in page
+    unknown = [crafted_row(256, gpu_name="NVIDIA GeForce RTX 4090", flops_per_example=2_263_920)]
+    page = write_report(crafted_run(tmp_path / "4090", unknown)).read_text()
+    assert "no peak is known for NVIDIA GeForce RTX 4090, so no share of it is given" in page
+    older = [crafted_row(256)]  # a row from before FLOPs were counted
+    page = write_report(crafted_run(tmp_path / "older", older)).read_text()
+    assert "Its arithmetic rate is not known (the model's FLOPs were not counted)." in page

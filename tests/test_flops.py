@@ -1,0 +1,70 @@
+"""FLOPs of a training step, each model's checked against a count by hand or its library's own
+figure, and a cell's arithmetic rate against a card's peak."""
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torchvision.models import get_model_weights
+
+from bench.flops import counted, flop_counter, step_flops_per_example
+from bench.models import resolve
+from bench.peaks import card_peaks
+
+
+def test_lenets_step_is_the_hand_counted_2_263_920_flops_an_example():
+    """conv1 6x28x28 outputs of 25 multiply-adds, conv2 16x10x10 of 150, the linear layers
+    400x120 + 120x84 + 84x10: 833,040 FLOPs forward; the backward takes every weight's gradient
+    and every input's but conv1's: 1,430,880."""
+    forward = 2 * (6 * 28 * 28 * 25 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
+    backward = 2 * forward - 2 * 6 * 28 * 28 * 25
+    assert forward == 833_040 and forward + backward == 2_263_920
+    assert step_flops_per_example(resolve("lenet")) == 2_263_920
+
+
+def _forward_flops(model) -> float:
+    with FakeTensorMode():
+        net = model.build(seed=0)
+        with flop_counter() as counter:
+            net(torch.rand(2, *model.input_shape))
+    return counter.get_total_flops() / 2
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_a_torchvision_models_forward_is_its_own_published_figure_and_its_step_about_3x(name):
+    """torchvision publishes each model's forward multiply-adds at 224x224 ("GFLOPS" in its
+    tables: 1.814 and 0.057); a step's backward costs about twice the forward, less the first
+    layer's input gradient, which nobody needs."""
+    model = resolve(f"torchvision:{name}")
+    forward = _forward_flops(model)
+    published = get_model_weights(name).DEFAULT.meta["_ops"]
+    assert forward / 2 / 1e9 == pytest.approx(published, abs=0.0005)
+    assert 2.85 < step_flops_per_example(model) / forward < 3.0
+
+
+def test_a_depthwise_convolutions_backward_counts_each_gradient_once():
+    """torch's own formula counted the weights' gradient of a grouped convolution once per
+    group too many (mobilenet_v3_small's step came to 34x its forward)."""
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    images = torch.rand(1, 8, 10, 10, requires_grad=True)
+    with flop_counter() as counter:
+        conv(images).sum().backward()
+    forward = 2 * 10 * 10 * 8 * 9  # each output point: 9 multiply-adds over one channel
+    assert counter.get_total_flops() == 3 * forward  # forward, the input's and weights' grads
+
+
+def test_a_model_the_counter_cannot_trace_has_no_figure():
+    from bench.models import ModelSpec
+
+    class Refuses(ModelSpec):
+        def build(self, seed=0):
+            raise RuntimeError("no fake tensors here")
+
+    assert counted(Refuses("refuses", (1, 4, 4), 2)) is None
+
+
+def test_a_cards_peak_is_its_datasheets_and_an_unknown_card_has_none():
+    h200 = card_peaks("NVIDIA H200")
+    assert h200.tflops("float32") == 66.9 and h200.tflops("bfloat16") == 989.4
+    assert h200.memory_tb_per_s == 4.8
+    assert card_peaks("NVIDIA H100 80GB HBM3").name == "H100 SXM5"
+    assert card_peaks("NVIDIA GeForce RTX 4090") is None and card_peaks(None) is None
