@@ -1,6 +1,12 @@
-"""How much arithmetic a training step does: the FLOPs of one example's forward and backward,
-counted once per model and input shape by torch's own counter (torch.utils.flop_counter) on fake
-tensors, so that only shapes are computed (a ResNet-50's step takes about a second to count).
+"""How much arithmetic a training step does and how much memory traffic it makes: the FLOPs of
+one example's forward and backward, counted once per model and input shape by torch's own
+counter (torch.utils.flop_counter), and the bytes every operator of an eager step reads and
+writes, counted per dtype; both on fake tensors, so that only shapes are computed (a ResNet-50's
+step takes about a second to count).
+
+The traffic is unfused: each operator's inputs and outputs as if each went to memory and back,
+which is what an eager step does on a GPU; a compiled step fuses operators and moves less. With
+the FLOPs it places a cell on a roofline: FLOPs over bytes, its arithmetic intensity.
 
 The counter knows the operators that carry a network's arithmetic: convolutions, matrix
 products and attention, forward and backward. It leaves out elementwise work (activations, the
@@ -21,9 +27,12 @@ but conv1 (1,430,880): 2,263,920 FLOPs an example, what the counter gives.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from bench.models import ModelSpec
@@ -68,13 +77,9 @@ def step_flops_per_example(model: ModelSpec) -> int:
         net = model.build(seed=0)
         step = TrainStep(net, lr=0.1)
 
-        def batch():
-            return (torch.rand(_COUNT_BATCH, *model.input_shape),
-                    torch.randint(0, model.num_classes, (_COUNT_BATCH,)))
-
-        step(*batch())  # a first step builds what is built lazily (the optimizer's state)
+        step(*_batch(model, _COUNT_BATCH))  # builds what is built lazily (the optimizer's state)
         with flop_counter() as counter:
-            step(*batch())
+            step(*_batch(model, _COUNT_BATCH))
     return counter.get_total_flops() // _COUNT_BATCH
 
 
@@ -83,5 +88,68 @@ def counted(model: ModelSpec) -> int | None:
     FLOP/s, and the page says the figure was not counted."""
     try:
         return step_flops_per_example(model)
+    except Exception:  # noqa: BLE001 - a user's model may refuse fake tensors
+        return None
+
+
+@dataclass(frozen=True)
+class StepTraffic:
+    """An eager step's memory traffic as a line in the batch: what it moves whatever the batch
+    (the weights, their gradients, the update), and what each example adds (its activations),
+    with the operators it runs (about the kernels it launches)."""
+
+    fixed_bytes: int
+    per_example_bytes: int
+    operators: int
+
+    def bytes_at(self, batch_size: int) -> int:
+        return self.fixed_bytes + self.per_example_bytes * batch_size
+
+
+class _Traffic(TorchDispatchMode):
+    """Sums the bytes of every tensor an operator takes or gives; views move nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = self.operators = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func is not torch.ops.aten.detach.default:
+            self.operators += 1
+            self.bytes += sum(t.numel() * t.element_size()
+                              for t in tree_flatten((args, kwargs, out))[0]
+                              if isinstance(t, torch.Tensor))
+        return out
+
+
+@functools.cache
+def step_traffic(model: ModelSpec, dtype: str) -> StepTraffic:
+    """The traffic of an eager step of `model` at `dtype` (autocast's), from steps at two
+    batches: it grows in proportion to the batch."""
+    def at(batch_size: int) -> tuple[int, int]:
+        with FakeTensorMode():
+            step = TrainStep(model.build(seed=0), lr=0.1, dtype=dtype)
+            step.scaler = None  # float16's checks for infinities need the host: a few scalars
+            step(*_batch(model, _COUNT_BATCH))
+            images, labels = _batch(model, batch_size)
+            with _Traffic() as traffic:
+                step(images, labels)
+        return traffic.bytes, traffic.operators
+
+    (small, operators), (large, _) = at(_COUNT_BATCH), at(2 * _COUNT_BATCH)
+    per_example = (large - small) // _COUNT_BATCH
+    return StepTraffic(small - per_example * _COUNT_BATCH, per_example, operators)
+
+
+def _batch(model: ModelSpec, batch_size: int):
+    return (torch.rand(batch_size, *model.input_shape),
+            torch.randint(0, model.num_classes, (batch_size,)))
+
+
+def traffic_of(model: ModelSpec, dtype: str) -> StepTraffic | None:
+    """The step's traffic, or None for a model that cannot be traced on fake tensors."""
+    try:
+        return step_traffic(model, dtype)
     except Exception:  # noqa: BLE001 - a user's model may refuse fake tensors
         return None

@@ -59,6 +59,10 @@ class Row:
     # FLOPs of one example's forward and backward (bench.flops): with examples_per_s, the
     # arithmetic rate the cell achieved; None where the model could not be counted
     flops_per_example: int | None = None
+    # an eager step's memory traffic at the batch it trained at (bench.flops.StepTraffic:
+    # every operator's inputs and outputs, unfused) and its operators, about its kernels
+    step_traffic_bytes: int | None = None
+    step_operators: int | None = None
     model_fingerprint: str | None = None  # the architecture's hash (bench.models.fingerprint)
     prediction_note: str | None = None  # where the memory model does not hold for this cell
     memory_cap_bytes: int | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.cell import CellResult
+from bench.flops import StepTraffic
 from bench.grid import Config
 from bench.nvml import NvmlReader, NvmlUnavailable
 from bench.oom import status_of
@@ -31,6 +32,7 @@ class Stamps:
     predicted_peak_bytes: int | None = None
     prediction_note: str | None = None
     flops_per_example: int | None = None
+    traffic: StepTraffic | None = None  # the cell's dtype's; taken at the batch it trained at
     memory_cap_bytes: int | None = None
     model_fingerprint: str | None = None  # None where no worker built the model
     worker_start_s: float | None = None  # where this cell started its worker

@@ -19,7 +19,7 @@ from bench import plan as planning
 from bench.boundary import Boundary, find_max_batch
 from bench.cell import CellResult
 from bench.energy import NO_TIMED_WINDOW
-from bench.flops import counted
+from bench.flops import counted, traffic_of
 from bench.grid import Config
 from bench.models import resolve
 from bench.oom import status_of
@@ -54,7 +54,8 @@ class Session:
         self.pool = Pool(self.runners, [model or "cpu" for model in self.card_models])
         self._planned = {row.config.key(): row for row in planning.plan_rows(self.cells, capacity)}
         # one model and input shape a run: counted once, on fake tensors
-        self.flops_per_example = counted(resolve(plan.model.name, plan.input_shape))
+        self.model = resolve(plan.model.name, plan.input_shape)
+        self.flops_per_example = counted(self.model)
 
     def __enter__(self) -> Session:
         return self
@@ -75,7 +76,8 @@ class Session:
             return build_row(result, replace(
                 stamps, predicted_peak_bytes=planned.predicted_peak_bytes,
                 prediction_note=planned.prediction_note,
-                flops_per_example=self.flops_per_example))
+                flops_per_example=self.flops_per_example,
+                traffic=traffic_of(self.model, config.dtype)))
 
         self.pool.run(list(cells), cell, sink)
 
@@ -159,6 +161,9 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
         nvml_note=(card.note if card else None) or baseline.note,
         predicted_peak_bytes=stamps.predicted_peak_bytes,
         prediction_note=stamps.prediction_note, flops_per_example=stamps.flops_per_example,
+        step_traffic_bytes=stamps.traffic.bytes_at(last.batch_size)
+        if stamps.traffic and trained else None,
+        step_operators=stamps.traffic.operators if stamps.traffic else None,
         memory_cap_bytes=stamps.memory_cap_bytes,
         model_fingerprint=stamps.model_fingerprint, worker_start_s=stamps.worker_start_s,
         data_load_s=stamps.data_load_s, **stamps.where)

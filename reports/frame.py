@@ -80,7 +80,8 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
                  "nvml_baseline_used_bytes", "nvml_driver_reserved_bytes",
                  "cpu_peak_rss_bytes", "cpu_baseline_rss_bytes", "tracked_peak_bytes",
                  "examples_per_s", "examples_per_s_iqr", "predicted_peak_bytes", "setup_s",
-                 "energy_j_per_1000_examples", "mean_power_w", "flops_per_example"):
+                 "energy_j_per_1000_examples", "mean_power_w", "flops_per_example",
+                 "step_traffic_bytes"):
         if name not in cells:
             cells[name] = float("nan")
         cells[name] = pd.to_numeric(cells[name], errors="coerce")
@@ -93,6 +94,16 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
         [p.tflops(dtype) if p else None for p, dtype in zip(peaks, cells["dtype"])],
         index=cells.index, dtype=object), errors="coerce")
     cells["peak_share"] = cells["tflop_per_s"] / cells["peak_tflop_per_s"]
+    # the roofline: FLOPs over the eager step's bytes, and the lower of the card's two roofs at
+    # that intensity (its bandwidth times it, its peak)
+    cells["intensity_flop_per_byte"] = (cells["flops_per_example"]
+                                        * pd.to_numeric(cells["batch_size"], errors="coerce")
+                                        / cells["step_traffic_bytes"])
+    bandwidth_tb_per_s = pd.Series([p.memory_tb_per_s if p else float("nan") for p in peaks],
+                                   index=cells.index, dtype=float)
+    cells["roof_tflop_per_s"] = (bandwidth_tb_per_s * cells["intensity_flop_per_byte"]).clip(
+        upper=cells["peak_tflop_per_s"])
+    cells["ridge_flop_per_byte"] = cells["peak_tflop_per_s"] / bandwidth_tb_per_s
     # what NVML saw this worker add beyond the allocator: CUDA context, cuDNN/cuBLAS, kernels
     cells["context_bytes"] = (cells["nvml_peak_used_bytes"] - cells["nvml_baseline_used_bytes"]
                               - cells["peak_reserved_bytes"]).clip(lower=0)

@@ -190,7 +190,32 @@ def _arithmetic_words(cell: pd.Series) -> str:
     dtype = str(cell["dtype"])
     tf32 = "; its convolutions may run as TF32" if dtype == "float32" else ""
     return (f"{rate}: <b>{cell['peak_share']:.1%}</b> of the {escape(card.name)}'s dense "
-            f"{escape(dtype)} peak ({card.tflops(dtype):,.1f} TFLOP/s{tf32}).")
+            f"{escape(dtype)} peak ({card.tflops(dtype):,.1f} TFLOP/s{tf32}). "
+            f"{bound_words(cell)}")
+
+
+# a cell under this share of its roof is held back by neither roof
+_FAR_BELOW = 0.10
+
+
+def bound_words(cell: pd.Series) -> str:
+    """What holds a cell back, read off the roofline: the card's bandwidth where its intensity
+    lies left of the ridge, its arithmetic right of it, and neither where the cell reached
+    under a tenth of its roof (then overheads, such as kernel launches and the host, do)."""
+    intensity, roof = cell.get("intensity_flop_per_byte"), cell.get("roof_tflop_per_s")
+    if _missing(intensity) or _missing(roof):
+        return ""
+    share = cell["tflop_per_s"] / roof
+    traffic = ("an eager step's traffic, unfused" if cell["mode"] == "eager"
+               else "an eager step's traffic: its compiled or captured step moves less")
+    at = (f"at {intensity:,.1f} FLOP/byte ({traffic}) its roof is {roof:,.1f} TFLOP/s, and it "
+          f"reached {share:.0%} of it")
+    if share < _FAR_BELOW:
+        return (f"Held back by neither the card's bandwidth nor its arithmetic: {at}; the "
+                f"likely limit is overhead, such as kernel launches and the host.")
+    limit = ("memory bandwidth" if intensity < cell["ridge_flop_per_byte"]
+             else "compute")
+    return f"Bound by {limit}: {at}."
 
 
 def _sig3(value) -> str:

@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from bench.grid import added_axes  # noqa: E402
+from bench.peaks import card_peaks  # noqa: E402
 from reports.frame import (  # noqa: E402
     Run,
     fastest,
@@ -213,10 +214,53 @@ def energy(run: Run, folder: Path) -> str | None:
     return _save(fig, folder, "energy.png")
 
 
+def roofline(run: Run, folder: Path) -> str | None:
+    """Achieved TFLOP/s against arithmetic intensity, log-log, one colour per mode, under the
+    card's two roofs (its bandwidth and its peak for each dtype the run trained) where the card
+    is known."""
+    cells = timed(run.cells).dropna(subset=["tflop_per_s", "intensity_flop_per_byte"])
+    if cells.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for (mode, dtype), group in cells.groupby(["mode", "dtype"], sort=False):
+        ax.scatter(group["intensity_flop_per_byte"], group["tflop_per_s"], s=18,
+                   label=f"{mode}, {dtype}")
+    best = fastest(cells)
+    ax.annotate(f"fastest: {best['key']}", (best["intensity_flop_per_byte"],
+                                             best["tflop_per_s"]),
+                fontsize=7, xytext=(4, 4), textcoords="offset points")
+    low = cells["intensity_flop_per_byte"].min() / 2
+    high = cells["intensity_flop_per_byte"].max() * 2
+    named = cells["gpu_name"].dropna()
+    card = card_peaks(str(named.iloc[0])) if not named.empty else None
+    if card is not None:
+        peaks = {str(dtype): card.tflops(str(dtype)) for dtype in cells["dtype"].unique()}
+        high = max(high, *(4 * peak / card.memory_tb_per_s for peak in peaks.values()))
+        for dtype, peak in peaks.items():
+            ridge = peak / card.memory_tb_per_s
+            ax.plot([low, ridge, high], [low * card.memory_tb_per_s, peak, peak], "--",
+                    linewidth=1, label=f"{card.name} roof, {dtype}")
+        title = f"Roofline on the {card.name}: model FLOPs over an eager step's bytes"
+    else:
+        title = (f"Model FLOPs against intensity on {_device_words(run)} (no peaks known for it: "
+                 f"no roofs)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers: math text is off for names' sake
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("arithmetic intensity, FLOP per byte moved (eager step, unfused)")
+    ax.set_ylabel("achieved TFLOP/s (model FLOPs)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    _legend_below(ax, ncol=3)
+    return _save(fig, folder, "roofline.png")
+
+
 def _device_words(run: Run) -> str:
     return run.env.get("gpu_name") or f"the CPU ({run.env.get('cpu', 'unknown')})"
 
 
 # Each plot by the file it writes.
 ALL = {"throughput.png": throughput, "memory.png": memory, "memory_parts.png": memory_parts,
-       "tradeoff.png": tradeoff, "energy.png": energy}
+       "tradeoff.png": tradeoff, "energy.png": energy, "roofline.png": roofline}

@@ -17,6 +17,8 @@ NOT_DRAWN = {
     "memory_parts.png": "needs the allocator's figures, which only a GPU run has",
     "tradeoff.png": "no trained cell has a memory figure",
     "energy.png": "no cell has an energy figure (the energy notes in the table say why)",
+    "roofline.png": "no trained cell has FLOPs and a step's traffic (a model that could not be "
+                    "counted, or a run from before they were)",
 }
 ALT_TEXT = {
     "throughput.png": "examples per second against batch size, per dtype, layout and loader",
@@ -24,6 +26,7 @@ ALT_TEXT = {
     "memory_parts.png": "the memory parts of one cell, stacked",
     "tradeoff.png": "examples per second against memory needed, best trade-offs joined",
     "energy.png": "examples per second against joules per 1,000 examples, per mode",
+    "roofline.png": "achieved TFLOP/s against FLOPs per byte, per mode, under the card's roofs",
 }
 
 

@@ -401,16 +401,26 @@ def test_ctrl_c_while_the_report_is_written_ends_it_without_a_traceback(one_cell
         assert "interrupted: the report is not written; the results are untouched" in stderr
 
 
-def test_the_answer_places_the_fastest_cell_against_its_cards_peak(tmp_path):
+def test_the_answer_places_the_fastest_cell_against_its_cards_peak_and_roofs(tmp_path):
     """A float32 cell on an H200 at 2,406,445 examples/s of LeNet's 2,263,920 FLOPs each:
-    5.45 TFLOP/s, 8.1% of the card's 66.9 TFLOP/s float32 peak."""
+    5.45 TFLOP/s, 8.1% of the card's 66.9 TFLOP/s float32 peak. Its eager step moves
+    4,353,636 bytes plus 544,648 an example (bench.flops.step_traffic): 4.15 FLOP/byte, left
+    of the H200's ridge (66.9 / 4.8 = 13.9), so its roof is 4.8 TB/s x 4.15 = 19.9 TFLOP/s."""
+    def traffic(batch):
+        return 4_353_636 + 544_648 * batch
+
     rows = [crafted_row(16384, gpu_name="NVIDIA H200", flops_per_example=2_263_920,
-                        examples_per_s=2_406_445.0),
-            crafted_row(256, gpu_name="NVIDIA H200", flops_per_example=2_263_920)]
-    page = write_report(crafted_run(tmp_path / "h200", rows)).read_text()
+                        examples_per_s=2_406_445.0, step_traffic_bytes=traffic(16384)),
+            crafted_row(256, gpu_name="NVIDIA H200", flops_per_example=2_263_920,
+                        step_traffic_bytes=traffic(256))]
+    index = write_report(crafted_run(tmp_path / "h200", rows))
+    page = index.read_text()
     assert ("It ran 5.45 TFLOP/s of model arithmetic (2.26 MFLOP an example, forward and "
             "backward): <b>8.1%</b> of the H200 SXM's dense float32 peak (66.9 TFLOP/s; its "
-            "convolutions may run as TF32).") in page
+            "convolutions may run as TF32). Bound by memory bandwidth: at 4.2 FLOP/byte (an "
+            "eager step's traffic, unfused) its roof is 19.9 TFLOP/s, and it reached 27% of "
+            "it.") in page
+    assert "roofline.png" in page and (index.parent / "roofline.png").is_file()
     unknown = [crafted_row(256, gpu_name="NVIDIA GeForce RTX 4090", flops_per_example=2_263_920)]
     page = write_report(crafted_run(tmp_path / "4090", unknown)).read_text()
     assert "no peak is known for NVIDIA GeForce RTX 4090, so no share of it is given" in page
