@@ -246,9 +246,12 @@ def roofline(run: Run, folder: Path) -> str | None:
                  f"no roofs)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):  # plain numbers: math text is off for names' sake
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    for axis, (start, end) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        # plain numbers (math text is off for names' sake); within two decades the minor
+        # ticks are labelled too, or a narrow axis would have no label at all
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.4g}"))
+        narrow = end / start < 100
+        axis.set_minor_formatter(FuncFormatter(lambda v, _, n=narrow: f"{v:,.4g}" if n else ""))
     ax.set_xlabel("arithmetic intensity, FLOP per byte moved (eager step, unfused)")
     ax.set_ylabel("achieved TFLOP/s (model FLOPs)")
     ax.set_title(title, fontsize=10)
