@@ -127,19 +127,22 @@ class _Traffic(TorchDispatchMode):
 def step_traffic(model: ModelSpec, dtype: str) -> StepTraffic:
     """The traffic of an eager step of `model` at `dtype` (autocast's), from steps at two
     batches: it grows in proportion to the batch."""
-    def at(batch_size: int) -> tuple[int, int]:
-        with FakeTensorMode():
-            step = TrainStep(model.build(seed=0), lr=0.1, dtype=dtype)
-            step.scaler = None  # float16's checks for infinities need the host: a few scalars
-            step(*_batch(model, _COUNT_BATCH))
-            images, labels = _batch(model, batch_size)
-            with _Traffic() as traffic:
-                step(images, labels)
-        return traffic.bytes, traffic.operators
-
-    (small, operators), (large, _) = at(_COUNT_BATCH), at(2 * _COUNT_BATCH)
+    (small, operators), (large, _) = (bytes_moved(model, dtype, _COUNT_BATCH),
+                                      bytes_moved(model, dtype, 2 * _COUNT_BATCH))
     per_example = (large - small) // _COUNT_BATCH
     return StepTraffic(small - per_example * _COUNT_BATCH, per_example, operators)
+
+
+def bytes_moved(model: ModelSpec, dtype: str, batch_size: int) -> tuple[int, int]:
+    """(bytes, operators) of one eager step at `batch_size`, counted on fake tensors."""
+    with FakeTensorMode():
+        step = TrainStep(model.build(seed=0), lr=0.1, dtype=dtype)
+        step.scaler = None  # float16's checks for infinities need the host: a few scalars
+        step(*_batch(model, _COUNT_BATCH))  # builds what is built lazily
+        images, labels = _batch(model, batch_size)
+        with _Traffic() as traffic:
+            step(images, labels)
+    return traffic.bytes, traffic.operators
 
 
 def _batch(model: ModelSpec, batch_size: int):

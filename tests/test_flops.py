@@ -68,3 +68,17 @@ def test_a_cards_peak_is_its_datasheets_and_an_unknown_card_has_none():
     assert h200.memory_tb_per_s == 4.8
     assert card_peaks("NVIDIA H100 80GB HBM3").name == "H100 SXM5"
     assert card_peaks("NVIDIA GeForce RTX 4090") is None and card_peaks(None) is None
+
+
+def test_a_steps_traffic_is_a_line_in_the_batch_and_halves_its_activations_in_bfloat16():
+    """Counted at batches 2 and 4, the line holds at 256 to the byte; LeNet's float32 step
+    moves 4.35 MB plus 545 KB an example, a bfloat16 one about half as much an example (its
+    activations are 16-bit) over more operators (autocast's casts)."""
+    from bench.flops import bytes_moved, step_traffic
+
+    lenet = resolve("lenet")
+    float32, bfloat16 = step_traffic(lenet, "float32"), step_traffic(lenet, "bfloat16")
+    assert bytes_moved(lenet, "float32", 256) == (float32.bytes_at(256), float32.operators)
+    assert (float32.fixed_bytes, float32.per_example_bytes) == (4_353_636, 544_648)
+    assert 0.45 < bfloat16.per_example_bytes / float32.per_example_bytes < 0.6
+    assert bfloat16.operators > float32.operators
