@@ -40,7 +40,8 @@ def _prepare(config: Config, batch_size: int, data: TensorData, settings: Settin
     """A fresh model's training step on the device, and the batches that feed it."""
     device = torch.device(config.device)
     net = build_model(config.model, settings.seed).to(device)
-    step = build_step(net, settings.lr, config.dtype, config.channels_last, config.mode)
+    step = build_step(net, settings.lr, config.dtype, config.channels_last, config.mode,
+                      config.precision, config.optimizer)
     if config.placement == "device":
         batches = device_batches(data, batch_size, device, settings.seed)
     else:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.schema import field_defaults
 from bench.settings import Settings
-from lenet.modes import MODES, TABLE
+from lenet.modes import MODES, OPTIMIZERS, PRECISIONS, TABLE, precision_refusal
 
 LENET = "lenet"  # the default model; bench.models builds it and the others
 DTYPES = ("float32", "bfloat16", "float16")
@@ -38,6 +38,9 @@ class Config:
     # the run's model (bench.models) and its input shape where not the model's own ("3x64x64")
     model: str = LENET
     input_shape: str = ""
+    # float32's matrix and convolution precision, and SGD's implementation (lenet.modes)
+    precision: str = "default"
+    optimizer: str = "default"
 
     def normalised(self) -> Config:
         """The same measurement with the settings that cannot matter set to their defaults."""
@@ -50,7 +53,8 @@ class Config:
 
     def unsupported(self) -> str | None:
         """Why this cell cannot run on its device, or None."""
-        return TABLE[self.mode].refusal(self.device, self.dtype)
+        return (TABLE[self.mode].refusal(self.device, self.dtype)
+                or precision_refusal(self.device, self.precision))
 
     @property
     def layout(self) -> str:
@@ -148,6 +152,8 @@ AXES = {
     "pin_memory": _bool,
     "num_workers": _num_workers,
     "mode": _choice(MODES),
+    "precision": _choice(tuple(PRECISIONS)),
+    "optimizer": _choice(tuple(OPTIMIZERS)),
 }
 
 

@@ -1,6 +1,8 @@
 """How a training step runs: one entry per mode with every fact about it, read by the grid (what
 a cell may run), the step (how it runs), the planner (which modes get a boundary search), the
-memory model (where it does not predict) and the report. Without torch: the report reads it.
+memory model (where it does not predict) and the report; and the two settings of its arithmetic
+that matter at LeNet's size, float32's precision and the SGD update's implementation. Without
+torch: the report reads it.
 
 Adding a mode is an entry here and its branch in the step (lenet.train.build_step).
 """
@@ -58,3 +60,22 @@ TABLE: dict[str, Mode] = {m.name: m for m in (
                     "beside static copies of the batch"),
 )}
 MODES = tuple(TABLE)
+
+
+# float32 matrix products and convolutions: (torch.set_float32_matmul_precision's value,
+# torch.backends.cudnn.allow_tf32). TF32 rounds float32's inputs to 10 bits of mantissa on
+# NVIDIA's tensor cores (Ampere and later): "default" is torch's own, TF32 convolutions and
+# full-precision matrix products, which every run before this setting measured.
+PRECISIONS = {"default": ("highest", True), "highest": ("highest", False), "tf32": ("high", True)}
+# torch.optim.SGD's implementation: "default" lets torch choose (a multi-tensor "foreach" update
+# on a GPU, a loop over the parameters on the CPU); "fused" is one kernel for every parameter
+OPTIMIZERS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True},
+              "loop": {"foreach": False}}
+
+
+def precision_refusal(device: str, precision: str) -> str | None:
+    """Why a cell cannot run at this float32 precision on `device`, or None."""
+    if precision != "default" and not device.startswith("cuda"):
+        return (f"precision {precision} sets NVIDIA's TF32 tensor-core math, which the CPU does "
+                f"not have")
+    return None

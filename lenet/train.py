@@ -30,7 +30,7 @@ from lenet.cli import (
 )
 from lenet.data import DataError, fashion_mnist
 from lenet.model import build_lenet
-from lenet.modes import TABLE
+from lenet.modes import OPTIMIZERS, PRECISIONS, TABLE
 
 # Training precisions: float32, or autocast to a 16-bit type (float16 needs a GradScaler).
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,7 +43,8 @@ class TrainStep:
     read them before it."""
 
     def __init__(self, net: nn.Module, lr: float, dtype: str = "float32",
-                 channels_last: bool = False, mode: str = "eager"):
+                 channels_last: bool = False, mode: str = "eager", precision: str = "default",
+                 optimizer: str = "default"):
         if dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(AUTOCAST_DTYPES)}")
         runs = [m.name for m in TABLE.values() if not m.captured]
@@ -60,7 +61,14 @@ class TrainStep:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             net.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        if precision not in PRECISIONS or optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown precision {precision!r} or optimizer {optimizer!r}; "
+                             f"known: {', '.join(PRECISIONS)}; {', '.join(OPTIMIZERS)}")
+        # process-wide settings: set by every step built, so no cell inherits another's
+        matmul, cudnn_tf32 = PRECISIONS[precision]
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=lr, **OPTIMIZERS[optimizer])
         self.loss_fn = nn.CrossEntropyLoss()
         self.autocast_dtype = AUTOCAST_DTYPES[dtype]
         self.scaler = torch.amp.GradScaler(self.device.type) if dtype == "float16" else None
@@ -98,13 +106,15 @@ class TrainStep:
 
 
 def build_step(net: nn.Module, lr: float, dtype: str = "float32", channels_last: bool = False,
-               mode: str = "eager"):
-    """The training step in any of lenet.modes.MODES."""
+               mode: str = "eager", precision: str = "default", optimizer: str = "default"):
+    """The training step in any of lenet.modes.MODES, at a float32 precision and with an SGD
+    implementation of lenet.modes.PRECISIONS and OPTIMIZERS."""
     if TABLE[mode].captured:
         from lenet.graph_step import GraphedStep  # it builds on TrainStep
 
-        return GraphedStep(TrainStep(net, lr, dtype, channels_last))
-    return TrainStep(net, lr, dtype, channels_last, mode)
+        return GraphedStep(TrainStep(net, lr, dtype, channels_last, precision=precision,
+                                     optimizer=optimizer))
+    return TrainStep(net, lr, dtype, channels_last, mode, precision, optimizer)
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

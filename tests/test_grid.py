@@ -111,3 +111,19 @@ def test_cell_keys_are_stable_names():
     # an axis added later joins the key only away from its default, so old keys still match
     assert Config(256, mode="graph").key() == "b256-float32-nchw-device-graph"
     assert Config(256, mode="graph").boundary_key() == "float32-nchw-graph"
+
+
+def test_precision_and_the_optimizer_are_axes_and_tf32_skips_the_cpu_with_the_reason():
+    grid = get_grid("smoke", on_gpu=False, overrides={
+        "batch_size": (64,), "placement": ("device",), "precision": ("default", "tf32"),
+        "optimizer": ("default", "fused", "loop")})
+    assert [c.key() for c in grid.cells("cpu")] == [
+        "b64-float32-nchw-device", "b64-float32-nchw-device-fused", "b64-float32-nchw-device-loop"]
+    assert set(grid.skipped("cpu").values()) == {
+        "precision tf32 sets NVIDIA's TF32 tensor-core math, which the CPU does not have"}
+    on_gpu = get_grid("smoke", on_gpu=True, overrides={
+        "batch_size": (64,), "placement": ("device",), "precision": ("highest", "tf32")})
+    assert [c.key() for c in on_gpu.cells("cuda:0")] == [
+        "b64-float32-nchw-device-highest", "b64-float32-nchw-device-tf32"]
+    assert Config(64, precision="tf32", optimizer="fused").boundary_key() == \
+        "float32-nchw-tf32-fused"

@@ -50,6 +50,25 @@ def test_smoke_grid_end_to_end(tmp_path):
     assert "fastest cells:" in result.stdout
 
 
+def test_the_sgd_implementations_run_as_cells_with_their_flops_and_traffic(tmp_path):
+    """The optimizer axis through a grid on the CPU: each implementation a cell of its own,
+    each row with LeNet's FLOPs an example and its step's memory traffic."""
+    out = tmp_path / "run"
+    result = run_main("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+                      "placement=device", "--set", "optimizer=default,fused,loop", "--out", out,
+                      *SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    rows = rows_of(out)
+    assert [r["key"] for r in rows] == ["b64-float32-nchw-device",
+                                        "b64-float32-nchw-device-fused",
+                                        "b64-float32-nchw-device-loop"]
+    assert [r["optimizer"] for r in rows] == ["default", "fused", "loop"]
+    for row in rows:
+        assert row["status"] == "ok" and row["precision"] == "default"
+        assert row["flops_per_example"] == 2_263_920
+        assert row["step_traffic_bytes"] == 4_353_636 + 544_648 * 64
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):

@@ -81,3 +81,23 @@ def test_ten_epochs_reach_the_notebooks_accuracy():
     loss, train_acc, test_acc = map(float, match.groups())
     assert train_acc >= 0.80 and test_acc >= 0.75, result.stdout
     assert re.search(r"^[\d.]+ examples/sec on cpu$", result.stdout, re.MULTILINE)
+
+
+@pytest.mark.parametrize("optimizer", ["foreach", "fused", "loop"])
+def test_each_sgd_implementation_trains_as_the_default_does(optimizer):
+    """The same update, written three ways: the losses agree to float32's rounding."""
+    default = losses_of(build_step(build_lenet(seed=0), lr=0.9), 6)
+    other = losses_of(build_step(build_lenet(seed=0), lr=0.9, optimizer=optimizer), 6)
+    assert other == pytest.approx(default, rel=1e-4)
+
+
+def test_a_step_sets_its_float32_precision_for_the_process():
+    import torch
+
+    TrainStep(build_lenet(), lr=0.1, precision="tf32")
+    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+    TrainStep(build_lenet(), lr=0.1, precision="highest")
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert not torch.backends.cudnn.allow_tf32
+    TrainStep(build_lenet(), lr=0.1)  # torch's own defaults again, for the tests after
+    assert torch.get_float32_matmul_precision() == "highest" and torch.backends.cudnn.allow_tf32
