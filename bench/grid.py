@@ -205,7 +205,9 @@ class Grid:
 
 
 _POWERS_OF_4 = (64, 256, 1024, 4096, 16384)
-_FAST_MODES = tuple(name for name in MODES if name != "eager")
+# the default GPU grid's modes besides eager (a mode added to lenet.modes runs where --set or
+# a grid names it: each compiled cell costs seconds of compiling, against the grid's minutes)
+_FAST_MODES = ("compile", "compile-cudagraphs", "graph")
 # On a GPU each repeat lasts 0.4 s, so the 5 timed repeats give the energy counter about the 2 s
 # window it needs (bench.energy.MIN_WINDOW_S); a cell whose repeats fall short times another.
 _GPU_REPEAT_S = 0.4

@@ -19,6 +19,7 @@ class Mode:
     needs_cuda: bool = False
     refused_dtypes: dict[str, str] = field(default_factory=dict)  # dtype -> why it cannot train
     compiler_mode: str | None = None  # torch.compile's mode, for the modes it compiles
+    compiles_update: bool = False  # the optimizer's step compiled too, not only the forward
     captured: bool = False  # the whole step, update included, captured once as a CUDA graph
     # why the memory model (fitted to an eager step's tensors) does not predict this mode's
     # peak; None where it does
@@ -58,6 +59,11 @@ TABLE: dict[str, Mode] = {m.name: m for m in (
                                     "step, which a CUDA graph cannot capture"},
          unmodelled="not modelled: a CUDA graph keeps its step's memory in a private pool, "
                     "beside static copies of the batch"),
+    Mode("compile-step", "the forward and the loss compiled as in compile, and the SGD update "
+                         "too (torch.compile of the optimizer's step, PyTorch's recipe for "
+                         "compiling an optimizer)", compiler_mode="default", compiles_update=True,
+         unmodelled="not modelled: torch.compile fuses kernels and keeps workspaces the eager "
+                    "model does not see"),
 )}
 MODES = tuple(TABLE)
 

@@ -79,6 +79,9 @@ class TrainStep:
             torch.compiler.reset()
             self._forward = torch.compile(self._forward_and_loss, mode=compiler_mode,
                                           dynamic=False)
+        if TABLE[mode].compiles_update:  # a GradScaler's step calls it too
+            self.optimizer.step = torch.compile(self.optimizer.step, mode=compiler_mode,
+                                                dynamic=False)
 
     def _forward_and_loss(self, images: torch.Tensor, labels: torch.Tensor):
         # no autocast cache: a CUDA graph cannot capture one, and each weight is cast once anyway
