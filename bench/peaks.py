@@ -24,10 +24,18 @@ class CardPeaks:
     memory_tb_per_s: float
     source: str
 
-    def tflops(self, dtype: str) -> float | None:
-        """The dense peak for a cell's training dtype (autocast's for the 16-bit ones)."""
-        return {"float32": self.float32_tflops, "bfloat16": self.bfloat16_tflops,
-                "float16": self.float16_tflops}.get(dtype)
+    def tflops(self, dtype: str, precision: str = "default") -> float | None:
+        """The dense peak for a cell's training dtype (autocast's for the 16-bit ones) at its
+        float32 precision (lenet.modes.PRECISIONS)."""
+        return {"float32": self.float32_tflops, "tf32": self.tf32_tflops,
+                "bfloat16": self.bfloat16_tflops,
+                "float16": self.float16_tflops}.get(arithmetic(dtype, precision))
+
+
+def arithmetic(dtype: str, precision: str = "default") -> str:
+    """The arithmetic a cell's matrix products run in: its dtype, or TF32 where a float32 cell
+    asked for it (precision=tf32)."""
+    return "tf32" if dtype == "float32" and precision == "tf32" else dtype
 
 
 _H100_SXM = "NVIDIA H100 Tensor Core GPU datasheet (SXM5), nvidia.com, 2023"

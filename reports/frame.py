@@ -91,7 +91,8 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
     cells["tflop_per_s"] = cells["examples_per_s"] * cells["flops_per_example"] / 1e12
     peaks = [card_peaks(name if isinstance(name, str) else None) for name in cells["gpu_name"]]
     cells["peak_tflop_per_s"] = pd.to_numeric(pd.Series(
-        [p.tflops(dtype) if p else None for p, dtype in zip(peaks, cells["dtype"])],
+        [p.tflops(dtype, precision) if p else None
+         for p, dtype, precision in zip(peaks, cells["dtype"], cells["precision"])],
         index=cells.index, dtype=object), errors="coerce")
     cells["peak_share"] = cells["tflop_per_s"] / cells["peak_tflop_per_s"]
     # the roofline: FLOPs over the eager step's bytes, and the lower of the card's two roofs at

@@ -8,7 +8,7 @@ from html import escape
 import pandas as pd
 
 from bench.grid import LENET
-from bench.peaks import card_peaks
+from bench.peaks import arithmetic, card_peaks
 from bench.phases import phases
 from bench.plan_file import ModelInfo, Plan
 from bench.units import format_bytes
@@ -187,10 +187,12 @@ def _arithmetic_words(cell: pd.Series) -> str:
     if card is None:
         where = "a CPU" if _missing(cell.get("gpu_name")) else escape(str(cell["gpu_name"]))
         return f"{rate}; no peak is known for {where}, so no share of it is given."
-    dtype = str(cell["dtype"])
-    tf32 = "; its convolutions may run as TF32" if dtype == "float32" else ""
+    kind = arithmetic(str(cell["dtype"]), str(cell["precision"]))
+    # torch's default precision runs float32 convolutions as TF32 on the tensor cores
+    tf32 = ("; its convolutions may run as TF32"
+            if kind == "float32" and cell["precision"] == "default" else "")
     return (f"{rate}: <b>{cell['peak_share']:.1%}</b> of the {escape(card.name)}'s dense "
-            f"{escape(dtype)} peak ({card.tflops(dtype):,.1f} TFLOP/s{tf32}). "
+            f"{escape(kind)} peak ({cell['peak_tflop_per_s']:,.1f} TFLOP/s{tf32}). "
             f"{bound_words(cell)}")
 
 

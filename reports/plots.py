@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from bench.grid import added_axes  # noqa: E402
-from bench.peaks import card_peaks  # noqa: E402
+from bench.peaks import arithmetic, card_peaks  # noqa: E402
 from reports.frame import (  # noqa: E402
     Run,
     fastest,
@@ -234,12 +234,14 @@ def roofline(run: Run, folder: Path) -> str | None:
     named = cells["gpu_name"].dropna()
     card = card_peaks(str(named.iloc[0])) if not named.empty else None
     if card is not None:
-        peaks = {str(dtype): card.tflops(str(dtype)) for dtype in cells["dtype"].unique()}
+        peaks = {arithmetic(str(dtype), str(precision)): card.tflops(str(dtype), str(precision))
+                 for dtype, precision in cells[["dtype", "precision"]].drop_duplicates()
+                 .itertuples(index=False)}
         high = max(high, *(4 * peak / card.memory_tb_per_s for peak in peaks.values()))
-        for dtype, peak in peaks.items():
+        for kind, peak in peaks.items():
             ridge = peak / card.memory_tb_per_s
             ax.plot([low, ridge, high], [low * card.memory_tb_per_s, peak, peak], "--",
-                    linewidth=1, label=f"{card.name} roof, {dtype}")
+                    linewidth=1, label=f"{card.name} roof, {kind}")
         title = f"Roofline on the {card.name}: model FLOPs over an eager step's bytes"
     else:
         title = (f"Model FLOPs against intensity on {_device_words(run)} (no peaks known for it: "

@@ -217,7 +217,7 @@ TrainStep.__call__ = _slowed
 
 def crafted_row(batch, dtype="float32", status="ok", placement="device", workers=0,
                 pin_memory=False, device="cuda:0", mode="eager", data_source="fashion-mnist",
-                **extra) -> dict:
+                precision="default", **extra) -> dict:
     """A stored row with the figures of a GPU cell that trained (LeNet's 57 KiB a sample); any
     field of bench.row.Row can be given."""
     from bench.grid import Config
@@ -225,7 +225,7 @@ def crafted_row(batch, dtype="float32", status="ok", placement="device", workers
     from bench.row import Row
 
     config = Config(batch, dtype, placement=placement, num_workers=workers,
-                    pin_memory=pin_memory, device=device, mode=mode)
+                    pin_memory=pin_memory, device=device, mode=mode, precision=precision)
     row = Row(config, data_source, status, batch_size=batch,
               attempts=[Attempt(batch, Outcome.OK)],
               examples_per_s=1000.0 * batch ** 0.5, examples_per_s_iqr=5.0, noisy=False,

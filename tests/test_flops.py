@@ -82,3 +82,11 @@ def test_a_steps_traffic_is_a_line_in_the_batch_and_halves_its_activations_in_bf
     assert (float32.fixed_bytes, float32.per_example_bytes) == (4_353_636, 544_648)
     assert 0.45 < bfloat16.per_example_bytes / float32.per_example_bytes < 0.6
     assert bfloat16.operators > float32.operators
+
+
+def test_a_tf32_cell_is_placed_against_the_tf32_peak_not_the_float32_one():
+    """precision=tf32 runs float32's matrix products on the tensor cores: its peak is TF32's."""
+    h200 = card_peaks("NVIDIA H200")
+    assert h200.tflops("float32", "tf32") == 494.7
+    assert h200.tflops("float32", "highest") == h200.tflops("float32") == 66.9
+    assert h200.tflops("bfloat16", "tf32") == 989.4  # autocast's 16-bit math is not float32's

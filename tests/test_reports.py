@@ -427,3 +427,10 @@ def test_the_answer_places_the_fastest_cell_against_its_cards_peak_and_roofs(tmp
     older = [crafted_row(256)]  # a row from before FLOPs were counted
     page = write_report(crafted_run(tmp_path / "older", older)).read_text()
     assert "Its arithmetic rate is not known (the model's FLOPs were not counted)." in page
+
+
+def test_a_tf32_cell_is_read_against_the_cards_tf32_peak(tmp_path):
+    rows = [crafted_row(16384, gpu_name="NVIDIA H200", flops_per_example=2_263_920,
+                        examples_per_s=2_406_445.0, precision="tf32")]
+    page = write_report(crafted_run(tmp_path / "tf32", rows)).read_text()
+    assert ("<b>1.1%</b> of the H200 SXM's dense tf32 peak (494.7 TFLOP/s).") in page
