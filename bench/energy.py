@@ -14,10 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # only named in annotations: the reader is passed in
-    from bench.nvml import GpuReader
+from bench.nvml import GpuReader
 
 MIN_WINDOW_S = 2.0  # two ends, each up to 0.1 s of energy off: at most 10% of 2 s
 POWER_SAMPLE_PERIOD_S = 0.02

@@ -26,6 +26,7 @@ but conv1 (1,430,880): 2,263,920 FLOPs an example, what the counter gives.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -69,17 +70,23 @@ def flop_counter() -> FlopCounterMode:
                                            _conv_backward_flops})
 
 
+@contextlib.contextmanager
+def _fake_step(model: ModelSpec, dtype: str = "float32"):
+    """An eager training step of `model` on fake tensors, its first step taken (it builds what
+    is built lazily, the optimizer's state): what is counted next is one step alone."""
+    with FakeTensorMode():
+        step = TrainStep(model.build(seed=0), lr=0.1, dtype=dtype)
+        step.scaler = None  # float16's checks for infinities need the host: a few scalars
+        step(*_batch(model, _COUNT_BATCH))
+        yield step
+
+
 @functools.cache
 def step_flops_per_example(model: ModelSpec) -> int:
     """FLOPs of one example's forward and backward through `model` (see the module's note on
     what is counted). Raises what the model raises on fake tensors."""
-    with FakeTensorMode():
-        net = model.build(seed=0)
-        step = TrainStep(net, lr=0.1)
-
-        step(*_batch(model, _COUNT_BATCH))  # builds what is built lazily (the optimizer's state)
-        with flop_counter() as counter:
-            step(*_batch(model, _COUNT_BATCH))
+    with _fake_step(model) as step, flop_counter() as counter:
+        step(*_batch(model, _COUNT_BATCH))
     return counter.get_total_flops() // _COUNT_BATCH
 
 
@@ -135,11 +142,8 @@ def step_traffic(model: ModelSpec, dtype: str) -> StepTraffic:
 
 def bytes_moved(model: ModelSpec, dtype: str, batch_size: int) -> tuple[int, int]:
     """(bytes, operators) of one eager step at `batch_size`, counted on fake tensors."""
-    with FakeTensorMode():
-        step = TrainStep(model.build(seed=0), lr=0.1, dtype=dtype)
-        step.scaler = None  # float16's checks for infinities need the host: a few scalars
-        step(*_batch(model, _COUNT_BATCH))  # builds what is built lazily
-        images, labels = _batch(model, batch_size)
+    with _fake_step(model, dtype) as step:
+        images, labels = _batch(model, batch_size)  # made before the count: the step's input
         with _Traffic() as traffic:
             step(images, labels)
     return traffic.bytes, traffic.operators

@@ -206,8 +206,7 @@ def plan_device(request: Request) -> tuple[torch.device, str | None]:
         raise UsageError(f"unknown device {request.device!r}; use auto, cpu or cuda:N") from None
     return torch.device("cuda", device.index or 0), (
         f"planning for a GPU that is not here, with {format_bytes(request.memory_cap_bytes)} "
-        f"for the "
-        f"allocator (--memory-cap); a real card also needs about "
+        f"for the allocator (--memory-cap); a real card also needs about "
         f"{format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA context")
 
 

@@ -53,9 +53,12 @@ class Session:
         self.card_models = [r.where["gpu_name"] for r in self.runners]
         self.pool = Pool(self.runners, [model or "cpu" for model in self.card_models])
         self._planned = {row.config.key(): row for row in planning.plan_rows(self.cells, capacity)}
-        # one model and input shape a run: counted once, on fake tensors
-        self.model = resolve(plan.model.name, plan.input_shape)
-        self.flops_per_example = counted(self.model)
+        # one model and input shape a run, counted on fake tensors before any cell runs: not in
+        # the parent while a sibling worker is timing a cell, nor twice from two pool threads
+        model = resolve(plan.model.name, plan.input_shape)
+        self.flops_per_example = counted(model)
+        self.traffic = {dtype: traffic_of(model, dtype)
+                        for dtype in dict.fromkeys(c.dtype for c in self.cells)}
 
     def __enter__(self) -> Session:
         return self
@@ -77,7 +80,7 @@ class Session:
                 stamps, predicted_peak_bytes=planned.predicted_peak_bytes,
                 prediction_note=planned.prediction_note,
                 flops_per_example=self.flops_per_example,
-                traffic=traffic_of(self.model, config.dtype)))
+                traffic=self.traffic[config.dtype]))
 
         self.pool.run(list(cells), cell, sink)
 

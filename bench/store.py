@@ -217,11 +217,9 @@ def read_submissions(run_dir: Path) -> list[dict]:
                           f"them by name, lenet-bench-{run_dir.name})") from None
 
 
-def add_submission(run_dir: Path, submission: dict) -> list[dict]:
-    """Record a submission in slurm.json; every submission, this one last."""
-    submissions = read_submissions(run_dir) + [submission]
-    write_json(run_dir / SUBMISSIONS, {"submissions": submissions})
-    return submissions
+def add_submission(run_dir: Path, submission: dict) -> None:
+    """Record a submission in slurm.json, after those before it."""
+    write_json(run_dir / SUBMISSIONS, {"submissions": read_submissions(run_dir) + [submission]})
 
 
 def write_json(path: Path, obj: dict) -> None:
