@@ -32,11 +32,11 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bench.basics.settings import Settings
+from bench.basics.units import format_percent
 from bench.cli import add_grid_options, percentage
-from bench.grid import Config, GridError, get_grid, parse_set
+from bench.planning.grid import Config, GridError, get_grid, parse_set
 from bench.repeat_server import PROTOCOL
-from bench.settings import Settings
-from bench.units import format_percent
 from lenet.cli import (
     OneLineParser,
     UsageError,

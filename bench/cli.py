@@ -1,17 +1,14 @@
-"""What the bench's command lines share: the grid options of `bench.run` and `bench.ab`, the one
-percentage parser of every bound (`bench.compare`, `bench.ab`, the pytest plugin's), and the one
-check of a figure that grew past its bound (`bench.compare`'s memory and energy, the plugin's
-memory gate). The plumbing the model package's own command line shares with these (one-line
-errors, exit status 2, the device) is lenet.cli's."""
+"""What the bench's command lines share: the grid options of `bench.run` and `bench.ab`, and the
+one percentage parser of every bound (`bench.compare`, `bench.ab`, the pytest plugin's). The
+plumbing the model package's own command line shares with these (one-line errors, exit status
+2, the device) is lenet.cli's."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable
 
-from bench.grid import AXES, grid_names
-from bench.units import format_percent
+from bench.planning.grid import AXES, grid_names
 
 
 def add_grid_options(parser: argparse.ArgumentParser, grid: str | None, device: str | None,
@@ -43,12 +40,3 @@ def percentage(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text} must not be negative")
     return value
 
-
-def growth_past(name: str, before: float, after: float, allowed: float,
-                formatted: Callable[[float], str]) -> str | None:
-    """The line that says `name` grew past `allowed` (a fraction of `before`), or None where it
-    held. Callers check first that both figures are numbers and `before` is above 0."""
-    if after - before <= allowed * before:
-        return None
-    return (f"{name} grew from {formatted(before)} to {formatted(after)} "
-            f"({after / before - 1:+.1%}), past the {format_percent(allowed)} allowed")

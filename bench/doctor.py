@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bench.grid import GridError, get_grid
-from bench.nvml import GpuReader, MemoryInfo, NvmlReader, NvmlUnavailable
-from bench.plan import smallest_need_bytes
-from bench.predict import CONTEXT_ALLOWANCE_BYTES
-from bench.units import format_bytes
+from bench.basics.units import format_bytes
+from bench.instruments.nvml import GpuReader, MemoryInfo, NvmlReader, NvmlUnavailable
+from bench.planning.grid import GridError, get_grid
+from bench.planning.plan import smallest_need_bytes
+from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES
 from lenet.cli import OneLineParser, UsageError, fail, resolve_device
 
 

@@ -40,8 +40,8 @@ class MemoryThreshold:
     def failure(self, name: str, base, now: dict) -> str | None:
         """The line that says `name` grew past this threshold, or that it cannot be compared
         (a gate that cannot compare fails: it never passes unseen); None where it held."""
-        from bench.cli import growth_past
-        from bench.units import format_bytes
+        from bench.basics.units import format_bytes
+        from bench.gates.growth import growth_past
 
         after = now.get(self.field)
         if not _is_number(after):
@@ -120,7 +120,7 @@ class MemoryBenchmark:
     def _measure(self, function, args, kwargs, run, first_call=None):
         import torch
 
-        from bench import memory
+        from bench.instruments import memory
 
         call_args, call_kwargs = first_call() if first_call else (args, kwargs)
         function(*call_args, **(call_kwargs or {}))  # untimed: starts CUDA if the code uses it
@@ -161,7 +161,7 @@ class _nvml_sampler:
     def __enter__(self):
         if self.device is None:
             return None
-        from bench.nvml import NvmlReader, NvmlUnavailable, PeakSampler
+        from bench.instruments.nvml import NvmlReader, NvmlUnavailable, PeakSampler
 
         try:
             self.reader = NvmlReader(self.device.index or 0)
@@ -192,7 +192,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["gpu_name"] = None
     machine_info["driver_version"] = None
     if torch.cuda.is_available():
-        from bench.nvml import NvmlReader, NvmlUnavailable
+        from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 
         machine_info["gpu_name"] = torch.cuda.get_device_name(0)
         try:

@@ -21,9 +21,9 @@ class _Cell:
     def __init__(self, request: dict):
         import torch
 
-        from bench.cell import Settings, _prepare, steps_per_repeat, warmup_steps_for
-        from bench.grid import Config
-        from bench.timing import timed_steps
+        from bench.execution.cell import Settings, _prepare, steps_per_repeat, warmup_steps_for
+        from bench.instruments.timing import timed_steps
+        from bench.planning.grid import Config
         from lenet.data import real_tensors, synthetic_tensors
 
         self.config = Config(**request["config"])
@@ -45,7 +45,7 @@ class _Cell:
 
 
 def main() -> int:
-    from bench.oom import one_line
+    from bench.instruments.oom import one_line
 
     out = sys.stdout
     sys.stdout = sys.stderr  # a stray print must not break the protocol

@@ -29,22 +29,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bench import devices as placing
-from bench import env as run_env
-from bench import plan as planning
-from bench import slurm, store
-from bench.boundary import Boundary
+from bench.basics.outcome import Outcome
+from bench.basics.schema import NewerSchemaError
+from bench.basics.units import format_bytes, parse_bytes
 from bench.cli import add_grid_options
 from bench.doctor import report
-from bench.grid import Config, GridError
-from bench.models import ModelError
-from bench.outcome import Outcome
-from bench.phases import phase_lines, phases
-from bench.plan_file import Plan, SlurmOptions
-from bench.row import not_learning
-from bench.schema import NewerSchemaError
-from bench.session import Session
-from bench.units import format_bytes, parse_bytes
+from bench.execution import slurm
+from bench.execution.session import Session
+from bench.planning import devices as placing
+from bench.planning import plan as planning
+from bench.planning.grid import Config, GridError
+from bench.planning.models import ModelError
+from bench.planning.plan_file import Plan, SlurmOptions
+from bench.records import env as run_env
+from bench.records import store
+from bench.records.boundary import Boundary
+from bench.records.phases import phase_lines, phases
+from bench.records.row import not_learning
 from lenet.cli import (
     OneLineParser,
     UsageError,
@@ -179,8 +180,9 @@ def _request(args) -> planning.Request:
     return planning.Request(**{k: v for k, v in given.items() if v is not None})
 
 
-def _open_plan(args) -> tuple[Plan, Path, bool]:
-    """(plan, run directory, resumed): a new plan, or the plan of the run to resume."""
+def _open_plan(args) -> tuple[Plan, Path, Plan | None]:
+    """(plan, run directory, the plan as stored): a new plan and None, or the plan of the run to
+    resume, with the Slurm options a resume may change, and the plan its run directory holds."""
     if args.resume is None:
         if args.out is not None and not args.dry_run:
             store.refuse_used(args.out)  # before any notice: a refusal is one line
@@ -195,8 +197,8 @@ def _open_plan(args) -> tuple[Plan, Path, bool]:
         plan = planning.new_plan(request)
         plan = replace(plan, devices=tuple(slots or placing.single(plan.device)),
                        executor=_executor_of(args, plan))
-        return plan, args.out or store.default_run_dir(), False
-    plan = store.open_existing(args.resume)
+        return plan, args.out or store.default_run_dir(), None
+    plan = stored = store.open_existing(args.resume)
     # where a Slurm run's tasks queue and for how long does not change what they measure: a
     # resume may change it (after Slurm refused a partition, say)
     movable = SLURM_RESUMABLE if plan.executor is not None else ()
@@ -213,7 +215,7 @@ def _open_plan(args) -> tuple[Plan, Path, bool]:
         plan = replace(plan, executor=_moved_executor(plan.executor, args))
     if plan.executor is None:
         resolve_device(plan.device)  # the same device must still be there
-    return plan, args.resume, True
+    return plan, args.resume, stored
 
 
 def _executor_of(args, plan: Plan) -> SlurmOptions | None:
@@ -316,7 +318,8 @@ _STARTED_S = _process_age_s() if __name__ == "__main__" else None
 
 def _run(args) -> int:
     began = time.monotonic()
-    plan, run_dir, resumed = _open_plan(args)
+    plan, run_dir, stored = _open_plan(args)
+    resumed = stored is not None
     cells = list(plan.cells)
     device = torch.device(placing.parent_device(plan.slots()))
     _announce(plan, device, resumed)
@@ -325,7 +328,7 @@ def _run(args) -> int:
         planning.forecast(cells, str(device), capacity, capacity_words).print(args.json)
         return 0
     if plan.executor is not None:
-        return _run_slurm(plan, cells, run_dir, resumed, args)
+        return _run_slurm(plan, cells, run_dir, stored, args)
     slots, notice = placing.usable(plan.slots())
     if notice:
         print(notice, file=sys.stderr)
@@ -394,15 +397,16 @@ def _search_boundaries(session: Session, run_dir: Path) -> None:
         session.search_boundaries(jobs, record)
 
 
-def _run_slurm(plan: Plan, cells: list[Config], run_dir: Path, resumed: bool, args) -> int:
+def _run_slurm(plan: Plan, cells: list[Config], run_dir: Path, stored: Plan | None,
+               args) -> int:
     """Submit what is missing as a job array (tasks still queued or running are picked up), then
     wait for the tasks, unless told not to."""
     store.make_dir(run_dir)
     with store.locked(run_dir):
-        if resumed and plan.executor != store.open_existing(run_dir).executor:
+        if stored is not None and plan.executor != stored.executor:
             store.write_plan(run_dir, plan)  # the next resume asks the same
-        if not resumed:
-            # this host's: each host that runs cells adds its own (bench.store.HOSTS)
+        if stored is None:
+            # this host's: each host that runs cells adds its own (bench.records.store.HOSTS)
             store.create(run_dir, plan, run_env.collect(torch.device("cpu")))
             (run_dir / store.RESULTS).touch()
         submissions = store.read_submissions(run_dir)

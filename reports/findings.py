@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.grid import AXES
-from bench.stats import NOISY_IQR_FRACTION
-from bench.units import format_bytes
+from bench.basics.units import format_bytes
+from bench.instruments.stats import NOISY_IQR_FRACTION
+from bench.planning.grid import AXES
 from lenet.modes import MODES
 from reports.frame import Run, busy, notebook_cell, parts_of, timed, vouched
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import store
-from bench.grid import Config
-from bench.outcome import TRAINED
-from bench.peaks import card_peaks
-from bench.plan_file import ModelInfo, Plan
-from bench.row import ROW_KEYS, config_of, not_learning
-from bench.schema import NewerSchemaError
+from bench.basics.outcome import TRAINED
+from bench.basics.schema import NewerSchemaError
+from bench.planning.grid import Config
+from bench.planning.peaks import card_peaks
+from bench.planning.plan_file import ModelInfo, Plan
+from bench.records import store
+from bench.records.row import ROW_KEYS, config_of, not_learning
 from lenet.cli import UsageError
 
 # The notebook's settings: batch 256, float32, the host DataLoader, no pinning, eager PyTorch.
@@ -86,8 +86,9 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
             cells[name] = float("nan")
         cells[name] = pd.to_numeric(cells[name], errors="coerce")
     cells["cache_slack_bytes"] = cells["peak_reserved_bytes"] - cells["peak_allocated_bytes"]
-    # the arithmetic rate achieved: model FLOPs (bench.flops) at the cell's speed, and its share
-    # of the card's dense peak for the cell's dtype where the card is known (bench.peaks)
+    # the arithmetic rate achieved: model FLOPs (bench.planning.flops) at the cell's speed, and its
+    # share of the card's dense peak for the cell's dtype where the card is known
+    # (bench.planning.peaks)
     cells["tflop_per_s"] = cells["examples_per_s"] * cells["flops_per_example"] / 1e12
     peaks = [card_peaks(name if isinstance(name, str) else None) for name in cells["gpu_name"]]
     cells["peak_tflop_per_s"] = pd.to_numeric(pd.Series(

@@ -7,11 +7,11 @@ from html import escape
 
 import pandas as pd
 
-from bench.grid import LENET
-from bench.peaks import arithmetic, card_peaks
-from bench.phases import phases
-from bench.plan_file import ModelInfo, Plan
-from bench.units import format_bytes
+from bench.basics.units import format_bytes
+from bench.planning.grid import LENET
+from bench.planning.peaks import arithmetic, card_peaks
+from bench.planning.plan_file import ModelInfo, Plan
+from bench.records.phases import phases
 from reports import findings
 from reports.frame import (
     Run,

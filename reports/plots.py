@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
-from bench.grid import added_axes  # noqa: E402
-from bench.peaks import arithmetic, card_peaks  # noqa: E402
+from bench.planning.grid import added_axes  # noqa: E402
+from bench.planning.peaks import arithmetic, card_peaks  # noqa: E402
 from reports.frame import (  # noqa: E402
     Run,
     fastest,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.compare import compare, load_side
+from bench.gates.comparison import compare, load_side
 from reports import html, plots
 from reports.frame import load_run
 

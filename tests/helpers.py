@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.nvml import MemoryInfo, NvmlUnavailable
+from bench.instruments.nvml import MemoryInfo, NvmlUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 # The plugin to name with -p where the package is not installed (its pytest11 entry point absent).
@@ -35,8 +35,8 @@ GiB = 2**30
 
 
 class FakeCard:
-    """The one fake of bench.nvml.GpuReader, the seam through which the CPU covers what a card
-    says: an 80 GB H100 whose free memory, processes, clocks, clock events, power-cap time,
+    """The one fake of bench.instruments.nvml.GpuReader, the seam through which the CPU covers what
+    a card says: an 80 GB H100 whose free memory, processes, clocks, clock events, power-cap time,
     temperature and power draw the test decides. Where a real card cannot say, it raises
     NvmlUnavailable as NvmlReader does: `temperature_c=None`, `counter=False` or `power=False`
     for a reading the card lacks, `fail=True` for a card lost mid-run (clocks, events and
@@ -219,10 +219,10 @@ def crafted_row(batch, dtype="float32", status="ok", placement="device", workers
                 pin_memory=False, device="cuda:0", mode="eager", data_source="fashion-mnist",
                 precision="default", **extra) -> dict:
     """A stored row with the figures of a GPU cell that trained (LeNet's 57 KiB a sample); any
-    field of bench.row.Row can be given."""
-    from bench.grid import Config
-    from bench.outcome import Attempt, Outcome
-    from bench.row import Row
+    field of bench.records.row.Row can be given."""
+    from bench.basics.outcome import Attempt, Outcome
+    from bench.planning.grid import Config
+    from bench.records.row import Row
 
     config = Config(batch, dtype, placement=placement, num_workers=workers,
                     pin_memory=pin_memory, device=device, mode=mode, precision=precision)
@@ -262,10 +262,11 @@ CPU_ENV = {"gpu_name": None, "driver_version": None, "cuda_version": None,
 
 
 def a_plan(**fields):
-    """A plan of one CPU cell on synthetic data, with any field of bench.plan_file.Plan given."""
-    from bench.grid import Config
-    from bench.plan_file import Plan
-    from bench.settings import Settings
+    """A plan of one CPU cell on synthetic data, with any field of
+    bench.planning.plan_file.Plan given."""
+    from bench.basics.settings import Settings
+    from bench.planning.grid import Config
+    from bench.planning.plan_file import Plan
 
     plan = {"grid": "smoke", "device": "cpu", "data": "synthetic", "settings": Settings(),
             "cells": (Config(64),), **fields}
@@ -280,7 +281,7 @@ def crafted_run(path, rows, device="cuda:0", boundaries=(), env=None, torn=False
         "gpu_name": "NVIDIA H100 80GB HBM3", "driver_version": "580.65.06",
         "cuda_version": "13.0", "torch_version": "2.14.1", "gpu_total_bytes": 80 * 1024 * MiB,
         "created_at": "2026-11-27T10:00:00+00:00", "commit": "abc123"}))
-    from bench.row import config_of, read_row
+    from bench.records.row import config_of, read_row
 
     cells = tuple(dict.fromkeys(config_of(read_row(r, "crafted")) for r in rows
                                 if isinstance(r, dict) and "key" in r))

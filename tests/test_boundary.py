@@ -1,8 +1,9 @@
 import itertools
 
-from bench.boundary import Boundary, find_max_batch
-from bench.grid import Config
-from bench.outcome import Attempt, Outcome
+from bench.basics.outcome import Attempt, Outcome
+from bench.execution.boundary_search import find_max_batch
+from bench.planning.grid import Config
+from bench.records.boundary import Boundary
 
 
 def _card(limit: int, kernel_limit: int | None = None):

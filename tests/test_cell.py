@@ -1,7 +1,7 @@
 """How a cell sizes and warms up its repeats, through the seam that runs a block of steps."""
 
-from bench.cell import Settings, steps_per_repeat, warmup_steps_for
-from bench.grid import Config
+from bench.execution.cell import Settings, steps_per_repeat, warmup_steps_for
+from bench.planning.grid import Config
 
 SETTINGS = Settings(min_repeat_s=0.2, warmup_steps=3)
 

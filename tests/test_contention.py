@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from bench.contention import (
+from bench.instruments.contention import (
     PROC,
     ContentionWatch,
     CpuTimes,
@@ -19,7 +19,7 @@ from bench.contention import (
     cpu_shares,
     read_cpu_times,
 )
-from bench.nvml import GpuProcess, NvmlUnavailable
+from bench.instruments.nvml import GpuProcess, NvmlUnavailable
 from helpers import CPU_SYNTHETIC, FakeCard, rows_of, run_module
 
 SPIN = "import time; end = time.monotonic() + 600; exec('while time.monotonic() < end: pass')"
@@ -143,7 +143,7 @@ def test_a_card_without_a_temperature_still_gives_its_clocks_and_events(tmp_path
 def test_a_pools_parent_and_sibling_workers_are_not_other_processes():
     """On a 4-GPU box each worker saw its parent (a context from asking the card's
     properties) and so every cell read busy."""
-    from bench.contention import _family, _other_processes
+    from bench.instruments.contention import _family, _other_processes
 
     workers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
                for _ in range(2)]
@@ -168,7 +168,7 @@ def test_an_empty_process_list_means_nvml_cannot_see_not_none_there(tmp_path):
 def test_an_older_driver_gives_the_clock_events_through_the_older_call(monkeypatch):
     import pynvml
 
-    from bench.nvml import NvmlReader
+    from bench.instruments.nvml import NvmlReader
 
     def missing(handle):
         raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)  # its subclass, by code

@@ -8,12 +8,12 @@ import subprocess
 
 import pytest
 
-from bench import devices
 from bench.doctor import Checkup
-from bench.grid import Config
-from bench.pool import Pool
+from bench.execution.pool import Pool
+from bench.execution.session import boundary_jobs
+from bench.planning import devices
+from bench.planning.grid import Config
 from bench.run import _preflight
-from bench.session import boundary_jobs
 from helpers import (
     CPU_SYNTHETIC,
     NO_GPU,
@@ -197,7 +197,7 @@ def test_a_pooled_run_reads_its_capacity_from_the_first_listed_card_not_the_pare
 def test_a_plans_devices_read_back_as_the_slots_it_was_written_with():
     import json
 
-    from bench.plan_file import Plan
+    from bench.planning.plan_file import Plan
 
     slots = devices.parse("2xcpu", 0, [0, 1, 2])
     stored = json.loads(json.dumps(a_plan(devices=tuple(slots)).as_dict()))

@@ -1,7 +1,7 @@
 import torch
 
 from bench.doctor import fits, report
-from bench.nvml import GpuProcess, NvmlUnavailable
+from bench.instruments.nvml import GpuProcess, NvmlUnavailable
 from helpers import FakeCard, GiB, run_main
 
 

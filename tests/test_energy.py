@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bench.energy import (
+from bench.instruments.energy import (
     COUNTER,
     MIN_WINDOW_S,
     POWER_SAMPLES,
@@ -16,7 +16,7 @@ from bench.energy import (
     RaplCounter,
     meter_for,
 )
-from bench.nvml import NvmlUnavailable
+from bench.instruments.nvml import NvmlUnavailable
 from helpers import FakeCard
 
 
@@ -132,9 +132,9 @@ def test_no_rapl_is_not_measured_with_the_reason(tmp_path):
 
 
 def test_a_cell_stores_the_energy_of_its_timed_repeats():
-    from bench.cell import Settings, run_cell
-    from bench.grid import Config
-    from bench.session import build_row
+    from bench.execution.cell import Settings, run_cell
+    from bench.execution.session import build_row
+    from bench.planning.grid import Config
     from lenet.data import synthetic_tensors
 
     # five repeats of 0.05 s make 0.25 s: short of the 2 s the counter needs, so the cell times
@@ -156,9 +156,9 @@ def test_a_cell_stores_the_energy_of_its_timed_repeats():
 
 
 def test_without_an_energy_figure_to_take_a_cell_times_just_its_repeats():
-    from bench.cell import Settings, run_cell
-    from bench.grid import Config
-    from bench.session import build_row
+    from bench.execution.cell import Settings, run_cell
+    from bench.execution.session import build_row
+    from bench.planning.grid import Config
     from lenet.data import synthetic_tensors
 
     settings = Settings(min_repeat_s=0.01, warmup_steps=1)
@@ -174,11 +174,11 @@ def test_the_process_figure_is_read_while_the_allocators_cache_is_still_held(mon
     happened to keep."""
     import os
 
-    from bench import memory
-    from bench.cell import Settings, run_cell
-    from bench.grid import Config
-    from bench.nvml import GpuProcess
-    from bench.session import build_row
+    from bench.execution.cell import Settings, run_cell
+    from bench.execution.session import build_row
+    from bench.instruments import memory
+    from bench.instruments.nvml import GpuProcess
+    from bench.planning.grid import Config
     from lenet.data import synthetic_tensors
 
     events = []

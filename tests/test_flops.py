@@ -6,9 +6,9 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torchvision.models import get_model_weights
 
-from bench.flops import counted, flop_counter, step_flops_per_example
-from bench.models import resolve
-from bench.peaks import card_peaks
+from bench.planning.flops import counted, flop_counter, step_flops_per_example
+from bench.planning.models import resolve
+from bench.planning.peaks import card_peaks
 
 
 def test_lenets_step_is_the_hand_counted_2_263_920_flops_an_example():
@@ -53,7 +53,7 @@ def test_a_depthwise_convolutions_backward_counts_each_gradient_once():
 
 
 def test_a_model_the_counter_cannot_trace_has_no_figure():
-    from bench.models import ModelSpec
+    from bench.planning.models import ModelSpec
 
     class Refuses(ModelSpec):
         def build(self, seed=0):
@@ -74,7 +74,7 @@ def test_a_steps_traffic_is_a_line_in_the_batch_and_halves_its_activations_in_bf
     """Counted at batches 2 and 4, the line holds at 256 to the byte; LeNet's float32 step
     moves 4.35 MB plus 545 KB an example, a bfloat16 one about half as much an example (its
     activations are 16-bit) over more operators (autocast's casts)."""
-    from bench.flops import bytes_moved, step_traffic
+    from bench.planning.flops import bytes_moved, step_traffic
 
     lenet = resolve("lenet")
     float32, bfloat16 = step_traffic(lenet, "float32"), step_traffic(lenet, "bfloat16")

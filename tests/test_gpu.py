@@ -11,13 +11,13 @@ import textwrap
 import pytest
 import torch
 
-from bench.cell import Settings, run_cell
-from bench.grid import Config
-from bench.nvml import NvmlReader
-from bench.outcome import Outcome
-from bench.predict import predict_peak_bytes
-from bench.session import build_row
-from bench.worker import Worker, WorkerSpec
+from bench.basics.outcome import Outcome
+from bench.execution.cell import Settings, run_cell
+from bench.execution.session import build_row
+from bench.execution.worker import Worker, WorkerSpec
+from bench.instruments.nvml import NvmlReader
+from bench.planning.grid import Config
+from bench.planning.predict import predict_peak_bytes
 from helpers import ROOT, needs_gpu
 from lenet.data import synthetic_tensors
 
@@ -66,7 +66,7 @@ def _fresh_process(code: str):
 def test_memory_probes_are_safe_to_call_first_in_a_process():
     peaks = _fresh_process("""
         import json, torch
-        from bench import memory
+        from bench.instruments import memory
         device = torch.device("cuda:0")
         memory.reset_peaks(device)  # before anything else has started CUDA
         print(json.dumps(memory.read_peaks(device).peak_allocated_bytes))
@@ -78,10 +78,10 @@ def test_the_first_cell_of_a_fresh_process_gives_its_memory_back():
     """cuBLAS workspaces outlive a cell unless released: the first cell must still read healthy."""
     result = _fresh_process("""
         import json
-        from bench.cell import Settings, run_cell
-from bench.session import build_row
-        from bench.grid import Config
-        from bench.session import build_row
+        from bench.execution.cell import Settings, run_cell
+from bench.execution.session import build_row
+        from bench.planning.grid import Config
+        from bench.execution.session import build_row
         from lenet.data import synthetic_tensors
         result, healthy = run_cell(Config(1024, device="cuda:0"), synthetic_tensors(),
                                    Settings(min_repeat_s=0.05, warmup_steps=2))
@@ -99,7 +99,7 @@ def test_nvml_reads_the_card_cuda_uses_by_its_uuid():
     found = _fresh_process(f"""
         import json, os
         os.environ["CUDA_VISIBLE_DEVICES"] = "GPU-{uuid}"
-        from bench.nvml import NvmlReader
+        from bench.instruments.nvml import NvmlReader
         with NvmlReader(0) as reader:
             print(json.dumps(reader.device.uuid))
     """)

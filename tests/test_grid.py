@@ -1,6 +1,6 @@
 import pytest
 
-from bench.grid import DTYPES, Config, GridError, get_grid, parse_set
+from bench.planning.grid import DTYPES, Config, GridError, get_grid, parse_set
 
 
 def test_unknown_grid_lists_the_known_ones():

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from bench.models import resolve
-from bench.predict import memory_model, probe_batches, step_peak_bytes
-from bench.session import build_row
+from bench.execution.session import build_row
+from bench.planning.models import resolve
+from bench.planning.predict import memory_model, probe_batches, step_peak_bytes
 from helpers import CPU_SYNTHETIC, ROOT, one_line_error, rows_of, run_main, run_module
 
 TESTS = ROOT / "tests"
@@ -143,7 +143,7 @@ def test_a_model_named_wrong_is_one_line_and_exit_2(tmp_path, args, message):
 
 
 def test_a_factory_that_hangs_is_stopped_with_a_line(tmp_path, monkeypatch):
-    monkeypatch.setattr("bench.models.USER_CODE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("bench.planning.models.USER_CODE_TIMEOUT_S", 1.0)
     began = time.monotonic()
     result = run_main("bench.run", "--grid", "smoke", "--model", "user_factories:hangs",
                       "--device", "cpu", "--out", tmp_path / "run", cwd=TESTS)
@@ -192,10 +192,10 @@ def test_a_resume_after_the_model_changed_is_refused_in_one_line(tmp_path, monke
 
 def test_a_worker_that_builds_another_model_than_planned_measures_nothing(monkeypatch):
     """A Slurm task that starts after the model was edited: its cells fail, saying why."""
-    from bench.cell import Settings
-    from bench.grid import Config
-    from bench.runner import Runner
-    from bench.worker import WorkerSpec
+    from bench.execution.cell import Settings
+    from bench.execution.runner import Runner
+    from bench.execution.worker import WorkerSpec
+    from bench.planning.grid import Config
 
     monkeypatch.chdir(TESTS)
     name = "user_factories:width_from_env"

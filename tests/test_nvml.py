@@ -4,7 +4,13 @@ import time
 
 import pytest
 
-from bench.nvml import NvmlDevice, NvmlReader, NvmlUnavailable, PeakSampler, nvml_index_for
+from bench.instruments.nvml import (
+    NvmlDevice,
+    NvmlReader,
+    NvmlUnavailable,
+    PeakSampler,
+    nvml_index_for,
+)
 from helpers import needs_gpu
 
 
@@ -120,7 +126,7 @@ class FakeNvmlLibrary:
         monkeypatch.setattr(pynvml, "nvmlSystemGetDriverVersion", lambda: "580.159.04")
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
         # where this process has started CUDA, the real card's UUID would pick the device
-        monkeypatch.setattr("bench.nvml._cuda_uuid", lambda index: None)
+        monkeypatch.setattr("bench.instruments.nvml._cuda_uuid", lambda index: None)
         lost = pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         for name in failing:
             if name == "nvmlDeviceGetComputeRunningProcesses":
@@ -144,9 +150,9 @@ def test_a_process_list_the_library_cannot_read_is_not_available(monkeypatch):
 
 
 def test_a_run_notes_an_nvml_failure_instead_of_crashing(monkeypatch):
-    from bench.cell import Settings
-    from bench.runner import Baseline, Runner
-    from bench.worker import WorkerSpec
+    from bench.execution.cell import Settings
+    from bench.execution.runner import Baseline, Runner
+    from bench.execution.worker import WorkerSpec
 
     FakeNvmlLibrary(monkeypatch, failing=["nvmlDeviceGetMemoryInfo"])
     runner = Runner(WorkerSpec("cuda:0", "synthetic", None, Settings()), cuda_index=0)
@@ -185,7 +191,7 @@ def test_real_nvml_reads_the_card():
 def test_the_real_reader_and_the_one_fake_answer_every_call_of_the_protocol():
     """The instruments are written against GpuReader; the fake that stands in for a card in the
     CPU's tests cannot drift from what the real reader offers."""
-    from bench.nvml import GpuReader
+    from bench.instruments.nvml import GpuReader
     from helpers import FakeCard
 
     calls = {name for name in vars(GpuReader) if not name.startswith("_")}

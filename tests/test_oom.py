@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from bench.oom import Attempt, failure_kind, halve, is_oom, one_line, run_with_backoff, status_of
+from bench.instruments.oom import (
+    Attempt,
+    failure_kind,
+    halve,
+    is_oom,
+    one_line,
+    run_with_backoff,
+    status_of,
+)
 
 OOM_TEXTS = [
     "CUDA out of memory. Tried to allocate 2.00 GiB",

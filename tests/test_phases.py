@@ -1,6 +1,6 @@
 """Where a run's time went, from its rows and boundary searches, figures computed by hand."""
 
-from bench.phases import phase_lines, phases
+from bench.records.phases import phase_lines, phases
 from helpers import crafted_cpu_row
 
 

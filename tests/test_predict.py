@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.predict import memory_model, step_peak_bytes
+from bench.planning.predict import memory_model, step_peak_bytes
 from lenet.model import build_lenet
 
 

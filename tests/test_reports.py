@@ -12,7 +12,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from bench.contention import Contention
+from bench.instruments.contention import Contention
 from helpers import ROOT, MiB, crafted_row, crafted_run, ctrl_c_as_at_a_terminal, run_main
 from reports.frame import load_run, pareto
 from reports.write import write_report
@@ -404,8 +404,8 @@ def test_ctrl_c_while_the_report_is_written_ends_it_without_a_traceback(one_cell
 def test_the_answer_places_the_fastest_cell_against_its_cards_peak_and_roofs(tmp_path):
     """A float32 cell on an H200 at 2,406,445 examples/s of LeNet's 2,263,920 FLOPs each:
     5.45 TFLOP/s, 8.1% of the card's 66.9 TFLOP/s float32 peak. Its eager step moves
-    4,353,636 bytes plus 544,648 an example (bench.flops.step_traffic): 4.15 FLOP/byte, left
-    of the H200's ridge (66.9 / 4.8 = 13.9), so its roof is 4.8 TB/s x 4.15 = 19.9 TFLOP/s."""
+    4,353,636 bytes plus 544,648 an example (bench.planning.flops.step_traffic): 4.15 FLOP/byte,
+    left of the H200's ridge (66.9 / 4.8 = 13.9), so its roof is 4.8 TB/s x 4.15 = 19.9 TFLOP/s."""
     def traffic(batch):
         return 4_353_636 + 544_648 * batch
 

@@ -7,12 +7,12 @@ import subprocess
 
 import pytest
 
-from bench.cell import Settings
-from bench.grid import Config
-from bench.outcome import Outcome
-from bench.runner import Runner
-from bench.session import build_row
-from bench.worker import Worker, WorkerSpec
+from bench.basics.outcome import Outcome
+from bench.execution.cell import Settings
+from bench.execution.runner import Runner
+from bench.execution.session import build_row
+from bench.execution.worker import Worker, WorkerSpec
+from bench.planning.grid import Config
 from helpers import (
     CPU_ENV,
     CPU_SYNTHETIC,
@@ -141,7 +141,7 @@ def test_every_cell_of_the_cpu_default_grid_predicts_its_tracked_step_within_10_
     """A row's predicted figure is what its tracked one counts (the step's tensors, not the
     weights and data set before it): within 10% in every row of LeNet's CPU default grid. The
     fake-tensor count stands for the real step's, which it matched to the byte in float32."""
-    from bench.predict import step_peak_bytes
+    from bench.planning.predict import step_peak_bytes
 
     result = run_main("bench.run", "--grid", "default", "--dry-run", "--json", *SYNTHETIC,
                       cwd=tmp_path)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.cell import Settings
-from bench.grid import Config
-from bench.runner import Runner
-from bench.session import build_row
-from bench.worker import WorkerSpec
+from bench.execution.cell import Settings
+from bench.execution.runner import Runner
+from bench.execution.session import build_row
+from bench.execution.worker import WorkerSpec
+from bench.planning.grid import Config
 from helpers import (
     CPU_SYNTHETIC,
     ONE_CELL,
@@ -300,7 +300,7 @@ def _workers(pid) -> list[int]:
     """The cell workers among `pid`'s children. Not multiprocessing's resource tracker: it is
     meant to outlive its parent by a moment (it exits when it reads end-of-file)."""
     children = []
-    # every thread's: a worker is started by the thread that feeds it (bench.pool)
+    # every thread's: a worker is started by the thread that feeds it (bench.execution.pool)
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             children += [int(i) for i in (task / "children").read_text().split()]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import slurm as executor
-from bench import store
+from bench.execution import slurm as executor
+from bench.records import store
 from helpers import ROOT, one_line_error, rows_of, run_main, run_module
 
 # CPU cells on synthetic data, so the suite means the same wherever a GPU is visible
@@ -288,7 +288,7 @@ def test_a_tasks_cpus_are_shared_among_its_workers(environ, workers, threads):
 def test_a_boundary_searched_on_a_card_is_not_submitted_again(tmp_path):
     """The submitting process asked for rows with no card model: a GPU partition's finished
     search never matched, and every --resume submitted it again."""
-    from bench.grid import Config
+    from bench.planning.grid import Config
     from bench.run import unsearched
 
     cells = [Config(64, device="cuda:0"), Config(256, device="cuda:0")]

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.stats import Measurement
+from bench.instruments.stats import Measurement
 
 
 def test_median_iqr_and_step_time_by_hand():

@@ -3,14 +3,14 @@ import os
 
 import pytest
 
-from bench import store
-from bench.contention import Contention
-from bench.devices import Slot
-from bench.grid import Config, Grid
-from bench.outcome import Attempt, Outcome
-from bench.plan_file import ModelInfo, SlurmOptions
-from bench.row import ROW_KEYS, Row, config_of
-from bench.schema import SCHEMA_VERSION, NewerSchemaError
+from bench.basics.outcome import Attempt, Outcome
+from bench.basics.schema import SCHEMA_VERSION, NewerSchemaError
+from bench.instruments.contention import Contention
+from bench.planning.devices import Slot
+from bench.planning.grid import Config, Grid
+from bench.planning.plan_file import ModelInfo, SlurmOptions
+from bench.records import store
+from bench.records.row import ROW_KEYS, Row, config_of
 from helpers import ROOT, a_plan
 
 
@@ -84,7 +84,7 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_pa
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from bench import store\n"
+         "from bench.records import store\n"
          "with store.locked(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
          str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -109,7 +109,7 @@ def test_a_write_that_fails_leaves_the_rows_whole_and_says_so(tmp_path):
     store.append_row(path, {"key": "a", "status": "ok"})
     size = path.stat().st_size
     # a file-size limit fails the next write part of the way through, as a full disk does
-    code = ("import resource, sys; from pathlib import Path; from bench import store\n"
+    code = ("import resource, sys; from pathlib import Path; from bench.records import store\n"
             f"resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 10}, {size + 10}))\n"
             "try:\n    store.append_row(Path(sys.argv[1]), {'key': 'b', 'status': 'ok', "
             "'pad': 'x' * 100})\nexcept store.StoreWriteError as exc:\n    print(exc)")

@@ -1,6 +1,6 @@
 """What the contention probes cost a cell: the time of one start, one sample and one stop of
-bench.contention.ContentionWatch, against the 0.2 s a repeat lasts. The probes run between
-repeats, never inside one, so this is time added to a cell, not error in its figure.
+bench.instruments.contention.ContentionWatch, against the 0.2 s a repeat lasts. The probes run
+between repeats, never inside one, so this is time added to a cell, not error in its figure.
 
     python tests/benchmarks/contention_cost.py [--reads 200]
 
@@ -12,8 +12,8 @@ import argparse
 import statistics
 import time
 
-from bench.contention import ContentionWatch
-from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.instruments.contention import ContentionWatch
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 
 REPEAT_S = 0.2
 

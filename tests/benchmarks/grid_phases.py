@@ -5,9 +5,9 @@
 
 Each run starts cold, as a user's does (a fresh inductor cache, its own run directory), from the
 source tree given (this one by default: another checkout gives a before-and-after), and is timed
-from outside. Prints each run's phases (bench.phases, from its rows and searches) and wall-clock
-time, then the median of each over the runs. Phases an older tree's rows do not record are left
-out. Not a test: figures to read.
+from outside. Prints each run's phases (bench.records.phases, from its rows and searches) and
+wall-clock time, then the median of each over the runs. Phases an older tree's rows do not record
+are left out. Not a test: figures to read.
 """
 
 import argparse
@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench import store  # noqa: E402
-from bench.phases import phase_lines, phases  # noqa: E402
+from bench.records import store  # noqa: E402
+from bench.records.phases import phase_lines, phases  # noqa: E402
 
 
 def run_phases(run_dir: Path) -> dict[str, float]:

@@ -1,5 +1,6 @@
-"""What the harness itself costs: one cell's throughput timed by bench.cell.measure (with a memory
-sampler thread polling every 5 ms) against a bare loop of the same steps, alternated in one run.
+"""What the harness itself costs: one cell's throughput timed by bench.execution.cell.measure
+(with a memory sampler thread polling every 5 ms) against a bare loop of the same steps,
+alternated in one run.
 
     python tests/benchmarks/harness_overhead.py [--device cpu] [--batch-size 256] [--rounds 7]
 
@@ -12,10 +13,10 @@ import time
 
 import torch
 
-from bench import memory, timing
-from bench.cell import Settings, measure
-from bench.grid import Config
-from bench.nvml import NvmlReader, NvmlUnavailable, PeakSampler
+from bench.execution.cell import Settings, measure
+from bench.instruments import memory, timing
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable, PeakSampler
+from bench.planning.grid import Config
 from lenet.data import device_batches, synthetic_tensors
 from lenet.model import build_lenet
 from lenet.train import TrainStep

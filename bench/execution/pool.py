@@ -1,4 +1,4 @@
-"""Jobs from one queue, run by one worker per slot (bench.devices); only the caller writes.
+"""Jobs from one queue, run by one worker per slot (bench.planning.devices); only the caller writes.
 
 Each slot's Runner lives in a thread that waits on its worker's pipe. What a thread finishes goes
 back on a queue that the caller's thread reads, so the caller stays the one writer (a `kill -9`
@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from bench.runner import Runner
+from bench.execution.runner import Runner
 
 
 class Pool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.cell import CellResult
-from bench.flops import StepTraffic
-from bench.grid import Config
-from bench.nvml import NvmlReader, NvmlUnavailable
-from bench.oom import status_of
-from bench.outcome import Attempt, Outcome
-from bench.worker import Worker, WorkerDied, WorkerSpec
+from bench.basics.outcome import Attempt, Outcome
+from bench.execution.cell import CellResult
+from bench.execution.worker import Worker, WorkerDied, WorkerSpec
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable
+from bench.instruments.oom import status_of
+from bench.planning.flops import StepTraffic
+from bench.planning.grid import Config
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class Stamps:
     worker_start_s: float | None = None  # where this cell started its worker
     data_load_s: float | None = None
     baseline: Baseline = Baseline()
-    where: dict = field(default_factory=dict)  # bench.devices.where, and labels such as the job
+    # bench.planning.devices.where, and labels such as the job
+    where: dict = field(default_factory=dict)
 
 
 class Runner:
@@ -47,7 +48,7 @@ class Runner:
     def __init__(self, spec: WorkerSpec, cuda_index: int | None, timeout_s: float | None = None,
                  where: dict | None = None):
         # cuda_index: the card in this process's numbering, for NVML; `where`: the row fields
-        # that say where the cells ran (bench.devices.where)
+        # that say where the cells ran (bench.planning.devices.where)
         self.spec, self.cuda_index, self.timeout_s = spec, cuda_index, timeout_s
         self.where = where or {}
         self.worker: Worker | None = None

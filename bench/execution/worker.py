@@ -18,12 +18,12 @@ import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bench.grid import Config
-from bench.outcome import Outcome
-from bench.settings import Settings
+from bench.basics.outcome import Outcome
+from bench.basics.settings import Settings
+from bench.planning.grid import Config
 
 if TYPE_CHECKING:
-    from bench.cell import Trial
+    from bench.execution.cell import Trial
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,16 @@ class WorkerSpec:
     data_root: str | None
     settings: Settings
     memory_cap_bytes: int | None = None
-    model: str = "lenet"  # bench.models: another model trains on synthetic data of its shape
+    # another model trains on synthetic data of its shape (bench.planning.models)
+    model: str = "lenet"
     input_shape: str = ""
-    visible_devices: str | None = None  # pins a pooled GPU worker to its card (bench.devices)
+    # pins a pooled GPU worker to its card (bench.planning.devices)
+    visible_devices: str | None = None
     cpu_cores: tuple[int, ...] | None = None  # binds a pooled CPU worker to its share
     threads: int | None = None  # torch's threads where not one per bound core: a Slurm task's CPUs
-    # the architecture the plan was made for (bench.models.fingerprint): a worker that builds
-    # another (the user's model edited since) refuses to start rather than mix two in one run
+    # the architecture the plan was made for (bench.planning.models.fingerprint): a worker that
+    # builds another (the user's model edited since) refuses to start rather than mix two in one
+    # run
     model_fingerprint: str | None = None
 
 
@@ -121,7 +124,7 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
         # more threads than cores spin against each other: many times slower, not 2x
         torch.set_num_threads(spec.threads or len(spec.cpu_cores))
 
-    from bench.cell import run_cell, run_trial
+    from bench.execution.cell import run_cell, run_trial
 
     try:
         data, nvml, data_load_s, built = _ready(spec)
@@ -142,11 +145,11 @@ def _ready(spec: WorkerSpec):
     data took, the model's fingerprint). Raises what stops the worker from starting."""
     import torch
 
-    from bench import memory
-    from bench.cell import single_step
-    from bench.models import SYNTHETIC_SIZE, fingerprint, resolve
-    from bench.nvml import NvmlReader, NvmlUnavailable
-    from bench.oom import is_oom
+    from bench.execution.cell import single_step
+    from bench.instruments import memory
+    from bench.instruments.nvml import NvmlReader, NvmlUnavailable
+    from bench.instruments.oom import is_oom
+    from bench.planning.models import SYNTHETIC_SIZE, fingerprint, resolve
     from lenet.data import real_tensors, synthetic_tensors
 
     device = torch.device(spec.device)

@@ -1,15 +1,16 @@
 """Predict the allocator's peak for a training step at any batch size, without a GPU.
 
-The model is derived from the network itself (LeNet, or any model bench.models builds), not typed
-in: one training step runs on the CPU under a dispatch mode that sees every tensor each operator
-creates and, through weak references, when its storage dies, so it knows the bytes alive at every
-moment and their peak. Probe steps give two lines, peak = fixed + per_sample * batch: one from
+The model is derived from the network itself (LeNet, or any model bench.planning.models builds), not
+typed in: one training step runs on the CPU under a dispatch mode that sees every tensor each
+operator creates and, through weak references, when its storage dies, so it knows the bytes alive at
+every moment and their peak. Probe steps give two lines, peak = fixed + per_sample * batch: one from
 batches of a few examples, where the gradients make the peak, one from batches where the
 activations do; the prediction is the larger. The weights and, for device-resident data, the
 whole data set are added on top. The GPU's caching allocator rounds blocks up and keeps library
 workspaces, which this does not see, so the measured peak runs a little above the prediction.
 
-    python -c "from bench.predict import predict_peak_bytes as p; print(p(4096, 'float32'))"
+    python -c "from bench.planning.predict import predict_peak_bytes; \
+        print(predict_peak_bytes(4096, 'float32'))"
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bench.grid import LENET
-from bench.memory import LiveBytes
-from bench.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
+from bench.instruments.memory import LiveBytes
+from bench.planning.grid import LENET
+from bench.planning.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
 from lenet.data import TRAIN_SIZE
 from lenet.modes import TABLE
 from lenet.train import TrainStep
@@ -157,7 +158,7 @@ def memory_model(dtype: str, channels_last: bool, placement: str,
                  dataset_size: int | None = None, device_type: str = "cpu",
                  model: ModelSpec | None = None) -> MemoryModel:
     """`dataset_size` defaults to what a run holds: Fashion-MNIST's training split for LeNet,
-    bench.models.SYNTHETIC_SIZE examples for another model."""
+    bench.planning.models.SYNTHETIC_SIZE examples for another model."""
     model = model or resolve(LENET)
     if dataset_size is None:
         dataset_size = TRAIN_SIZE if model.is_lenet else SYNTHETIC_SIZE
@@ -177,7 +178,7 @@ def unmodelled(config) -> str | None:
 
 
 def model_for(config) -> MemoryModel:
-    """The memory model of a bench.grid.Config's cell on its device, as an eager step (see
+    """The memory model of a bench.planning.grid.Config's cell on its device, as an eager step (see
     `unmodelled` for where that does not hold)."""
     return memory_model(config.dtype, config.channels_last, config.placement,
                         device_type=torch.device(config.device).type,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 
 
 def _git_commit() -> str | None:

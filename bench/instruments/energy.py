@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.nvml import GpuReader
+from bench.instruments.nvml import GpuReader
 
 MIN_WINDOW_S = 2.0  # two ends, each up to 0.1 s of energy off: at most 10% of 2 s
 POWER_SAMPLE_PERIOD_S = 0.02
@@ -118,7 +118,7 @@ class _PowerIntegral:
 class EnergyMeter:
     """Measures one window: `start()`, the timed work, `stop()` -> Energy.
 
-    `nvml` is a GPU's reader (bench.nvml.GpuReader), None on a CPU; `rapl`
+    `nvml` is a GPU's reader (bench.instruments.nvml.GpuReader), None on a CPU; `rapl`
     is the CPU's counter or the reason it has none (RaplCounter.find)."""
 
     def __init__(self, nvml: GpuReader | None = None, rapl: RaplCounter | str | None = None,

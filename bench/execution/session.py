@@ -1,6 +1,6 @@
 """The one place a plan and its slots become measured rows and boundary searches, for every
 launcher: the local run (bench.run: the lock, results.jsonl, the signals) and each Slurm array task
-(bench.slurm: a part file of its own) call it alike.
+(bench.execution.slurm: a part file of its own) call it alike.
 
 A session builds the worker spec from the plan, one Runner per slot and a Pool grouped by card
 model; it gives each cell its prediction, applies one budget rule to the boundary searches, hands
@@ -14,22 +14,23 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from bench import devices as placing
-from bench import plan as planning
-from bench.boundary import Boundary, find_max_batch
-from bench.cell import CellResult
-from bench.energy import NO_TIMED_WINDOW
-from bench.flops import counted, traffic_of
-from bench.grid import Config
-from bench.models import resolve
-from bench.oom import status_of
-from bench.outcome import Outcome
-from bench.plan_file import Plan
-from bench.pool import Pool
-from bench.predict import model_for, unmodelled
-from bench.row import Row
-from bench.runner import Runner, Stamps
-from bench.worker import WorkerSpec
+from bench.basics.outcome import Outcome
+from bench.execution.boundary_search import find_max_batch
+from bench.execution.cell import CellResult
+from bench.execution.pool import Pool
+from bench.execution.runner import Runner, Stamps
+from bench.execution.worker import WorkerSpec
+from bench.instruments.energy import NO_TIMED_WINDOW
+from bench.instruments.oom import status_of
+from bench.planning import devices as placing
+from bench.planning import plan as planning
+from bench.planning.flops import counted, traffic_of
+from bench.planning.grid import Config
+from bench.planning.models import resolve
+from bench.planning.plan_file import Plan
+from bench.planning.predict import model_for, unmodelled
+from bench.records.boundary import Boundary
+from bench.records.row import Row
 
 
 class Session:

@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from bench.models import ModelSpec
+from bench.planning.models import ModelSpec
 from lenet.train import TrainStep
 
 # the batch the count runs at: FLOPs of these layers grow in proportion to it, so any batch

@@ -15,43 +15,12 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 
-from bench.grid import DEFAULTS, Config
-from bench.outcome import SIZE_LIMITS, Attempt, Outcome
-from bench.schema import SCHEMA_VERSION, field_defaults, upgraded
-
-
-@dataclass
-class Boundary:
-    config: Config  # the cell searched, its batch left to the search
-    max_ok_batch: int | None = None  # the largest batch that trained
-    first_failed_batch: int | None = None  # the smallest that did not
-    stop_reason: str = ""  # a failed trial's outcome, or: batch limit, time budget
-    failure: str | None = None  # the error text of the first failed batch
-    trials: list[Attempt] = field(default_factory=list)
-    predicted_max_batch: int | None = None
-    gpu_name: str | None = None  # the card model searched on: one search per model in a pool
-    search_s: float | None = None  # the search's wall time, every trial's worker included
-
-    def as_dict(self) -> dict:
-        """As stored: flat, the cell's settings (but its batch) beside the search's findings."""
-        stored = asdict(self)
-        settings = stored.pop("config")
-        del settings["batch_size"]
-        return {"schema_version": SCHEMA_VERSION, "key": self.config.boundary_key(), **settings,
-                **stored}
-
+from bench.basics.outcome import SIZE_LIMITS, Attempt, Outcome
+from bench.records.boundary import Boundary
 
 TOLERANCE = 0.01  # the search ends when the last batch that trained is within 1% of the first
 # that did not
-
-_DEFAULTS = {**DEFAULTS, **field_defaults(Boundary, leave_out=("config",))}
-
-
-def read_boundary(raw: dict, where: str) -> dict:
-    """A stored boundary at this schema, every key present; NewerSchemaError for a newer one."""
-    return upgraded(raw, _DEFAULTS, where)
 
 
 def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: int, limit: int,

@@ -19,18 +19,18 @@ from datetime import datetime, timezone
 
 import torch
 
-from bench import memory
-from bench.contention import Contention, ContentionWatch
-from bench.energy import Energy, meter_for
-from bench.grid import Config
-from bench.memory import AllocatorPeaks
-from bench.models import build_model
-from bench.nvml import GpuReader, PeakSampler
-from bench.oom import failure_kind, halve, one_line, run_with_backoff
-from bench.outcome import Attempt, Outcome
-from bench.settings import Settings
-from bench.stats import Measurement
-from bench.timing import synchronize, timed_steps
+from bench.basics.outcome import Attempt, Outcome
+from bench.basics.settings import Settings
+from bench.instruments import memory
+from bench.instruments.contention import Contention, ContentionWatch
+from bench.instruments.energy import Energy, meter_for
+from bench.instruments.memory import AllocatorPeaks
+from bench.instruments.nvml import GpuReader, PeakSampler
+from bench.instruments.oom import failure_kind, halve, one_line, run_with_backoff
+from bench.instruments.stats import Measurement
+from bench.instruments.timing import synchronize, timed_steps
+from bench.planning.grid import Config
+from bench.planning.models import build_model
 from lenet.data import TensorData, device_batches, host_batches
 from lenet.modes import TABLE
 from lenet.train import build_step
@@ -213,7 +213,7 @@ class CardReadings:
 @dataclass(frozen=True)
 class CellResult:
     """A cell as a worker measured it, in typed pieces; the parent builds its row from them
-    (bench.session.build_row), the one place a row is made."""
+    (bench.execution.session.build_row), the one place a row is made."""
 
     config: Config
     data_source: str

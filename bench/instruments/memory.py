@@ -1,11 +1,11 @@
 """The memory a cell takes, as the allocator and the operating system see it.
 
 On a GPU: PyTorch's caching allocator, whose *allocated* bytes are live tensors and whose
-*reserved* bytes add the cache it keeps for reuse. NVML's device-wide figure (bench.nvml) adds the
-CUDA context, the libraries' workspaces and the driver's own reserve on top.
-On the CPU: the worker's peak resident set (VmHWM), reset before each attempt, which counts the
-libraries and whatever the C allocator kept from earlier cells; and, exact and repeatable, the
-peak of live tensor bytes over one step, tracked operator by operator (LiveBytes).
+*reserved* bytes add the cache it keeps for reuse. NVML's device-wide figure
+(bench.instruments.nvml) adds the CUDA context, the libraries' workspaces and the driver's own
+reserve on top. On the CPU: the worker's peak resident set (VmHWM), reset before each attempt, which
+counts the libraries and whatever the C allocator kept from earlier cells; and, exact and
+repeatable, the peak of live tensor bytes over one step, tracked operator by operator (LiveBytes).
 """
 
 from __future__ import annotations

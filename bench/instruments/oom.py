@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from bench.outcome import Attempt, Outcome
+from bench.basics.outcome import Attempt, Outcome
 
 # RuntimeError texts that mean the allocator (or a library's own allocation) ran out of memory.
 OOM_MESSAGES = (

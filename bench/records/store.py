@@ -1,13 +1,13 @@
-"""The run directory, and the one reader of it that `bench.run`, `bench.slurm`, `bench.compare` and
-the reports share: `plan.json` (what to run: bench.plan_file.Plan), `env.json` (where),
-`results.jsonl` (one row per cell) and `boundaries.jsonl` (one row per boundary search); under
-`--executor slurm` also `slurm.json` (each submission's job array), `slurm/` (its logs),
-`hosts/` (the env of each host that ran cells) and `parts/`, a results and a boundaries file per
-array task, each with one writer. `read_run` and `read_run_boundaries` read the union. The plan
+"""The run directory, and the one reader of it that `bench.run`, `bench.execution.slurm`,
+`bench.compare` and the reports share: `plan.json` (what to run: bench.planning.plan_file.Plan),
+`env.json` (where), `results.jsonl` (one row per cell) and `boundaries.jsonl` (one row per boundary
+search); under `--executor slurm` also `slurm.json` (each submission's job array), `slurm/` (its
+logs), `hosts/` (the env of each host that ran cells) and `parts/`, a results and a boundaries file
+per array task, each with one writer. `read_run` and `read_run_boundaries` read the union. The plan
 and every row carry the schema version they were written at; `read_results` and
 `read_boundaries` are the one way to read rows back, each at this version with every key present
-(bench.schema). A reader that must not guess (a resume, a gate) reads strictly and refuses what
-it cannot read; the report reads leniently and says "not measured" for it.
+(bench.basics.schema). A reader that must not guess (a resume, a gate) reads strictly and refuses
+what it cannot read; the report reads leniently and says "not measured" for it.
 
 Rows are appended, flushed and fsync'd one at a time, so a `kill -9` loses at most the row being
 written. A reader takes every whole line and skips a torn last one, and any line that is not a
@@ -28,10 +28,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.boundary import read_boundary
-from bench.outcome import Outcome
-from bench.plan_file import Plan, PlanError
-from bench.row import read_row
+from bench.basics.outcome import Outcome
+from bench.planning.plan_file import Plan, PlanError
+from bench.records.boundary import read_boundary
+from bench.records.row import read_row
 
 PLAN = "plan.json"
 ENV = "env.json"

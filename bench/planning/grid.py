@@ -13,11 +13,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from bench.schema import field_defaults
-from bench.settings import Settings
+from bench.basics.schema import field_defaults
+from bench.basics.settings import Settings
 from lenet.modes import MODES, OPTIMIZERS, PRECISIONS, TABLE, precision_refusal
 
-LENET = "lenet"  # the default model; bench.models builds it and the others
+LENET = "lenet"  # the default model; bench.planning.models builds it and the others
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("host", "device")
 
@@ -35,7 +35,8 @@ class Config:
     num_workers: int = 0
     device: str = "cpu"
     mode: str = "eager"  # how the step runs: lenet.modes.MODES
-    # the run's model (bench.models) and its input shape where not the model's own ("3x64x64")
+    # the run's model (bench.planning.models) and its input shape where not the model's own
+    # ("3x64x64")
     model: str = LENET
     input_shape: str = ""
     # float32's matrix and convolution precision, and SGD's implementation (lenet.modes)
@@ -209,7 +210,8 @@ _POWERS_OF_4 = (64, 256, 1024, 4096, 16384)
 # a grid names it: each compiled cell costs seconds of compiling, against the grid's minutes)
 _FAST_MODES = ("compile", "compile-cudagraphs", "graph")
 # On a GPU each repeat lasts 0.4 s, so the 5 timed repeats give the energy counter about the 2 s
-# window it needs (bench.energy.MIN_WINDOW_S); a cell whose repeats fall short times another.
+# window it needs (bench.instruments.energy.MIN_WINDOW_S); a cell whose repeats fall short times
+# another.
 _GPU_REPEAT_S = 0.4
 _GPU_GRIDS = {
     "smoke": Grid("smoke", (

@@ -2,8 +2,8 @@
 
 Each array task runs a share of the cells on the node Slurm gives it (one GPU each by default)
 and appends its rows to a file of its own, `parts/results-<job>.jsonl`, inside the run directory,
-which must be on storage every node shares; readers take the union (bench.store.read_run). The
-submitting process waits, showing progress, and when a task ends without having run all its
+which must be on storage every node shares; readers take the union (bench.records.store.read_run).
+The submitting process waits, showing progress, and when a task ends without having run all its
 cells it records one `job_ended` row per unfinished cell, naming the job and the state Slurm
 gives; `--resume RUN_DIR` runs those cells again and picks up tasks still queued or running.
 Slurm's state is read with `scontrol`, which works where accounting (and so `sacct`) is off.
@@ -23,15 +23,16 @@ from pathlib import Path
 
 import torch
 
-from bench import devices, store
-from bench import env as run_env
-from bench import plan as planning
-from bench.cell import CellResult
-from bench.outcome import Attempt, Outcome
-from bench.plan_file import Plan, SlurmOptions
-from bench.row import Row
-from bench.runner import Stamps
-from bench.session import Session, build_row
+from bench.basics.outcome import Attempt, Outcome
+from bench.execution.cell import CellResult
+from bench.execution.runner import Stamps
+from bench.execution.session import Session, build_row
+from bench.planning import devices
+from bench.planning import plan as planning
+from bench.planning.plan_file import Plan, SlurmOptions
+from bench.records import env as run_env
+from bench.records import store
+from bench.records.row import Row
 from lenet.cli import UsageError
 
 # a task in one of these states may still write rows

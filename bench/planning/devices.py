@@ -18,7 +18,7 @@ import platform
 import re
 from dataclasses import dataclass
 
-from bench.nvml import NvmlReader, NvmlUnavailable
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 from lenet.cli import UsageError
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from bench.devices import Slot, single
-from bench.grid import LENET, Config, Grid
-from bench.schema import SCHEMA_VERSION, field_defaults, upgraded
-from bench.settings import Settings
+from bench.basics.schema import SCHEMA_VERSION, field_defaults, upgraded
+from bench.basics.settings import Settings
+from bench.planning.devices import Slot, single
+from bench.planning.grid import LENET, Config, Grid
 
 # Fields without which a JSON object is not a plan at all (the others have defaults).
 REQUIRED = ("grid", "device", "data", "settings", "cells")
@@ -34,7 +34,8 @@ class ModelInfo:
     input_shape: tuple[int, ...] = (1, 28, 28)
     num_classes: int = 10
     parameters: int | None = None
-    fingerprint: str | None = None  # bench.models.fingerprint: the architecture, not weights
+    # bench.planning.models.fingerprint: the architecture, not the weights
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Plan:
     boundary_limit: int = Grid.boundary_limit
     boundary_budget_s: float = Grid.boundary_budget_s
     skipped: dict[str, str] = field(default_factory=dict)  # cell key -> why it cannot run here
-    # this host's workers (bench.devices); None: the run's one device, as before --devices
+    # this host's workers (bench.planning.devices); None: the run's one device, as before --devices
     devices: tuple[Slot, ...] | None = None
     executor: SlurmOptions | None = None  # None: this machine; else a Slurm job array
     schema_version: int = SCHEMA_VERSION

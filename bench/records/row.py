@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-from bench.contention import Contention
-from bench.grid import DEFAULTS, Config
-from bench.outcome import Attempt, Outcome
-from bench.schema import SCHEMA_VERSION, field_defaults, upgraded
+from bench.basics.outcome import Attempt, Outcome
+from bench.basics.schema import SCHEMA_VERSION, field_defaults, upgraded
+from bench.instruments.contention import Contention
+from bench.planning.grid import DEFAULTS, Config
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Row:
     setup_s: float | None = None  # building the step and warming up: compile or capture included
     sizing_s: float | None = None  # the blocks of steps that sized the repeats
     # compiled modes: whether torch.compile's on-disk caches served the compile: warm, cold or
-    # partly warm (bench.cell.compile_cache_words); setup_s depends on it many times over
+    # partly warm (bench.execution.cell.compile_cache_words); setup_s depends on it many times over
     compile_cache: str | None = None
     # starting the worker this cell needed (interpreter, imports, data, a first step), and the
     # data's share of it; None where a worker was already running
@@ -56,17 +56,19 @@ class Row:
     cpu_baseline_rss_bytes: int | None = None  # its resident set as the measured attempt began
     tracked_peak_bytes: int | None = None  # CPU: live tensor bytes over one step, op by op
     predicted_peak_bytes: int | None = None
-    # FLOPs of one example's forward and backward (bench.flops): with examples_per_s, the
+    # FLOPs of one example's forward and backward (bench.planning.flops): with examples_per_s, the
     # arithmetic rate the cell achieved; None where the model could not be counted
     flops_per_example: int | None = None
-    # an eager step's memory traffic at the batch it trained at (bench.flops.StepTraffic:
+    # an eager step's memory traffic at the batch it trained at (bench.planning.flops.StepTraffic:
     # every operator's inputs and outputs, unfused) and its operators, about its kernels
     step_traffic_bytes: int | None = None
     step_operators: int | None = None
-    model_fingerprint: str | None = None  # the architecture's hash (bench.models.fingerprint)
+    # the architecture's hash (bench.planning.models.fingerprint)
+    model_fingerprint: str | None = None
     prediction_note: str | None = None  # where the memory model does not hold for this cell
     memory_cap_bytes: int | None = None
-    # energy of the timed repeats (bench.energy): a figure, or None and the note that says why
+    # energy of the timed repeats (bench.instruments.energy): a figure, or None and the note that
+    # says why
     energy_j_per_1000_examples: float | None = None
     mean_power_w: float | None = None
     energy_window_s: float | None = None
@@ -77,7 +79,7 @@ class Row:
     loss_last: float | None = None
     started_at: str | None = None
     wall_s: float | None = None
-    # where it ran (bench.devices): the host, and the card in that host's numbering
+    # where it ran (bench.planning.devices): the host, and the card in that host's numbering
     host: str | None = None
     gpu_index: int | None = None
     gpu_name: str | None = None

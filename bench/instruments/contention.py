@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.nvml import GpuReader, NvmlUnavailable
+from bench.instruments.nvml import GpuReader, NvmlUnavailable
 
 PROC = Path("/proc")
 # A share of the CPUs' time taken by other processes, or stolen, past which the figure is not

@@ -1,6 +1,6 @@
 """Planning a run: from the command line's typed `Request` to the `Plan` a run directory stores
-(bench.plan_file), and the forecast `--dry-run` prints: the cells a grid gives on a device, each
-with its predicted peak and whether it fits, and the predicted OOM boundary per dtype and
+(bench.planning.plan_file), and the forecast `--dry-run` prints: the cells a grid gives on a device,
+each with its predicted peak and whether it fits, and the predicted OOM boundary per dtype and
 layout."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bench.grid import LENET, Config, Grid, batch_sizes, get_grid, parse_set
-from bench.models import ModelSpec, describe, parse_input_shape, resolve
-from bench.nvml import NvmlReader, NvmlUnavailable
-from bench.plan_file import Plan
-from bench.predict import CONTEXT_ALLOWANCE_BYTES, model_for, unmodelled
-from bench.settings import Settings
-from bench.units import format_bytes
+from bench.basics.settings import Settings
+from bench.basics.units import format_bytes
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable
+from bench.planning.grid import LENET, Config, Grid, batch_sizes, get_grid, parse_set
+from bench.planning.models import ModelSpec, describe, parse_input_shape, resolve
+from bench.planning.plan_file import Plan
+from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES, model_for, unmodelled
 from lenet.cli import UsageError, resolve_device
 from lenet.data import DataError, fashion_mnist_root
 from lenet.modes import TABLE

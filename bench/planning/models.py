@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.grid import LENET
-from bench.oom import one_line
-from bench.plan_file import ModelInfo
+from bench.instruments.oom import one_line
+from bench.planning.grid import LENET
+from bench.planning.plan_file import ModelInfo
 
 TORCHVISION = "torchvision:"
 # Samples in another model's synthetic set: batches are drawn with replacement, so any batch size
