@@ -46,6 +46,8 @@ from bench.records import store
 from bench.records.boundary import Boundary
 from bench.records.phases import phase_lines, phases
 from bench.records.row import not_learning
+from bench.series import points as series_points
+from bench.series.database import History, HistoryError, shown
 from lenet.cli import (
     OneLineParser,
     UsageError,
@@ -125,6 +127,10 @@ def _parser() -> OneLineParser:
     p.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--history", metavar="DB",
+                   help="record the run in this history store as it finishes, and show each "
+                        "cell's trend in the report: a SQLite file or postgresql://... (see "
+                        "python -m bench.history)")
     return p
 
 
@@ -156,7 +162,7 @@ def main(argv=None) -> int:
     try:
         return _run(args)
     except (UsageError, GridError, DataError, ModelError, store.RunDirError,
-            NewerSchemaError) as exc:
+            NewerSchemaError, HistoryError) as exc:
         fail(PROG, str(exc))
     except (KeyboardInterrupt, Stopped) as exc:
         # outside the cells (planning, the summary, the report): every finished row is on disk
@@ -318,6 +324,8 @@ _STARTED_S = _process_age_s() if __name__ == "__main__" else None
 
 def _run(args) -> int:
     began = time.monotonic()
+    if args.history is not None and not args.dry_run:
+        History(args.history).close()  # a store that cannot be used: one line, before any cell
     plan, run_dir, stored = _open_plan(args)
     resumed = stored is not None
     cells = list(plan.cells)
@@ -346,7 +354,7 @@ def _run(args) -> int:
             stopped = _measure(session, todo, run_dir)
         if stopped is not None:
             return stopped
-        return _finish(run_dir, len(todo), time.monotonic() - start, args.no_report,
+        return _finish(run_dir, len(todo), time.monotonic() - start, args,
                        planning_s=start - began)
 
 
@@ -441,8 +449,7 @@ def _run_slurm(plan: Plan, cells: list[Config], run_dir: Path, stored: Plan | No
         except slurm.SlurmUnreachable as exc:
             print(f"\n{exc}; the tasks may still run: {follow}", file=sys.stderr)
             return 1
-        status = _finish(run_dir, len(missing) + len(held), time.monotonic() - start,
-                         args.no_report)
+        status = _finish(run_dir, len(missing) + len(held), time.monotonic() - start, args)
     lost = [r for r in store.read_run(run_dir)[0] if r["error_kind"] == Outcome.JOB_ENDED]
     if lost:
         print(f"{len(lost)} cells did not run because their Slurm job ended (the reasons are "
@@ -495,10 +502,10 @@ def _wait_for_tasks(run_dir: Path, plan: Plan, cells: list[Config],
         store.append_row(run_dir / store.RESULTS, row.as_dict())
 
 
-def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool,
+def _finish(run_dir: Path, ran: int, elapsed_s: float, args,
             planning_s: float | None = None) -> int:
-    """The summary, the report, where the time went, and the exit status: 1 where no cell
-    produced a figure."""
+    """The summary, the history, the report, where the time went, and the exit status: 1 where
+    no cell produced a figure, 2 where the history store could not record the run."""
     results = run_dir / store.RESULTS
     rows, warnings = store.read_run(run_dir)
     boundary_rows, _ = store.read_run_boundaries(run_dir)
@@ -509,16 +516,33 @@ def _finish(run_dir: Path, ran: int, elapsed_s: float, no_report: bool,
         if _STARTED_S is not None:
             more["starting the command (interpreter, imports)"] = _STARTED_S
         more["planning (the grid, the memory model, the checks)"] = planning_s
-    if not no_report:
+    recorded = args.history is None or _record(run_dir, args.history)
+    if not args.no_report:
         began = time.monotonic()
-        _write_report(run_dir)
+        _write_report(run_dir, args.history)
         more["the report"] = time.monotonic() - began
     print("\n".join(phase_lines(phases(rows, boundary_rows), more, _process_age_s())))
     if not any(r["examples_per_s"] for r in rows):
         print("no cell produced a figure: every cell failed (the errors are above and in "
               f"{results})", file=sys.stderr)
         return 1
-    return 0
+    return 0 if recorded else 2
+
+
+def _record(run_dir: Path, db: str) -> bool:
+    """Record the run in the history store; False, having said how to record it later, where
+    the store cannot."""
+    try:
+        recorded, new_points = series_points.read(run_dir)
+        with History(db) as history:
+            word = history.add(recorded, new_points)
+    except (HistoryError, UsageError) as exc:
+        print(f"the run is not in the history: {exc}; its results are safe in {run_dir}; "
+              f"record it with: python -m bench.history add {run_dir} --db {shown(db)}",
+              file=sys.stderr)
+        return False
+    print(f"history: {word} ({len(new_points)} points) in {shown(db)}")
+    return True
 
 
 def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
@@ -552,8 +576,9 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
     return lines
 
 
-def _write_report(run_dir: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "reports", str(run_dir)])
+def _write_report(run_dir: Path, history: str | None) -> None:
+    trend = [] if history is None else ["--history", history]
+    result = subprocess.run([sys.executable, "-m", "reports", str(run_dir), *trend])
     if result.returncode != 0:
         print(f"the report could not be written; the results are safe in {run_dir}; "
               f"retry with: python -m reports {run_dir}", file=sys.stderr)

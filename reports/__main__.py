@@ -3,6 +3,7 @@
     python -m reports RUN_DIR
     python -m reports BASE_DIR NEW_DIR     # NEW_DIR/compare/index.html, worst changes first
     python -m reports RUN_DIR --out DIR    # the report elsewhere (a read-only run directory)
+    python -m reports RUN_DIR --history DB # with each cell's recent trend from bench.history
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def main(argv=None) -> int:
                         help="one run, or BASE NEW to compare")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write the report here (default: RUN_DIR/report, NEW/compare)")
+    parser.add_argument("--history", metavar="DB",
+                        help="a bench.history store: the page shows each cell's recent trend")
     args = parser.parse_args(argv)
     if len(args.runs) > 2:
         fail(PROG, "give one run directory, or two (BASE NEW) to compare")
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
         # below, without a traceback
         from reports.write import write_report
 
-        index = write_report(new, base, args.out)
+        index = write_report(new, base, args.out, args.history)
     except UsageError as exc:  # reports.frame.NotARun among them
         fail(PROG, str(exc))
     except KeyboardInterrupt:

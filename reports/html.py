@@ -395,7 +395,8 @@ def time_table(run: Run) -> str | None:
 
 
 def page(run: Run, images: list[tuple[str, str]], missing: list[str],
-         comparison: str | None = None, base_name: str | None = None) -> str:
+         comparison: str | None = None, base_name: str | None = None,
+         trend: str | None = None) -> str:
     device = device_words(run)
     device = "CPU" if device.startswith("CPU: ") else device
     name = "LeNet" if run.model.name == LENET else run.model.name
@@ -423,6 +424,8 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
     if words:
         parts.append("<h2>What the numbers say</h2><ul>"
                      + "".join(f"<li>{escape(w)}</li>" for w in words) + "</ul>")
+    if trend is not None:
+        parts.append(trend)
     if images:
         parts.append("<h2>Plots</h2>")
         parts += [f"<p><img src='{escape(name)}' alt='{escape(alt)}'></p>"

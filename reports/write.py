@@ -30,7 +30,8 @@ ALT_TEXT = {
 }
 
 
-def write_report(run_dir: Path, base_dir: Path | None = None, out: Path | None = None) -> Path:
+def write_report(run_dir: Path, base_dir: Path | None = None, out: Path | None = None,
+                 history: str | None = None) -> Path:
     run = load_run(run_dir)
     folder = out or run_dir / ("compare" if base_dir else "report")
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +52,12 @@ def write_report(run_dir: Path, base_dir: Path | None = None, out: Path | None =
     run.cells.drop(columns=["attempts", "repeat_s"], errors="ignore").to_csv(
         folder / "cells.csv", index=False)
     index = folder / "index.html"
+    trend = None
+    if history is not None:
+        from reports.history import trend_section  # the store's drivers: only where asked
+
+        trend = trend_section(run_dir, history)
     index.write_text(html.page(run, images, missing, comparison,
-                               str(base_dir) if base_dir else None),
+                               str(base_dir) if base_dir else None, trend),
                      encoding="utf-8")
     return index

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # lowest first; a module at the top of bench/ (a command line) is above every floor
 FLOORS = ("lenet", "bench.basics", "bench.instruments", "bench.planning", "bench.records",
-          "bench.gates", "bench.execution", "reports", "bench")
+          "bench.gates", "bench.series", "bench.execution", "reports", "bench")
 
 
 def floor_of(module: str) -> int:

@@ -14,13 +14,20 @@ import torchvision
 from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """What git says of the tree this code runs from, or None outside one."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _git_branch() -> str | None:
+    """The branch checked out; None on a detached HEAD (a CI checkout of one commit)."""
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD")
+    return None if branch == "HEAD" else branch
 
 
 def _cpu_name() -> str:
@@ -49,7 +56,10 @@ def collect(device: torch.device) -> dict:
         "host": platform.node(),
         "cpu": _cpu_name(),
         "torch_threads": torch.get_num_threads(),
-        "commit": _git_commit(),
+        "commit": _git("rev-parse", "HEAD"),
+        # where the commit sits in history (bench.history orders a series' points by it)
+        "commit_time": _git("show", "-s", "--format=%cI", "HEAD"),
+        "branch": _git_branch(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "nvml_note": None,
     }

@@ -1,0 +1,134 @@
+"""What a series says: the steps in its speed and energy, and the growth of its memory, each placed
+between two commits, and which of them are regressions among its newest points.
+
+Speed and energy are noisy: they change where bench.series.steps finds a step, fitted to the
+points timed on a quiet machine only (a busy point is kept and drawn, never fitted). Memory
+figures repeat to the byte: the newest point gates at once on growth past a bound over any of
+the points before it among the newest. A cell that trained and now fails is a regression too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.basics.outcome import TRAINED
+from bench.basics.units import format_bytes
+from bench.series.database import SeriesPoint
+from bench.series.steps import NEWEST, PENALTY_FACTOR, find_steps, noise, regressions_in
+
+SeriesKey = tuple[str, str, str, str]  # machine, card, model, cell
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # the Point's field
+    words: str
+    higher_is_better: bool
+    iqr: str | None = None  # the Point's field holding its spread
+
+
+SPEED = Metric("examples_per_s", "examples/s", True, "examples_per_s_iqr")
+ENERGY = Metric("energy_j_per_1000_examples", "J per 1,000 examples", False)
+NOISY = (SPEED, ENERGY)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change in a series, between the last point before it and the first after it."""
+
+    series: SeriesKey
+    what: str  # the metric's words, "peak memory" or "status"
+    before: float | None
+    after: float | None
+    last_before: SeriesPoint
+    first_after: SeriesPoint
+    detail: str = ""
+
+    @property
+    def size(self) -> float | None:
+        if not self.before or self.after is None:
+            return None
+        return self.after / self.before - 1
+
+    def commits(self) -> str:
+        """The commit range the change lies in, as git names it."""
+        a, b = self.last_before.run.commit_id, self.first_after.run.commit_id
+        return f"{(a or 'unknown')[:12]}..{(b or 'unknown')[:12]}"
+
+    def line(self) -> str:
+        size = "" if self.size is None else f" {self.size:+.1%}"
+        return f"{label(self.series)}: {self.what}{size} in {self.commits()} ({self.detail})"
+
+
+def label(series: SeriesKey) -> str:
+    machine, card, model, cell = series
+    return f"{cell} · {model} · {card} · {machine}"
+
+
+def timed(points: list[SeriesPoint], metric: Metric) -> list[SeriesPoint]:
+    """The points a noisy metric is fitted to: trained, not busy, with the figure."""
+    return [p for p in points if p.point.status in TRAINED and not p.point.busy
+            and (getattr(p.point, metric.name) or 0) > 0]
+
+
+def steps(series: SeriesKey, points: list[SeriesPoint], metric: Metric,
+          penalty_factor: float = PENALTY_FACTOR, newest_only: bool = False,
+          min_step: float = 0.0) -> list[Change]:
+    """The metric's steps (newest_only: the regressions among the newest points)."""
+    fitted = timed(points, metric)
+    values = [getattr(p.point, metric.name) for p in fitted]
+    iqrs = [getattr(p.point, metric.iqr) if metric.iqr else None for p in fitted]
+    found = regressions_in(values, iqrs, penalty_factor, metric.higher_is_better, min_step) \
+        if newest_only else find_steps(values, iqrs, penalty_factor)
+    if not found:
+        return []
+    words = f"noise {noise(values, iqrs):.1%} a point"
+    return [Change(series, metric.words, step.before, step.after, fitted[step.at - 1],
+                   fitted[step.at], f"median {_figure(step.before)} -> {_figure(step.after)}; "
+                                    f"{len(fitted) - step.at} points after; {words}")
+            for step in found]
+
+
+def _figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
+
+
+def memory_growth(series: SeriesKey, points: list[SeriesPoint], fraction: float,
+                  bytes_: int) -> list[Change]:
+    """The newest point's peak memory past the bound over the smallest of the points before it
+    among the newest (the same figure, trained, busy or not: memory does not care)."""
+    measured = [p for p in points if p.point.memory_bytes]
+    if len(measured) < 2:
+        return []
+    newest = measured[-1]
+    earlier = [p for p in measured[-NEWEST - 1:-1]
+               if p.point.memory_field == newest.point.memory_field]
+    if not earlier:
+        return []
+    # the latest of the smallest: the growth lies after it
+    least = min(reversed(earlier), key=lambda p: p.point.memory_bytes)
+    before, after = least.point.memory_bytes, newest.point.memory_bytes
+    if after - before <= max(fraction * before, bytes_):
+        return []
+    return [Change(series, "peak memory", before, after, least, newest,
+                   f"{format_bytes(before)} -> {format_bytes(after)} "
+                   f"({newest.point.memory_field})")]
+
+
+def stopped_training(series: SeriesKey, points: list[SeriesPoint]) -> list[Change]:
+    """The newest point failed where the one before it trained."""
+    if len(points) < 2 or points[-1].point.status in TRAINED or \
+            points[-2].point.status not in TRAINED:
+        return []
+    return [Change(series, "status", None, None, points[-2], points[-1],
+                   f"trained before, now {points[-1].point.status}")]
+
+
+def regressions(series: SeriesKey, points: list[SeriesPoint], min_step: float,
+                memory_fraction: float, memory_bytes: int,
+                penalty_factor: float = PENALTY_FACTOR) -> list[Change]:
+    """Everything that got worse among the series' newest points."""
+    return [*stopped_training(series, points),
+            *memory_growth(series, points, memory_fraction, memory_bytes),
+            *(change for metric in NOISY for change in
+              steps(series, points, metric, penalty_factor, True, min_step))]
