@@ -29,6 +29,7 @@ from bench.cli import percentage
 from bench.records.store import RunDirError
 from bench.series import bisection, points, trends
 from bench.series.database import History, HistoryError
+from bench.series.steps import NEWEST
 from lenet.cli import OneLineParser, UsageError, fail, positive_float, positive_int
 
 PROG = "python -m bench.history"
@@ -77,6 +78,9 @@ def _parser() -> OneLineParser:
                             "step the noise does not explain)")
     check.add_argument("--max-memory-growth", type=memory_bound, default=(0.01, 0),
                        metavar="PCT|BYTES", help="peak memory growth that fails (default 1%%)")
+    check.add_argument("--newest", type=positive_int, default=NEWEST, metavar="N",
+                       help=f"how many of a series' newest points a regression may lie among "
+                            f"(default {NEWEST}; a noisy machine sees a step later)")
     bisect = commands.choices["bisect"]
     bisect.add_argument("--repo", type=Path, default=Path("."),
                         help="the git repository holding the commits (default: here)")
@@ -123,7 +127,8 @@ def _check(history: History, args) -> int:
     selected = _selected(history, args.series)
     fraction, bytes_ = args.max_memory_growth
     found = [change for key, series in selected.items()
-             for change in trends.regressions(key, series, args.min_step, fraction, bytes_)]
+             for change in trends.regressions(key, series, args.min_step, fraction, bytes_,
+                                              args.newest)]
     for change in found:
         print(f"REGRESSION {change.line()}")
     if found:

@@ -77,6 +77,12 @@ def test_a_slowdown_timed_on_a_busy_machine_is_kept_but_not_a_regression(tmp_pat
     assert "18 points (3 busy)" in listed
 
 
+def test_memory_growth_is_placed_where_it_happened_while_it_is_among_the_newest(tmp_path):
+    db = history_of(tmp_path, QUIET[:7], memory={5: 1_020_000, 6: 1_020_000})
+    result = run_main("bench.history", "check", "--db", db)
+    assert "peak memory +2.0% in c4..c5" in result.stdout
+
+
 def test_memory_gates_at_once_on_growth_past_its_bound(tmp_path):
     db = history_of(tmp_path, QUIET[:6], memory={5: 1_020_000})
     result = run_main("bench.history", "check", "--db", db)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import ruptures
 
-PENALTY_FACTOR = 6.0
+PENALTY_FACTOR = 8.0
 MIN_SEGMENT = 2
 NORMAL_MAD = 1.4826  # a normal sample's standard deviation over its median absolute deviation
 NORMAL_IQR = 1.349  # a normal sample's IQR over its standard deviation
@@ -68,13 +68,15 @@ def find_steps(values: list[float], iqrs: list[float | None] | None = None,
             for at, before, after in zip(ends[:-1], segments, segments[1:])]
 
 
-NEWEST = 3  # a step among a series' newest 3 points is news (a check fails on it); older, history
+# a step among a series' newest 3 points is news (a check fails on it); older ones are history.
+# A noisier machine sees a step later: a check there looks further back (check --newest).
+NEWEST = 3
 
 
 def regressions_in(values: list[float], iqrs: list[float | None] | None = None,
                    penalty_factor: float = PENALTY_FACTOR, higher_is_better: bool = True,
-                   min_step: float = 0.0) -> list[Step]:
+                   min_step: float = 0.0, newest: int = NEWEST) -> list[Step]:
     """The steps among the newest points that made the figure worse by at least `min_step`."""
     return [step for step in find_steps(values, iqrs, penalty_factor)
-            if step.at >= len(values) - NEWEST and abs(step.size) >= min_step
+            if step.at >= len(values) - newest and abs(step.size) >= min_step
             and (step.size < 0) == higher_is_better]

@@ -72,14 +72,14 @@ def timed(points: list[SeriesPoint], metric: Metric) -> list[SeriesPoint]:
 
 
 def steps(series: SeriesKey, points: list[SeriesPoint], metric: Metric,
-          penalty_factor: float = PENALTY_FACTOR, newest_only: bool = False,
+          penalty_factor: float = PENALTY_FACTOR, newest: int | None = None,
           min_step: float = 0.0) -> list[Change]:
-    """The metric's steps (newest_only: the regressions among the newest points)."""
+    """The metric's steps; with `newest`, the regressions among that many newest points."""
     fitted = timed(points, metric)
     values = [getattr(p.point, metric.name) for p in fitted]
     iqrs = [getattr(p.point, metric.iqr) if metric.iqr else None for p in fitted]
-    found = regressions_in(values, iqrs, penalty_factor, metric.higher_is_better, min_step) \
-        if newest_only else find_steps(values, iqrs, penalty_factor)
+    found = find_steps(values, iqrs, penalty_factor) if newest is None else \
+        regressions_in(values, iqrs, penalty_factor, metric.higher_is_better, min_step, newest)
     if not found:
         return []
     words = f"noise {noise(values, iqrs):.1%} a point"
@@ -94,25 +94,29 @@ def _figure(value: float) -> str:
 
 
 def memory_growth(series: SeriesKey, points: list[SeriesPoint], fraction: float,
-                  bytes_: int) -> list[Change]:
+                  bytes_: int, newest: int = NEWEST) -> list[Change]:
     """The newest point's peak memory past the bound over the smallest of the points before it
     among the newest (the same figure, trained, busy or not: memory does not care)."""
     measured = [p for p in points if p.point.memory_bytes]
     if len(measured) < 2:
         return []
-    newest = measured[-1]
-    earlier = [p for p in measured[-NEWEST - 1:-1]
-               if p.point.memory_field == newest.point.memory_field]
+    latest = measured[-1]
+    earlier = [p for p in measured[-newest - 1:-1]
+               if p.point.memory_field == latest.point.memory_field]
     if not earlier:
         return []
     # the latest of the smallest: the growth lies after it
     least = min(reversed(earlier), key=lambda p: p.point.memory_bytes)
-    before, after = least.point.memory_bytes, newest.point.memory_bytes
-    if after - before <= max(fraction * before, bytes_):
+    before, after = least.point.memory_bytes, latest.point.memory_bytes
+    bound = max(fraction * before, bytes_)
+    if after - before <= bound:
         return []
-    return [Change(series, "peak memory", before, after, least, newest,
-                   f"{format_bytes(before)} -> {format_bytes(after)} "
-                   f"({newest.point.memory_field})")]
+    # the growth lies before the first point past the bound
+    first = next(p for p in measured[measured.index(least) + 1:]
+                 if p.point.memory_bytes - before > bound)
+    return [Change(series, "peak memory", before, after, measured[measured.index(first) - 1],
+                   first, f"{format_bytes(before)} -> {format_bytes(after)} "
+                          f"({latest.point.memory_field})")]
 
 
 def stopped_training(series: SeriesKey, points: list[SeriesPoint]) -> list[Change]:
@@ -125,10 +129,10 @@ def stopped_training(series: SeriesKey, points: list[SeriesPoint]) -> list[Chang
 
 
 def regressions(series: SeriesKey, points: list[SeriesPoint], min_step: float,
-                memory_fraction: float, memory_bytes: int,
+                memory_fraction: float, memory_bytes: int, newest: int = NEWEST,
                 penalty_factor: float = PENALTY_FACTOR) -> list[Change]:
-    """Everything that got worse among the series' newest points."""
+    """Everything that got worse among the series' `newest` points."""
     return [*stopped_training(series, points),
-            *memory_growth(series, points, memory_fraction, memory_bytes),
+            *memory_growth(series, points, memory_fraction, memory_bytes, newest),
             *(change for metric in NOISY for change in
-              steps(series, points, metric, penalty_factor, True, min_step))]
+              steps(series, points, metric, penalty_factor, newest, min_step))]
