@@ -122,3 +122,48 @@ def test_a_failure_that_is_not_about_size_ends_the_search_at_once():
     assert tried == [64, 128, 256]
     assert (b.max_ok_batch, b.first_failed_batch, b.stop_reason) == (128, 256, "error")
     assert b.failure == "RuntimeError: the worker could not start"
+
+
+def _timed_card(limit: int, examples_per_s: float):
+    """A card whose trials take time, one step at the batch: batch / examples_per_s seconds on
+    the clock it returns."""
+    now, tried = [0.0], []
+
+    def trial(batch):
+        tried.append(batch)
+        now[0] += batch / examples_per_s
+        return Attempt(batch, Outcome.OK if batch <= limit else Outcome.OOM)
+
+    return trial, tried, lambda: now[0]
+
+
+def test_a_trial_predicted_to_outrun_the_budget_is_not_started():
+    # doubling from 64 at 1,000 examples/s: 4,096 ends at 8.2 s; 8,192 would end at 16.4
+    trial, tried, clock = _timed_card(limit=10**9, examples_per_s=1000)
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**30, budget_s=10, clock=clock,
+                       step_s=lambda batch: batch / 1000)
+    assert b.stop_reason == "time budget" and clock() <= 10
+    assert b.max_ok_batch == tried[-1] == 4096
+
+
+def test_a_search_that_memory_will_not_end_starts_at_the_largest_batch_it_can_afford():
+    # the limit's step takes 0.66 s of a 10 s budget: the search tries it first
+    trial, tried, clock = _timed_card(limit=10**9, examples_per_s=100_000)
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**16, budget_s=10, clock=clock,
+                       step_s=lambda batch: batch / 100_000)
+    assert tried == [2**16]
+    assert (b.max_ok_batch, b.stop_reason) == (2**16, "batch limit")
+    # at 1,000 examples/s half the budget affords 4,096: from there it doubles while it can
+    trial, tried, clock = _timed_card(limit=10**9, examples_per_s=1000)
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**16, budget_s=10, clock=clock,
+                       step_s=lambda batch: batch / 1000)
+    assert tried == [4096] and b.stop_reason == "time budget"
+
+
+def test_a_search_started_high_that_runs_out_of_memory_bisects_down_to_the_boundary():
+    trial, tried, clock = _timed_card(limit=3000, examples_per_s=100_000)
+    b = find_max_batch(trial, _boundary(), start=64, limit=2**16, budget_s=10, clock=clock,
+                       step_s=lambda batch: batch / 100_000)
+    assert tried[0] == 2**16
+    assert b.max_ok_batch <= 3000 < b.first_failed_batch
+    assert b.first_failed_batch - b.max_ok_batch <= 0.01 * b.max_ok_batch

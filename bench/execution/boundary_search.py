@@ -7,6 +7,12 @@ there is no prediction (graph mode, a model that refuses the fake-tensor trace) 
 the grid's smallest batch, as it does where the prediction lies past the grid's batch limit. The
 search also stops at the batch limit (the grid's cap) or when its time budget is spent, and says
 which. Each trial is one training step.
+
+Where the cells measured how fast a step runs (`step_s`: seconds for one step at a batch), the
+search never starts a trial that would end past its budget, and a search that memory will not
+end (no prediction, or one past the limit: the CPU's searches) starts doubling at the largest
+batch half its budget affords rather than at the grid's smallest: the limit itself, in one trial,
+where it is in reach.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ TOLERANCE = 0.01  # the search ends when the last batch that trained is within 1
 
 def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: int, limit: int,
                    budget_s: float, tolerance: float = TOLERANCE,
-                   clock: Callable[[], float] = time.monotonic) -> Boundary:
+                   clock: Callable[[], float] = time.monotonic,
+                   step_s: Callable[[int], float] | None = None) -> Boundary:
     """Fill `boundary` from trials, each one step at a batch: bracket the boundary from its
-    prediction where there is one, else by doubling from `start`, then bisect."""
+    prediction where there is one, else by doubling from `start` (or the largest batch the
+    budget affords, given `step_s`), then bisect."""
     deadline = clock() + budget_s
 
     def run(batch: int) -> bool:
@@ -41,21 +49,26 @@ def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: i
         boundary.failure = attempt.error
         return False
 
-    def out_of_time() -> bool:
-        return clock() > deadline
+    def out_of_time(batch: int) -> bool:
+        """Whether a trial at `batch` would end past the budget (or the budget is spent)."""
+        return clock() + (step_s(batch) if step_s else 0.0) > deadline
 
     # a prediction past the limit says memory will not end the search; the limit may still be
     # out of reach in the budget (on the CPU a step at 65,536 can take a minute), so double
     seeded = boundary.predicted_max_batch and boundary.predicted_max_batch < limit
-    bracket = _from_prediction if seeded else _by_doubling
-    if not bracket(boundary, run, out_of_time, start, limit):
+    if seeded:
+        bracketed = _from_prediction(boundary, run, out_of_time, limit)
+    else:
+        affordable = _affordable(start, limit, step_s, budget_s / 2) if step_s else start
+        bracketed = _by_doubling(boundary, run, out_of_time, affordable, limit)
+    if not bracketed:
         return boundary
     low, high = boundary.max_ok_batch or 0, boundary.first_failed_batch
     while high - low > max(1, tolerance * low):  # narrow
-        if out_of_time():
+        middle = (low + high) // 2
+        if out_of_time(middle):
             boundary.stop_reason += ", then the time budget"
             return boundary
-        middle = (low + high) // 2
         if run(middle):
             low = middle
         else:
@@ -63,11 +76,19 @@ def find_max_batch(trial: Callable[[int], Attempt], boundary: Boundary, start: i
     return boundary
 
 
+def _affordable(start: int, limit: int, step_s: Callable[[int], float], seconds: float) -> int:
+    """The largest of start, 2 x start, 4 x start ... and the limit whose step fits `seconds`;
+    `start` where none does."""
+    ladder = [start * 2**k for k in range(max(0, (limit // start).bit_length()))
+              if start * 2**k < limit] + [limit]
+    return max((b for b in ladder if step_s(b) <= seconds), default=start)
+
+
 def _by_doubling(boundary: Boundary, run, out_of_time, start: int, limit: int) -> bool:
     """Double from `start` until a step fails. True when a bisection should follow."""
     batch = start
     while True:
-        if out_of_time():
+        if out_of_time(batch):
             boundary.stop_reason = "time budget"
             return False
         if not run(batch):
@@ -78,7 +99,7 @@ def _by_doubling(boundary: Boundary, run, out_of_time, start: int, limit: int) -
         batch = min(batch * 2, limit)
 
 
-def _from_prediction(boundary: Boundary, run, out_of_time, start: int, limit: int) -> bool:
+def _from_prediction(boundary: Boundary, run, out_of_time, limit: int) -> bool:
     """Try the predicted batch, then 5% beyond it, then twice, four times... as far from it (up
     where it trained, down where it did not) until the outcome turns. A prediction within 5%
     brackets the boundary in two trials; one off by 2x costs three or four. True when a
@@ -98,7 +119,7 @@ def _from_prediction(boundary: Boundary, run, out_of_time, start: int, limit: in
             continue
         if batch < 1:
             return False  # even batch 1 did not train
-        if out_of_time():
+        if out_of_time(batch):
             boundary.stop_reason = "time budget"
             return False
         fits, last = run(batch), batch

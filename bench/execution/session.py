@@ -54,6 +54,9 @@ class Session:
         self.card_models = [r.where["gpu_name"] for r in self.runners]
         self.pool = Pool(self.runners, [model or "cpu" for model in self.card_models])
         self._planned = {row.config.key(): row for row in planning.plan_rows(self.cells, capacity)}
+        # per boundary and card model, (batch, examples/s) of its largest cell that trained here:
+        # what a boundary trial will cost (two pool threads racing may lose one; it is a guide)
+        self._measured: dict[tuple[str, str | None], tuple[int, float]] = {}
         # one model and input shape a run, counted on fake tensors before any cell runs: not in
         # the parent while a sibling worker is timing a cell, nor twice from two pool threads
         model = resolve(plan.model.name, plan.input_shape)
@@ -77,11 +80,16 @@ class Session:
         def cell(runner: Runner, config: Config) -> Row:
             planned = self._planned[config.key()]
             result, stamps = runner.cell(config)
-            return build_row(result, replace(
+            row = build_row(result, replace(
                 stamps, predicted_peak_bytes=planned.predicted_peak_bytes,
                 prediction_note=planned.prediction_note,
                 flops_per_example=self.flops_per_example,
                 traffic=self.traffic[config.dtype]))
+            if row.examples_per_s:
+                key = (config.boundary_key(), row.gpu_name)
+                self._measured[key] = max(self._measured.get(key, (0, 0.0)),
+                                          (row.batch_size, row.examples_per_s))
+            return row
 
         self.pool.run(list(cells), cell, sink)
 
@@ -107,10 +115,12 @@ class Session:
         predicted = (model_for(config).max_batch(self.capacity)
                      if self.capacity and not unmodelled(config) else None)
         boundary = Boundary(config, predicted_max_batch=predicted, gpu_name=gpu_name)
+        measured = self._measured.get((config.boundary_key(), gpu_name))
         began = time.monotonic()
         find_max_batch(lambda batch: runner.trial(replace(config, batch_size=batch), batch),
                        boundary, min(c.batch_size for c in self.cells),
-                       self.plan.boundary_limit, budget_s)
+                       self.plan.boundary_limit, budget_s,
+                       step_s=None if measured is None else lambda batch: batch / measured[1])
         boundary.search_s = time.monotonic() - began
         return boundary
 
