@@ -158,12 +158,14 @@ def _bisect(history: History, args) -> int:
     if not slower:
         raise UsageError(f"{trends.label(key)} shows no slowdown to bisect")
     step = slower[-1]
+    good, bad = step.last_before.run.commit_id, step.first_after.run.commit_id
+    if not good or not bad:
+        raise UsageError(f"the runs on either side of {step.line()} do not say their commits; "
+                         f"record them again with: {PROG} add RUN_DIR --commit SHA")
     settings = next((p.point.settings for p in reversed(series) if p.point.settings), None)
     options = bisection.ab_options(settings, -step.size / 2, args.pairs, args.rounds)
     print(f"bisecting {step.line()}")
-    result = bisection.bisect(args.repo, step.last_before.run.commit_id,
-                              step.first_after.run.commit_id,
-                              bisection.ab_gate(options, args.timeout))
+    result = bisection.bisect(args.repo, good, bad, bisection.ab_gate(options, args.timeout))
     if result.culprit is None:
         print(f"not reproduced: bench.ab does not find {result.bad[:12]} slower than "
               f"{result.good[:12]} on this machine, so there is nothing to narrow")

@@ -217,3 +217,17 @@ def test_bench_run_records_each_run_and_its_page_shows_the_trend(tmp_path):
     trend = page.split("<h2>Recent trend</h2>")[1].split("</table>")[0]
     assert "b64-float32-nchw-device (synthetic data)" in trend
     assert "class='spark'>" in trend
+
+
+def test_bisect_refuses_in_one_line_what_it_cannot_narrow(tmp_path):
+    steady = history_of(tmp_path / "steady", QUIET[:10])
+    result = run_main("bench.history", "bisect", "--db", steady)
+    assert result.returncode == 2 and "shows no slowdown to bisect" in result.stderr
+    # a step between commits the repository does not hold
+    stepped = history_of(tmp_path / "stepped", QUIET[:8] + [v * 0.8 for v in QUIET[8:12]])
+    (tmp_path / "repo").mkdir()
+    subprocess.run(["git", "init", "-q", str(tmp_path / "repo")], check=True)
+    result = run_main("bench.history", "bisect", "--db", stepped, "--repo", tmp_path / "repo")
+    assert result.returncode == 2
+    assert "commit c7 is not in" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

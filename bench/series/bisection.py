@@ -72,14 +72,24 @@ def ab_gate(options: list[str], timeout_s: float) -> Gate:
 def _git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     if done.returncode != 0:
-        raise BisectError(f"git {' '.join(args)} in {repo}: {done.stderr.strip() or 'failed'}")
+        said = done.stderr.strip().splitlines() or ["failed"]
+        raise BisectError(f"git {' '.join(args)} in {repo}: {said[0]}")
+    return done.stdout.strip()
+
+
+def _commit(repo: Path, name: str) -> str:
+    """The full hash of commit `name` in `repo`."""
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
+                           f"{name}^{{commit}}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BisectError(f"commit {name} is not in {repo}: fetch it, or point --repo at a "
+                          f"clone that holds it")
     return done.stdout.strip()
 
 
 def commits_between(repo: Path, good: str, bad: str) -> list[str]:
     """The commits after `good` up to `bad`, oldest first, along the history that joins them."""
-    good, bad = _git(repo, "rev-parse", f"{good}^{{commit}}"), \
-        _git(repo, "rev-parse", f"{bad}^{{commit}}")
+    good, bad = _commit(repo, good), _commit(repo, bad)
     if good == bad:
         raise BisectError(f"the step lies within one commit ({good[:12]}): nothing to bisect")
     if subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", good, bad],
@@ -93,7 +103,7 @@ def bisect(repo: Path, good: str, bad: str, gate: Gate,
            say: Callable[[str], None] = print) -> Bisection:
     """The first commit after `good` that carries the slowdown `bad` shows."""
     commits = commits_between(repo, good, bad)
-    good = _git(repo, "rev-parse", f"{good}^{{commit}}")
+    good = _commit(repo, good)
     result = Bisection(good, commits[-1])
     with tempfile.TemporaryDirectory(prefix="bench-bisect-") as scratch:
         trees: dict[str, Path] = {}
