@@ -69,6 +69,21 @@ def test_check_passes_a_series_that_holds_and_one_whose_step_is_history(tmp_path
     assert run_main("bench.history", "check", "--db", old_step).returncode == 0
 
 
+def test_a_step_between_two_runs_of_one_commit_is_the_machines_not_a_regression(tmp_path):
+    db = str(tmp_path / "history.sqlite")
+    speeds = QUIET[:8] + [v * 0.7 for v in QUIET[8:10]]
+    for i, speed in enumerate(speeds):
+        run_main("bench.history", "add", history_run(
+            tmp_path / f"run{i}", "c0" if i < 9 else "c1", f"2026-12-01T10:{i:02d}:00+00:00",
+            speed=speed), "--db", db)
+    # the step lies between two runs of c0: the same code ran slower
+    assert run_main("bench.history", "check", "--db", db).returncode == 0
+
+
+def test_too_few_points_have_no_steps():
+    assert find_steps([100.0, 101.0, 70.0, 71.0, 70.5]) == []
+
+
 def test_a_slowdown_timed_on_a_busy_machine_is_kept_but_not_a_regression(tmp_path):
     speeds = QUIET[:15] + [v * 0.7 for v in QUIET[15:18]]
     db = history_of(tmp_path, speeds, busy={15, 16, 17})

@@ -4,7 +4,9 @@ The series is taken relative to its median and fitted piecewise-constant by PELT
 least squares), whose penalty for one more step is PENALTY_FACTOR x sigma^2 x ln(n): sigma is
 the series' own noise, the larger of two figures, the robust spread of its point-to-point
 differences (a step moves one difference; the median of their deviations ignores it) and the
-spread its points' own IQRs give. A segment has at least MIN_SEGMENT points, so a step is seen
+spread its points' own IQRs give. A series of fewer than MIN_POINTS points has no steps: the
+noise of so few is not known well enough to tell a step from it. A segment has at least
+MIN_SEGMENT points, so a step is seen
 once that many points follow it. tests/benchmarks/change_point_study.py measures how often a
 planted step is caught, and how often noise alone is called a step, for these constants.
 """
@@ -20,6 +22,7 @@ import ruptures
 
 PENALTY_FACTOR = 8.0
 MIN_SEGMENT = 2
+MIN_POINTS = 6
 NORMAL_MAD = 1.4826  # a normal sample's standard deviation over its median absolute deviation
 NORMAL_IQR = 1.349  # a normal sample's IQR over its standard deviation
 
@@ -54,7 +57,7 @@ def noise(values: list[float], iqrs: list[float | None] | None = None) -> float:
 def find_steps(values: list[float], iqrs: list[float | None] | None = None,
                penalty_factor: float = PENALTY_FACTOR) -> list[Step]:
     """The steps in `values` (positive figures in commit order), oldest first."""
-    if len(values) < 2 * MIN_SEGMENT:
+    if len(values) < MIN_POINTS:
         return []
     level = statistics.median(values)
     signal = np.array([v / level for v in values]).reshape(-1, 1)

@@ -50,6 +50,12 @@ class Change:
             return None
         return self.after / self.before - 1
 
+    @property
+    def within_one_commit(self) -> bool:
+        """Both sides ran the same commit: a change of the machine's, not of the code's."""
+        a, b = self.last_before.run.commit_id, self.first_after.run.commit_id
+        return a is not None and a == b
+
     def commits(self) -> str:
         """The commit range the change lies in, as git names it."""
         a, b = self.last_before.run.commit_id, self.first_after.run.commit_id
@@ -83,10 +89,13 @@ def steps(series: SeriesKey, points: list[SeriesPoint], metric: Metric,
     if not found:
         return []
     words = f"noise {noise(values, iqrs):.1%} a point"
-    return [Change(series, metric.words, step.before, step.after, fitted[step.at - 1],
-                   fitted[step.at], f"median {_figure(step.before)} -> {_figure(step.after)}; "
-                                    f"{len(fitted) - step.at} points after; {words}")
-            for step in found]
+    changes = [Change(series, metric.words, step.before, step.after, fitted[step.at - 1],
+                      fitted[step.at], f"median {_figure(step.before)} -> "
+                                       f"{_figure(step.after)}; {len(fitted) - step.at} points "
+                                       f"after; {words}")
+               for step in found]
+    # a step between two runs of one commit is not a regression: no change of the code made it
+    return changes if newest is None else [c for c in changes if not c.within_one_commit]
 
 
 def _figure(value: float) -> str:
