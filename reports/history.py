@@ -161,7 +161,7 @@ def trend_section(run_dir: Path, db: str) -> str:
         worse = trends.regressions(key, series, 0.0, 0.01, 0)
         rows.append(f"<tr><td>{escape(point.cell)}</td><td class='spark'>"
                     f"{sparkline(speeds) if speeds else ''}</td><td>{len(series)}</td>"
-                    f"<td>{against}</td><td>{'; '.join(escape(c.line()) for c in worse)}</td>"
+                    f"<td>{against}</td><td>{'; '.join(escape(c.words()) for c in worse)}</td>"
                     f"</tr>")
     head = "".join(f"<th>{words}</th>" for words in (
         "cell", f"examples/s, last {RECENT}", "points", "this run against the median",

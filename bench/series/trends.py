@@ -61,9 +61,13 @@ class Change:
         a, b = self.last_before.run.commit_id, self.first_after.run.commit_id
         return f"{(a or 'unknown')[:12]}..{(b or 'unknown')[:12]}"
 
-    def line(self) -> str:
+    def words(self) -> str:
+        """What changed, by how much, where and on what evidence."""
         size = "" if self.size is None else f" {self.size:+.1%}"
-        return f"{label(self.series)}: {self.what}{size} in {self.commits()} ({self.detail})"
+        return f"{self.what}{size} in {self.commits()} ({self.detail})"
+
+    def line(self) -> str:
+        return f"{label(self.series)}: {self.words()}"
 
 
 def label(series: SeriesKey) -> str:
