@@ -132,6 +132,16 @@ def run_module(*args, cwd=None, env=None, timeout=300):
                           cwd=cwd or ROOT, env=full_env, timeout=timeout)
 
 
+def benchmark_json(folder: Path) -> Path:
+    """A real pytest-benchmark JSON file of this project's CPU benchmark at batch 64, as
+    `pytest --benchmark-json` writes it with the memory plugin's extra_info."""
+    saved = folder / "bench.json"
+    result = run_module("pytest", "tests/benchmarks", "-q", "-k", "64 and cpu",
+                        f"--benchmark-json={saved}", "-p", "no:cacheprovider")
+    assert result.returncode == 0, result.stdout
+    return saved
+
+
 def run_main(module, *args, cwd=None) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS` called in this process, `main(argv)` with its output captured,
     answered as run_module answers (returncode, stdout, stderr): no interpreter start and no

@@ -7,6 +7,7 @@ import pytest
 
 from helpers import (
     CPU_ENV,
+    benchmark_json,
     crafted_cpu_row,
     crafted_run,
     one_line_error,
@@ -187,10 +188,7 @@ def test_bad_input_is_one_line(tmp_path):
 
 @pytest.mark.e2e
 def test_pytest_benchmark_json_is_gated_on_time_and_memory(tmp_path):
-    saved = tmp_path / "bench.json"
-    result = run_module("pytest", "tests/benchmarks", "-q", "-k", "64 and cpu",
-                        f"--benchmark-json={saved}", "-p", "no:cacheprovider")
-    assert result.returncode == 0, result.stdout
+    saved = benchmark_json(tmp_path)
     assert run_module("bench.compare", str(saved), str(saved), *GATE).returncode == 0
     data = json.loads(saved.read_text())
     stats = data["benchmarks"][0]["stats"]

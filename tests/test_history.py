@@ -12,7 +12,15 @@ import pytest
 from test_history_store import history_run
 
 from bench.series.steps import find_steps, noise, regressions_in
-from helpers import CPU_SYNTHETIC, ONE_CELL, ROOT, run_main, run_module, slowed_tree
+from helpers import (
+    CPU_SYNTHETIC,
+    ONE_CELL,
+    ROOT,
+    benchmark_json,
+    run_main,
+    run_module,
+    slowed_tree,
+)
 
 # a quiet machine's speeds: 1% noise around 10,000 examples/s, the same every test
 _NOISE = random.Random(7)
@@ -154,10 +162,7 @@ def test_the_page_draws_each_series_and_names_its_steps(tmp_path):
 
 @pytest.mark.e2e
 def test_a_pytest_benchmark_file_is_a_series_of_its_own(tmp_path):
-    saved = tmp_path / "bench.json"
-    result = run_module("pytest", "tests/benchmarks", "-q", "-k", "64 and cpu",
-                        f"--benchmark-json={saved}", "-p", "no:cacheprovider")
-    assert result.returncode == 0, result.stdout
+    saved = benchmark_json(tmp_path)
     db = str(tmp_path / "history.sqlite")
     assert run_main("bench.history", "add", saved, "--db", db).returncode == 0
     data = json.loads(saved.read_text())

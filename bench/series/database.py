@@ -27,38 +27,6 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "history_schema_version"
 SQLITE_WAIT_S = 30  # how long a writer waits for another's transaction to end
 
-metadata = sa.MetaData()
-# as the newest revision leaves them (migrations/versions/)
-runs = sa.Table(
-    "runs", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("uid", sa.String(64), nullable=False, unique=True),
-    sa.Column("source", sa.String(20), nullable=False),
-    sa.Column("path", sa.Text),
-    sa.Column("commit_id", sa.String(64)),
-    sa.Column("branch", sa.String(200)),
-    sa.Column("commit_time", sa.String(40)),
-    sa.Column("recorded_at", sa.String(40), nullable=False),
-    sa.Column("machine", sa.String(300), nullable=False),
-    sa.Column("card", sa.String(200), nullable=False),
-    sa.Column("model", sa.String(300), nullable=False),
-    sa.Column("torch_version", sa.String(60)),
-)
-points = sa.Table(
-    "points", metadata,
-    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), primary_key=True),
-    sa.Column("cell", sa.String(300), primary_key=True),
-    sa.Column("status", sa.String(30), nullable=False),
-    sa.Column("examples_per_s", sa.Float),
-    sa.Column("examples_per_s_iqr", sa.Float),
-    sa.Column("memory_bytes", sa.BigInteger),
-    sa.Column("memory_field", sa.String(40)),
-    sa.Column("energy_j_per_1000_examples", sa.Float),
-    sa.Column("busy", sa.Boolean),
-    sa.Column("settings", sa.Text),
-)
-
-
 class HistoryError(Exception):
     """The store cannot be opened or written; the message, one line, says what to do."""
 
@@ -139,6 +107,10 @@ class History:
         except HistoryError:
             self.engine.dispose()
             raise
+        # the tables as the migrations left them: the revisions are their one definition
+        tables = sa.MetaData()
+        tables.reflect(self.engine, only=("runs", "points"))
+        self.runs, self.points = tables.tables["runs"], tables.tables["points"]
 
     def __enter__(self) -> History:
         return self
@@ -181,27 +153,26 @@ class History:
             raise HistoryError(f"nothing was recorded in {shown(self.url)}: "
                                f"{_first_line(exc)}") from None
 
-    @staticmethod
-    def _add(connection: sa.Connection, recorded: Recorded, new_points: list[Point]) -> str:
-        run_id = connection.scalar(sa.select(runs.c.id).where(runs.c.uid == recorded.uid))
+    def _add(self, connection: sa.Connection, recorded: Recorded, new_points: list[Point]) -> str:
+        run_id = connection.scalar(sa.select(self.runs.c.id).where(self.runs.c.uid == recorded.uid))
         values = {f.name: getattr(recorded, f.name) for f in fields(Recorded)}
         if run_id is not None:
-            stored = connection.execute(sa.select(runs).where(runs.c.id == run_id)).one()
+            stored = connection.execute(sa.select(self.runs).where(self.runs.c.id == run_id)).one()
             stored_points = connection.execute(
-                sa.select(*[points.c[f.name] for f in fields(Point)])
-                .where(points.c.run_id == run_id).order_by(points.c.cell)).all()
+                sa.select(*[self.points.c[f.name] for f in fields(Point)])
+                .where(self.points.c.run_id == run_id).order_by(self.points.c.cell)).all()
             same_run = all(getattr(stored, k) == v for k, v in values.items())
             if same_run and [tuple(p) for p in stored_points] == \
                     [astuple(p) for p in sorted(new_points, key=lambda p: p.cell)]:
                 return "already recorded"
-            connection.execute(points.delete().where(points.c.run_id == run_id))
-            connection.execute(runs.update().where(runs.c.id == run_id).values(**values))
+            connection.execute(self.points.delete().where(self.points.c.run_id == run_id))
+            connection.execute(self.runs.update().where(self.runs.c.id == run_id).values(**values))
             word = "updated"
         else:
-            run_id = connection.execute(runs.insert().values(**values)).inserted_primary_key[0]
+            run_id = connection.execute(self.runs.insert().values(**values)).inserted_primary_key[0]
             word = "added"
         if new_points:
-            connection.execute(points.insert(), [
+            connection.execute(self.points.insert(), [
                 {"run_id": run_id, **{f.name: getattr(p, f.name) for f in fields(Point)}}
                 for p in new_points])
         return word
@@ -209,7 +180,8 @@ class History:
     def series(self) -> dict[tuple[str, str, str, str], list[SeriesPoint]]:
         """Every series, (machine, card, model, cell) -> its points in commit order (the
         commit's time, then when the run was made)."""
-        query = sa.select(runs, points).join(points, points.c.run_id == runs.c.id)
+        query = sa.select(self.runs, self.points).join(
+            self.points, self.points.c.run_id == self.runs.c.id)
         found: dict[tuple[str, str, str, str], list[SeriesPoint]] = {}
         try:
             with self.engine.connect() as connection:
