@@ -221,3 +221,27 @@ def test_a_run_reads_as_one_row_per_cell_across_its_slurm_tasks_files(tmp_path):
         ("a", "ok"), ("b", "error"), ("c", "ok")]
     assert [r["error"] for r in rows if r["key"] == "b"] == ["second"]
     assert store.done_keys(rows) == {"a", "c"}
+
+
+def test_two_writers_of_one_json_file_at_once_both_succeed_and_leave_it_whole(tmp_path):
+    """Two Slurm tasks on one host each write hosts/HOST.json as they start: a temporary file of
+    one shared name let one writer move the other's away (FileNotFoundError, a task lost)."""
+    import threading
+
+    path, errors = tmp_path / "host.json", []
+
+    def write(who: int) -> None:
+        try:
+            for i in range(300):
+                store.write_json(path, {"writer": who, "i": i})
+        except OSError as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(who,)) for who in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert errors == []
+    assert json.loads(path.read_text())["i"] == 299
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.json"]  # no temporary left

@@ -25,6 +25,7 @@ import os
 import platform
 import stat
 import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -223,9 +224,15 @@ def add_submission(run_dir: Path, submission: dict) -> None:
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    """Write `path` whole or not at all: a temporary file of this writer's own beside it (two
+    Slurm tasks on one host write its hosts file at once), then a rename."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def cut_torn_tail(path: Path) -> bool:
