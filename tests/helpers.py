@@ -198,9 +198,9 @@ def start_grid_and_wait_for_a_row(out, *more_args, **popen):
     return proc
 
 
-def slowed_tree(dest: Path, every: int) -> Path:
-    """A copy of this source tree whose training step runs twice every `every`-th call: a
-    planted slowdown of real work (every=4 is 25% more time, a 20% drop in examples/s)."""
+def slowed_tree(dest: Path, every: int, times: int = 2) -> Path:
+    """A copy of this source tree whose training step runs `times` times every `every`-th call:
+    a planted slowdown of real work (every=4 is 25% more time, a 20% drop in examples/s)."""
     import shutil
 
     for package in ("bench", "lenet"):
@@ -216,7 +216,8 @@ _unslowed, _calls = TrainStep.__call__, [0]
 def _slowed(self, images, labels):
     _calls[0] += 1
     if _calls[0] % {every} == 0:
-        _unslowed(self, images, labels)
+        for _ in range({times - 1}):
+            _unslowed(self, images, labels)
     return _unslowed(self, images, labels)
 
 
