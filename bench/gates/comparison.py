@@ -120,10 +120,16 @@ def _from_pytest_benchmark(path: Path) -> Side:
             "tracked_peak_bytes": extra.get("tracked_peak_bytes"),
             ENERGY_FIELD: extra.get(ENERGY_FIELD),
         }, str(path)), str(path))
-    machine = data.get("machine_info") or {}
-    if not isinstance(machine, dict):
-        raise UsageError(f"{path}: machine_info is not an object")
-    env = {"gpu_name": machine.get("gpu_name"), "torch_version": machine.get("torch_version")}
+    machine, commit = data.get("machine_info") or {}, data.get("commit_info") or {}
+    if not isinstance(machine, dict) or not isinstance(commit, dict):
+        raise UsageError(f"{path}: machine_info or commit_info is not an object")
+    cpu = machine.get("cpu") if isinstance(machine.get("cpu"), dict) else {}
+    # as env.json names them, for the history (bench.series.points) as much as for the gate
+    env = {"gpu_name": machine.get("gpu_name"), "torch_version": machine.get("torch_version"),
+           "cpu": cpu.get("brand_raw") or machine.get("processor"), "cpu_count": cpu.get("count"),
+           "host": machine.get("node"), "created_at": data.get("datetime"),
+           "commit": commit.get("id"), "branch": commit.get("branch"),
+           "commit_time": commit.get("time"), "project": commit.get("project")}
     return Side(str(path), env, rows)
 
 

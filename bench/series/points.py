@@ -127,28 +127,19 @@ def read(path: Path, commit: str | None = None, branch: str | None = None
     it; `commit` and `branch` replace what the run says of itself. UsageError, in one line, for
     anything that is neither."""
     side = load_side(path)
-    source = "pytest-benchmark" if path.is_file() else "run"
+    source, env = ("pytest-benchmark" if path.is_file() else "run"), side.env
     points = [_point(key, row, source) for key, row in sorted(side.rows.items())]
+    cpu = env.get("cpu") or "unknown CPU"
     if source == "pytest-benchmark":
-        data = json.loads(path.read_text())
-        machine_info, commit_info = data.get("machine_info") or {}, data.get("commit_info") or {}
-        cpu = machine_info.get("cpu") or {}
-        machine = f"{cpu.get('brand_raw') or machine_info.get('processor') or 'unknown CPU'}" \
-                  f" ({cpu.get('count') or '?'} CPUs)"
-        recorded_at = data.get("datetime")
-        if not recorded_at:
-            raise UsageError(f"{path} does not say when it was made (datetime)")
-        env = {"commit": commit_info.get("id"), "branch": commit_info.get("branch"),
-               "commit_time": commit_info.get("time"), "gpu_name": machine_info.get("gpu_name"),
-               "torch_version": machine_info.get("torch_version"),
-               "host": machine_info.get("node")}
-        model = commit_info.get("project") or "pytest-benchmark"
+        machine = f"{cpu} ({env.get('cpu_count') or '?'} CPUs)"
+        model = env.get("project") or "pytest-benchmark"
     else:
-        env, model, recorded_at = side.env, _model_of(path), side.env.get("created_at")
-        if not recorded_at:
-            raise UsageError(f"{path / store.ENV} does not say when the run was made "
-                             f"(created_at)")
-        machine = f"{env.get('cpu') or 'unknown CPU'} ({env.get('torch_threads') or '?'} threads)"
+        machine = f"{cpu} ({env.get('torch_threads') or '?'} threads)"
+        model = _model_of(path)
+    recorded_at = env.get("created_at")
+    if not recorded_at:
+        where = path if source == "pytest-benchmark" else path / store.ENV
+        raise UsageError(f"{where} does not say when the run was made")
     commit = commit or env.get("commit")
     recorded = Recorded(
         uid=_uid(source, env.get("host"), utc(recorded_at), model),
