@@ -272,6 +272,27 @@ CPU_ENV = {"gpu_name": None, "driver_version": None, "cuda_version": None,
            "commit": "abc123"}
 
 
+HISTORY_CPU = "Intel(R) Xeon(R) Processor"
+
+
+def history_run(path, commit, when, speed=10_000.0, memory=1_000_000, busy=False,
+                status="ok", batches=(64,), gpu_name=None, **extra):
+    """A finished CPU run of LeNet at one commit, with the figures given, as bench.history
+    records it."""
+    from bench.instruments.contention import Contention
+
+    contention = Contention(busy=busy, busy_reasons=("others used 40% of the CPUs",) if busy
+                            else ())
+    rows = [crafted_cpu_row(b, examples_per_s=speed, examples_per_s_iqr=speed * 0.01,
+                            tracked_peak_bytes=memory, contention=contention, status=status,
+                            **extra)
+            for b in batches]
+    env = {"gpu_name": gpu_name, "torch_version": "2.14.1", "cpu": HISTORY_CPU, "torch_threads": 2,
+           "host": "runner-1", "created_at": when, "commit": commit, "commit_time": when,
+           "branch": "main"}
+    return crafted_run(path, rows, device="cpu", env=env)
+
+
 def a_plan(**fields):
     """A plan of one CPU cell on synthetic data, with any field of
     bench.planning.plan_file.Plan given."""

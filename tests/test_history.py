@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from test_history_store import history_run
 
 from bench.series.steps import find_steps, noise, regressions_in
 from helpers import (
@@ -17,6 +16,7 @@ from helpers import (
     ONE_CELL,
     ROOT,
     benchmark_json,
+    history_run,
     run_main,
     run_module,
     slowed_tree,

@@ -9,27 +9,9 @@ import postgres
 import pytest
 import sqlalchemy as sa
 
-from bench.instruments.contention import Contention
 from bench.series.database import VERSION_TABLE, History, HistoryError, url_of
 from bench.series.points import read
-from helpers import crafted_cpu_row, crafted_run, run_main
-
-CPU = "Intel(R) Xeon(R) Processor"
-
-
-def history_run(path, commit, when, speed=10_000.0, memory=1_000_000, busy=False,
-                status="ok", batches=(64,), gpu_name=None, **extra):
-    """A finished CPU run of LeNet at one commit, with the figures given."""
-    contention = Contention(busy=busy, busy_reasons=("others used 40% of the CPUs",) if busy
-                            else ())
-    rows = [crafted_cpu_row(b, examples_per_s=speed, examples_per_s_iqr=speed * 0.01,
-                            tracked_peak_bytes=memory, contention=contention, status=status,
-                            **extra)
-            for b in batches]
-    env = {"gpu_name": gpu_name, "torch_version": "2.14.1", "cpu": CPU, "torch_threads": 2,
-           "host": "runner-1", "created_at": when, "commit": commit, "commit_time": when,
-           "branch": "main"}
-    return crafted_run(path, rows, device="cpu", env=env)
+from helpers import HISTORY_CPU, history_run, run_main
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +61,7 @@ def test_series_are_kept_apart_by_card_and_model_and_ordered_by_commit_time(db, 
     cpu = next(points for key, points in series.items() if key[1] == "cpu")
     assert [p.run.commit_id for p in cpu] == ["c1", "c2"]
     assert [p.point.examples_per_s for p in cpu] == [10_000.0, 11_000.0]
-    assert cpu[0].run.machine == f"{CPU} (2 threads)"
+    assert cpu[0].run.machine == f"{HISTORY_CPU} (2 threads)"
 
 
 def _add_runs(db, paths, errors):

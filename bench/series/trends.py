@@ -114,22 +114,22 @@ def memory_growth(series: SeriesKey, points: list[SeriesPoint], fraction: float,
     if len(measured) < 2:
         return []
     latest = measured[-1]
-    earlier = [p for p in measured[-newest - 1:-1]
-               if p.point.memory_field == latest.point.memory_field]
+    earlier = [i for i in range(max(0, len(measured) - newest - 1), len(measured) - 1)
+               if measured[i].point.memory_field == latest.point.memory_field]
     if not earlier:
         return []
     # the latest of the smallest: the growth lies after it
-    least = min(reversed(earlier), key=lambda p: p.point.memory_bytes)
-    before, after = least.point.memory_bytes, latest.point.memory_bytes
+    low = min(reversed(earlier), key=lambda i: measured[i].point.memory_bytes)
+    before, after = measured[low].point.memory_bytes, latest.point.memory_bytes
     bound = max(fraction * before, bytes_)
     if after - before <= bound:
         return []
     # the growth lies before the first point past the bound
-    first = next(p for p in measured[measured.index(least) + 1:]
-                 if p.point.memory_bytes - before > bound)
-    return [Change(series, "peak memory", before, after, measured[measured.index(first) - 1],
-                   first, f"{format_bytes(before)} -> {format_bytes(after)} "
-                          f"({latest.point.memory_field})")]
+    first = next(i for i in range(low + 1, len(measured))
+                 if measured[i].point.memory_bytes - before > bound)
+    return [Change(series, "peak memory", before, after, measured[first - 1], measured[first],
+                   f"{format_bytes(before)} -> {format_bytes(after)} "
+                   f"({latest.point.memory_field})")]
 
 
 def stopped_training(series: SeriesKey, points: list[SeriesPoint]) -> list[Change]:
