@@ -545,6 +545,14 @@ def _record(run_dir: Path, db: str) -> bool:
     return True
 
 
+def _per_model(row: dict) -> str:
+    """A cell of several models: each one's speed, beside their total."""
+    count = row["replicas"]
+    if count == 1:
+        return ""
+    return f"  ({count} models, {row['examples_per_s'] / count:,.0f} examples/s each)"
+
+
 def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
     lines = []
     timed = [r for r in rows if r["examples_per_s"]]
@@ -559,7 +567,7 @@ def _summary(rows: list[dict], boundaries: list[dict]) -> list[str]:
             peak = r["peak_allocated_bytes"] or r["tracked_peak_bytes"]
             lines.append(f"  {r['key']:<40} {r['examples_per_s']:>12,.0f} examples/s  "
                          f"step {r['step_ms_median']:.2f} ms  peak {format_bytes(peak)}"
-                         f"{'  (noisy)' if r['noisy'] else ''}"
+                         f"{_per_model(r)}{'  (noisy)' if r['noisy'] else ''}"
                          f"{'  (busy: ' + '; '.join(r['busy_reasons']) + ')' if r['busy'] else ''}")
     failed = [r for r in rows if r["status"] != Outcome.OK]
     for key, why in stalled.items():

@@ -1,8 +1,8 @@
 """How a training step runs: one entry per mode with every fact about it, read by the grid (what
 a cell may run), the step (how it runs), the planner (which modes get a boundary search), the
-memory model (where it does not predict) and the report; and the two settings of its arithmetic
-that matter at LeNet's size, float32's precision and the SGD update's implementation. Without
-torch: the report reads it.
+memory model (where it does not predict) and the report; the two settings of its arithmetic
+that matter at LeNet's size, float32's precision and the SGD update's implementation; and how
+several models train at once. Without torch: the report reads it.
 
 Adding a mode is an entry here and its branch in the step (lenet.train.build_step).
 """
@@ -64,6 +64,14 @@ TABLE: dict[str, Mode] = {m.name: m for m in (
                          "compiling an optimizer)", compiler_mode="default", compiles_update=True,
          unmodelled="not modelled: torch.compile fuses kernels and keeps workspaces the eager "
                     "model does not see"),
+    Mode("compile-step-max-autotune", "the whole step compiled as in compile-step, with "
+                                      "torch.compile's max-autotune: each matrix product and "
+                                      "convolution benchmarked against generated kernels, and "
+                                      "on a GPU the step replayed as CUDA graphs",
+         compiler_mode="max-autotune",
+         compiles_update=True,
+         unmodelled="not modelled: torch.compile fuses kernels and keeps workspaces the eager "
+                    "model does not see, and on a GPU its CUDA graphs a private memory pool"),
 )}
 MODES = tuple(TABLE)
 
@@ -84,4 +92,21 @@ def precision_refusal(device: str, precision: str) -> str | None:
     if precision != "default" and not device.startswith("cuda"):
         return (f"precision {precision} sets NVIDIA's TF32 tensor-core math, which the CPU does "
                 f"not have")
+    return None
+
+
+# How K models train at once on one device (lenet.replicas): stacked as one by torch.func.vmap,
+# or K models of their own stepped in turn, each on a CUDA stream of its own on a GPU
+REPLICA_METHODS = ("vmap", "streams")
+
+
+def replica_refusal(replicas: int, method: str, mode: str) -> str | None:
+    """Why K replicas cannot train this way, or None."""
+    if method not in REPLICA_METHODS:
+        return f"unknown replica method {method!r}; known: {', '.join(REPLICA_METHODS)}"
+    if replicas > 1 and method == "streams" and mode != "eager":
+        # K compiled steps would each compile (dynamo recompiles for every model, and falls
+        # back to eager past its cache limit of 8); K captured ones, K graphs
+        return (f"replica_method streams runs K eager steps; mode {mode} would compile or "
+                f"capture each replica's step on its own: use replica_method vmap")
     return None

@@ -30,7 +30,8 @@ from lenet.cli import (
 )
 from lenet.data import DataError, fashion_mnist
 from lenet.model import build_lenet
-from lenet.modes import OPTIMIZERS, PRECISIONS, TABLE
+from lenet.modes import OPTIMIZERS, PRECISIONS, TABLE, replica_refusal
+from lenet.replicas import Replicas, StreamedSteps
 
 # Training precisions: float32, or autocast to a 16-bit type (float16 needs a GradScaler).
 AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,11 +56,15 @@ class TrainStep:
         self.mode = mode
         self.dtype = dtype
         compiler_mode = TABLE[mode].compiler_mode
-        # torch.compile's reduce-overhead replays CUDA graphs, whose outputs the next step reuses
-        self._marks_steps = compiler_mode == "reduce-overhead"
+        # torch.compile's reduce-overhead and max-autotune replay CUDA graphs (on a GPU), whose
+        # outputs the next step reuses
+        self._marks_steps = compiler_mode in ("reduce-overhead", "max-autotune")
         self.device = next(net.parameters()).device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
+        # K models stacked as one (lenet.replicas): their convolutions' weights are 5-D, which
+        # channels_last does not apply to; the batch and activations still take it
+        self.replicas = net.count if isinstance(net, Replicas) else 1
+        if channels_last and self.replicas == 1:
             net.to(memory_format=torch.channels_last)
         if precision not in PRECISIONS or optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown precision {precision!r} or optimizer {optimizer!r}; "
@@ -88,7 +93,10 @@ class TrainStep:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype,
                             enabled=self.autocast_dtype is not None, cache_enabled=False):
             logits = self.net(images)
-            return self.loss_fn(logits, labels), logits
+            if self.replicas == 1:
+                return self.loss_fn(logits, labels), logits
+            # the sum of the replicas' mean losses, so each replica's gradient is its own loss's
+            return self.loss_fn(logits, labels.repeat(self.replicas)) * self.replicas, logits
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor):
         """Returns the loss and the logits, both still on the device."""
@@ -105,13 +113,25 @@ class TrainStep:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        if self.replicas > 1:
+            loss = loss / self.replicas  # the replicas' mean: an operator one model does not run
         return loss.detach(), logits.detach()
 
 
-def build_step(net: nn.Module, lr: float, dtype: str = "float32", channels_last: bool = False,
-               mode: str = "eager", precision: str = "default", optimizer: str = "default"):
+def build_step(net: nn.Module | list[nn.Module], lr: float, dtype: str = "float32",
+               channels_last: bool = False, mode: str = "eager", precision: str = "default",
+               optimizer: str = "default", replica_method: str = "vmap"):
     """The training step in any of lenet.modes.MODES, at a float32 precision and with an SGD
-    implementation of lenet.modes.PRECISIONS and OPTIMIZERS."""
+    implementation of lenet.modes.PRECISIONS and OPTIMIZERS. `net` is a model, or a list of
+    models of one architecture trained at once by `replica_method` (lenet.replicas)."""
+    if isinstance(net, list):
+        refusal = replica_refusal(len(net), replica_method, mode)
+        if refusal:
+            raise ValueError(refusal)
+        if replica_method == "streams":
+            return StreamedSteps([build_step(one, lr, dtype, channels_last, mode, precision,
+                                             optimizer) for one in net])
+        net = Replicas(net) if len(net) > 1 else net[0]
     if TABLE[mode].captured:
         from lenet.graph_step import GraphedStep  # it builds on TrainStep
 

@@ -81,7 +81,7 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
                  "cpu_peak_rss_bytes", "cpu_baseline_rss_bytes", "tracked_peak_bytes",
                  "examples_per_s", "examples_per_s_iqr", "predicted_peak_bytes", "setup_s",
                  "energy_j_per_1000_examples", "mean_power_w", "flops_per_example",
-                 "step_traffic_bytes"):
+                 "step_traffic_bytes", "step_operators", "launch_us", "step_ms_median"):
         if name not in cells:
             cells[name] = float("nan")
         cells[name] = pd.to_numeric(cells[name], errors="coerce")
@@ -100,7 +100,14 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
     # that intensity (its bandwidth times it, its peak)
     cells["intensity_flop_per_byte"] = (cells["flops_per_example"]
                                         * pd.to_numeric(cells["batch_size"], errors="coerce")
+                                        * pd.to_numeric(cells["replicas"], errors="coerce")
                                         / cells["step_traffic_bytes"])
+    # the least the eager step's operators take to launch, one after another
+    # (bench.instruments.timing.launch_s), and the share of the step that is
+    cells["launch_floor_ms"] = cells["step_operators"] * cells["launch_us"] / 1e3
+    cells["launch_share"] = cells["launch_floor_ms"] / cells["step_ms_median"]
+    # several models at once: each one's share of the speed and of the memory
+    cells["examples_per_s_per_model"] = cells["examples_per_s"] / cells["replicas"]
     bandwidth_tb_per_s = pd.Series([p.memory_tb_per_s if p else float("nan") for p in peaks],
                                    index=cells.index, dtype=float)
     cells["roof_tflop_per_s"] = (bandwidth_tb_per_s * cells["intensity_flop_per_byte"]).clip(
@@ -189,6 +196,19 @@ def fastest(cells: pd.DataFrame, max_footprint_bytes: float | None = None) -> pd
     if max_footprint_bytes is not None:
         trained = trained[trained["footprint_bytes"] <= max_footprint_bytes]
     return None if trained.empty else trained.loc[trained["examples_per_s"].idxmax()]
+
+
+def one_model(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells that trained one model at a time, whose speed a single training gets; all of
+    them where every cell trained several."""
+    single = cells[cells["replicas"] == 1]
+    return cells if single.empty else single
+
+
+def several_models(cells: pd.DataFrame) -> pd.DataFrame:
+    """The timed cells that trained several models at once (the replicas axis)."""
+    trained = timed(cells)
+    return trained[trained["replicas"] > 1]
 
 
 def most_efficient(cells: pd.DataFrame) -> pd.Series | None:

@@ -21,6 +21,8 @@ from reports.frame import (
     most_efficient,
     not_training,
     notebook_cell,
+    one_model,
+    several_models,
     timed,
     vouched,
 )
@@ -145,22 +147,23 @@ def answers(run: Run) -> list[str]:
         trusted = timed(cells)
         caveat = (" <span class='warn'>(every timed cell was measured while the machine was "
                   "busy: no figure here is vouched for)</span>")
-    best = fastest(trusted)
+    best = fastest(one_model(trusted))
     left_out = _left_out(cells)
     if best is None:
         return ["No cell trained: see the table for each cell's error.", *left_out]
     lines.append(f"Fastest: <b>{escape(best['key'])}</b> ({_mode_words(best)}) at "
-                 f"{_speed(best['examples_per_s'])} examples/s, needing "
+                 f"{_speed(best['examples_per_s'])} examples/s{_each(best)}, needing "
                  f"{_bytes(best['footprint_bytes'])}. {_arithmetic_words(best)}{caveat}")
+    lines += _several_models_answer(trusted, best)
     lines.append(_energy_answer(trusted, cells, best))
     lines += left_out
-    overall = fastest(cells)
+    overall = fastest(one_model(cells))
     if overall["key"] != best["key"]:
         lines.append(f"<span class='warn'>{escape(overall['key'])} measured faster "
                      f"({_speed(overall['examples_per_s'])} examples/s), but while the machine "
                      f"was busy ({_busy_words(overall)}): not counted.</span>")
     small = run.memory_cap_bytes or SMALL_CARD_BYTES
-    fits = fastest(trusted, small)
+    fits = fastest(one_model(trusted), small)
     if fits is not None and fits["key"] != best["key"]:
         lines.append(f"Fastest within {_bytes(small)}: <b>{escape(fits['key'])}</b> at "
                      f"{_speed(fits['examples_per_s'])} examples/s.")
@@ -175,6 +178,29 @@ def answers(run: Run) -> list[str]:
     return lines
 
 
+def _each(cell: pd.Series) -> str:
+    """A cell of several models: how many, and each one's speed."""
+    count = int(cell["replicas"])
+    return "" if count == 1 else \
+        f" in all ({count} models at once, {_speed(cell['examples_per_s_per_model'])} each)"
+
+
+def _several_models_answer(trusted: pd.DataFrame, best: pd.Series) -> list[str]:
+    """The best total of several models trained at once, against the fastest single one."""
+    several = several_models(trusted)
+    if several.empty or int(best["replicas"]) > 1:
+        return []
+    top = several.loc[several["examples_per_s"].idxmax()]
+    count = int(top["replicas"])
+    return [f"Several models at once: <b>{escape(top['key'])}</b> ({_mode_words(top)}, "
+            f"{escape(str(top['replica_method']))}) trained {count} at "
+            f"{_speed(top['examples_per_s'])} examples/s in all, "
+            f"{_speed(top['examples_per_s_per_model'])} each: "
+            f"{top['examples_per_s'] / best['examples_per_s']:.2f}x the fastest single model, "
+            f"needing {_bytes(top['footprint_bytes'])} ({_bytes(top['footprint_bytes'] / count)} "
+            f"a model). {_arithmetic_words(top)}"]
+
+
 def _arithmetic_words(cell: pd.Series) -> str:
     """The cell's arithmetic rate, and its share of the card's peak where the card is known."""
     if _missing(cell.get("tflop_per_s")):
@@ -186,7 +212,9 @@ def _arithmetic_words(cell: pd.Series) -> str:
     card = card_peaks(None if _missing(cell.get("gpu_name")) else str(cell["gpu_name"]))
     if card is None:
         where = "a CPU" if _missing(cell.get("gpu_name")) else escape(str(cell["gpu_name"]))
-        return f"{rate}; no peak is known for {where}, so no share of it is given."
+        return " ".join(filter(None, (
+            f"{rate}; no peak is known for {where}, so no share of it is given.",
+            launch_words(cell))))
     kind = arithmetic(str(cell["dtype"]), str(cell["precision"]))
     # torch's default precision runs float32 convolutions as TF32 on the tensor cores
     tf32 = ("; its convolutions may run as TF32"
@@ -198,26 +226,50 @@ def _arithmetic_words(cell: pd.Series) -> str:
 
 # a cell under this share of its roof is held back by neither roof
 _FAR_BELOW = 0.10
+# a step whose operators take this share of it just to launch is bound by launching them
+_LAUNCH_BOUND = 0.5
 
 
 def bound_words(cell: pd.Series) -> str:
     """What holds a cell back, read off the roofline: the card's bandwidth where its intensity
     lies left of the ridge, its arithmetic right of it, and neither where the cell reached
-    under a tenth of its roof (then overheads, such as kernel launches and the host, do)."""
+    under a tenth of its roof; then, where the launch time was measured, how much of the step
+    launching its operators takes."""
+    launch = launch_words(cell)
     intensity, roof = cell.get("intensity_flop_per_byte"), cell.get("roof_tflop_per_s")
     if _missing(intensity) or _missing(roof):
-        return ""
+        return launch
     share = cell["tflop_per_s"] / roof
     traffic = ("an eager step's traffic, unfused" if cell["mode"] == "eager"
                else "an eager step's traffic: its compiled or captured step moves less")
     at = (f"at {intensity:,.1f} FLOP/byte ({traffic}) its roof is {roof:,.1f} TFLOP/s, and it "
           f"reached {share:.0%} of it")
     if share < _FAR_BELOW:
-        return (f"Held back by neither the card's bandwidth nor its arithmetic: {at}; the "
-                f"likely limit is overhead, such as kernel launches and the host.")
+        overhead = launch or "the likely limit is overhead, such as kernel launches and the host."
+        return (f"Held back by neither the card's bandwidth nor its arithmetic: {at}. "
+                f"{overhead}")
     limit = ("memory bandwidth" if intensity < cell["ridge_flop_per_byte"]
              else "compute")
-    return f"Bound by {limit}: {at}."
+    return " ".join(filter(None, (f"Bound by {limit}: {at}.", launch)))
+
+
+def launch_words(cell: pd.Series) -> str:
+    """How much of the step launching its operators takes, one after another, from the launch
+    time measured on the cell's device; empty where it was not measured."""
+    floor, step = cell.get("launch_floor_ms"), cell.get("step_ms_median")
+    if _missing(floor) or _missing(step):
+        return ""
+    share = floor / step
+    launches = (f"{int(cell['step_operators']):,} operators take at least {floor:,.2f} ms to "
+                f"launch ({cell['launch_us']:.1f} µs each, measured on this device)")
+    if cell["mode"] != "eager":
+        return (f"Its eager step's {launches}: {share:.0%} of this step's {step:,.2f} ms; mode "
+                f"{escape(str(cell['mode']))} launches fewer.")
+    if share >= _LAUNCH_BOUND:
+        return (f"Bound by launching kernels: its {launches}, {share:.0%} of its {step:,.2f} ms "
+                f"step; a CUDA graph or torch.compile launches fewer.")
+    return (f"Launching is {share:.0%} of its {step:,.2f} ms step (its {launches}); the rest is "
+            f"the work itself and other overhead.")
 
 
 def _sig3(value) -> str:
@@ -306,12 +358,20 @@ TABLE_COLUMNS = [
 ]
 
 
+# shown where some cell trained several models at once
+_PER_MODEL_COLUMN = ("examples_per_s_per_model", "examples/s a model", _speed)
+
+
 def cells_table(cells: pd.DataFrame) -> str:
-    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in TABLE_COLUMNS)
+    columns = list(TABLE_COLUMNS)
+    if (cells["replicas"] > 1).any():
+        columns.insert(columns.index(("examples_per_s_iqr", "IQR", _speed)) + 1,
+                       _PER_MODEL_COLUMN)
+    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in columns)
     body = []
     for _, row in cells.iterrows():
         tds = []
-        for column, _, show in TABLE_COLUMNS:
+        for column, _, show in columns:
             if column == "busy":
                 tds.append(f"<td>{_machine_words(row)}</td>")
                 continue

@@ -48,6 +48,24 @@ def _log2_batches(ax, batches) -> None:
     ax.set_xlabel("batch size")
 
 
+def _added_words(settings: dict) -> list[str]:
+    """The axes past the first six that vary in a run, as a legend says them: a count of models
+    in words (its total speed is plotted), the others by name where a bare value would not say
+    what it is."""
+    words = []
+    for name, value in settings.items():
+        if name == "replicas":
+            words.append(f"{value} models" if value > 1 else "1 model")
+        elif name == "replica_method":
+            if settings.get("replicas", 2) > 1:
+                words.append(f"by {value}")
+        elif name in ("precision", "optimizer"):
+            words.append(f"{name} {value}")
+        else:
+            words.append(str(value))
+    return words
+
+
 def _legend_below(ax, ncol: int = 2) -> None:
     ax.legend(fontsize=7, ncol=ncol, loc="upper center", bbox_to_anchor=(0.5, -0.22),
               frameon=False)
@@ -71,15 +89,19 @@ def throughput(run: Run, folder: Path) -> str | None:
     if cells.empty:
         return None
     fig, ax = plt.subplots(figsize=(8, 6))
-    series = ["loader", "dtype", "layout", *added_axes()]
+    added = [name for name in added_axes() if cells[name].nunique() > 1]
+    series = ["loader", "dtype", "layout", *added]
     for values, group in cells.groupby(series):
         group = group.sort_values("batch_size")
         style = "-" if values[0] == "device-resident" else "--"
+        settings = dict(zip(added, values[3:]))
         ax.errorbar(group["batch_size"], group["examples_per_s"], yerr=group["examples_per_s_iqr"]
                     / 2, fmt=style + "o", markersize=4, capsize=2,
-                    label=", ".join(str(v) for v in (*values[1:3], values[0], *values[3:])))
+                    label=", ".join([*map(str, (*values[1:3], values[0])),
+                                     *_added_words(settings)]))
     _log2_batches(ax, cells["batch_size"])
-    ax.set_ylabel("examples/s (median; bars: IQR)")
+    several = " of every model a cell trained" if "replicas" in added else ""
+    ax.set_ylabel(f"examples/s{several} (median; bars: IQR)")
     ax.set_title(f"Training throughput on {_device_words(run)}")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.set_ylim(bottom=0)

@@ -228,7 +228,7 @@ TrainStep.__call__ = _slowed
 
 def crafted_row(batch, dtype="float32", status="ok", placement="device", workers=0,
                 pin_memory=False, device="cuda:0", mode="eager", data_source="fashion-mnist",
-                precision="default", **extra) -> dict:
+                precision="default", replicas=1, replica_method="vmap", **extra) -> dict:
     """A stored row with the figures of a GPU cell that trained (LeNet's 57 KiB a sample); any
     field of bench.records.row.Row can be given."""
     from bench.basics.outcome import Attempt, Outcome
@@ -236,7 +236,8 @@ def crafted_row(batch, dtype="float32", status="ok", placement="device", workers
     from bench.records.row import Row
 
     config = Config(batch, dtype, placement=placement, num_workers=workers,
-                    pin_memory=pin_memory, device=device, mode=mode, precision=precision)
+                    pin_memory=pin_memory, device=device, mode=mode, precision=precision,
+                    replicas=replicas, replica_method=replica_method)
     row = Row(config, data_source, status, batch_size=batch,
               attempts=[Attempt(batch, Outcome.OK)],
               examples_per_s=1000.0 * batch ** 0.5, examples_per_s_iqr=5.0, noisy=False,

@@ -20,9 +20,13 @@ def test_gpu_default_covers_every_dtype_layout_and_loader_variant():
     fast = {(c.dtype, c.mode) for c in cells if c.mode != "eager"}
     assert fast == {(d, m) for d in ("float32", "bfloat16")
                     for m in ("compile", "compile-cudagraphs", "graph")}
+    # several LeNets at once at batch 4,096: 4 and 16, stacked, on streams and stacked in a graph
+    several = {(c.replicas, c.replica_method, c.mode) for c in cells if c.replicas > 1}
+    assert several == {(k, method, mode) for k in (4, 16) for method, mode in (
+        ("vmap", "eager"), ("streams", "eager"), ("vmap", "graph"))}
     # 5 batch sizes x (3 dtypes x 2 layouts on the device + 4 loader variants on the host
-    # + 2 dtypes x 3 modes)
-    assert len(cells) == 5 * (6 + 4 + 6)
+    # + 2 dtypes x 3 modes), and the 6 of several models
+    assert len(cells) == 5 * (6 + 4 + 6) + 6
     assert len(set(cells)) == len(cells)
 
 
@@ -127,3 +131,25 @@ def test_precision_and_the_optimizer_are_axes_and_tf32_skips_the_cpu_with_the_re
         "b64-float32-nchw-device-highest", "b64-float32-nchw-device-tf32"]
     assert Config(64, precision="tf32", optimizer="fused").boundary_key() == \
         "float32-nchw-tf32-fused"
+
+
+def test_replicas_are_an_axis_keyed_by_count_and_method():
+    grid = get_grid("smoke", on_gpu=False, overrides={
+        "batch_size": (64,), "placement": ("device",), "replicas": (1, 4),
+        "replica_method": ("vmap", "streams")})
+    # one model is one model by either method: a single cell
+    assert [c.key() for c in grid.cells("cpu")] == [
+        "b64-float32-nchw-device", "b64-float32-nchw-device-x4",
+        "b64-float32-nchw-device-x4-streams"]
+    assert Config(64, replicas=4).boundary_key() == "float32-nchw-x4"
+    with pytest.raises(GridError, match="'0' is not a replica count"):
+        parse_set(["replicas=0"])
+    with pytest.raises(GridError, match="valid: vmap, streams"):
+        parse_set(["replica_method=processes"])
+
+
+def test_several_models_get_no_boundary_search_of_their_own():
+    from bench.planning.plan import boundary_configs
+
+    cells = [Config(64), Config(64, replicas=4), Config(64, replicas=4, replica_method="streams")]
+    assert [c.boundary_key() for c in boundary_configs(cells)] == ["float32-nchw"]

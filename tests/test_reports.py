@@ -13,7 +13,16 @@ import pandas as pd
 import pytest
 
 from bench.instruments.contention import Contention
-from helpers import ROOT, MiB, crafted_row, crafted_run, ctrl_c_as_at_a_terminal, run_main
+from helpers import (
+    CPU_ENV,
+    ROOT,
+    MiB,
+    crafted_cpu_row,
+    crafted_row,
+    crafted_run,
+    ctrl_c_as_at_a_terminal,
+    run_main,
+)
 from reports.frame import load_run, pareto
 from reports.write import write_report
 
@@ -434,3 +443,63 @@ def test_a_tf32_cell_is_read_against_the_cards_tf32_peak(tmp_path):
                         examples_per_s=2_406_445.0, precision="tf32")]
     page = write_report(crafted_run(tmp_path / "tf32", rows)).read_text()
     assert ("<b>1.1%</b> of the H200 SXM's dense tf32 peak (494.7 TFLOP/s).") in page
+
+
+def test_several_models_at_once_are_answered_beside_the_fastest_single_one(tmp_path):
+    """Sixteen LeNets stacked at batch 4,096 on an H200, 6,000,000 examples/s in all: the
+    fastest answer stays the single model's (2,406,445), and a line of its own gives the
+    aggregate, 375,000 each, 2.49x, 13.6 TFLOP/s (20.3% of the float32 peak). Its intensity is
+    read from sixteen models' traffic for sixteen times the examples: 4.1 FLOP/byte, as one
+    model's, so its roof is 19.9 TFLOP/s, 68% of it reached."""
+    def traffic(batch, models=1):
+        return models * (4_353_636 + 544_648 * batch)
+
+    h200 = {"gpu_name": "NVIDIA H200", "flops_per_example": 2_263_920}
+    rows = [crafted_row(16384, examples_per_s=2_406_445.0, step_traffic_bytes=traffic(16384),
+                        **h200),
+            crafted_row(4096, replicas=16, examples_per_s=6_000_000.0,
+                        step_traffic_bytes=traffic(4096, 16), **h200),
+            crafted_row(4096, replicas=16, replica_method="streams", examples_per_s=3_000_000.0,
+                        step_traffic_bytes=traffic(4096, 16), **h200)]
+    index = write_report(crafted_run(tmp_path / "h200", rows))
+    page = index.read_text()
+    assert "Fastest: <b>b16384-float32-nchw-device</b>" in page
+    assert ("Several models at once: <b>b4096-float32-nchw-device-x16</b> (mode eager, vmap) "
+            "trained 16 at 6,000,000 examples/s in all, 375,000 each: 2.49x the fastest single "
+            "model") in page
+    assert ("It ran 13.6 TFLOP/s of model arithmetic (2.26 MFLOP an example, forward and "
+            "backward): <b>20.3%</b> of the H200 SXM's dense float32 peak (66.9 TFLOP/s; its "
+            "convolutions may run as TF32). Bound by memory bandwidth: at 4.1 FLOP/byte (an "
+            "eager step's traffic, unfused) its roof is 19.9 TFLOP/s, and it reached 68% of "
+            "it.") in page
+    assert "<th>examples/s a model</th>" in page and "<td>187,500</td>" in page
+    single = write_report(crafted_run(tmp_path / "single", rows[:1])).read_text()
+    assert "Several models at once" not in single and "examples/s a model" not in single
+
+
+def test_a_step_its_operators_launches_fill_is_called_bound_by_launching(tmp_path):
+    """182 operators at 8 µs each take 1.46 ms to launch: of a 1.6 ms step (b64 on an H200)
+    that is 91%, bound by launching kernels; of a CPU step of 25 ms, 6%, and the page says
+    so without roofs."""
+    h200 = {"gpu_name": "NVIDIA H200", "flops_per_example": 2_263_920, "step_operators": 182}
+    small = crafted_row(64, examples_per_s=40_000.0, step_ms_median=1.6, launch_us=8.0,
+                        step_traffic_bytes=4_353_636 + 544_648 * 64, **h200)
+    page = write_report(crafted_run(tmp_path / "h200", [small])).read_text()
+    assert ("Bound by launching kernels: its 182 operators take at least 1.46 ms to launch "
+            "(8.0 µs each, measured on this device), 91% of its 1.60 ms step; a CUDA graph or "
+            "torch.compile launches fewer.") in page
+    cpu = crafted_cpu_row(64, step_ms_median=25.0, launch_us=8.0, step_operators=182,
+                          flops_per_example=2_263_920)
+    page = write_report(crafted_run(tmp_path / "cpu", [cpu], device="cpu", env=CPU_ENV)
+                        ).read_text()
+    assert ("no peak is known for a CPU, so no share of it is given. Launching is 6% of its "
+            "25.00 ms step (its 182 operators take at least 1.46 ms to launch (8.0 µs each, "
+            "measured on this device)); the rest is the work itself and other overhead.") in page
+
+
+def test_the_launch_time_is_a_small_positive_figure_on_the_cpu():
+    import torch
+
+    from bench.instruments.timing import launch_s
+
+    assert 0 < launch_s(torch.device("cpu")) < 1e-3

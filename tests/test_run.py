@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import statistics
 import subprocess
 
 import pytest
@@ -148,7 +149,8 @@ def test_every_cell_of_the_cpu_default_grid_predicts_its_tracked_step_within_10_
     cells = [c for c in json.loads(result.stdout)["cells"] if c["predicted_peak_bytes"]]
     assert len(cells) >= 10
     for cell in cells:
-        tracked = step_peak_bytes(cell["batch_size"], cell["dtype"], cell["channels_last"])
+        tracked = step_peak_bytes(cell["batch_size"], cell["dtype"], cell["channels_last"],
+                                  replicas=cell["replicas"])
         assert cell["predicted_peak_bytes"] == pytest.approx(tracked, rel=0.10), cell["key"]
 
 
@@ -159,11 +161,14 @@ def test_dry_run_plans_for_a_gpu_that_is_not_here(tmp_path, no_gpu):
     plan = json.loads(result.stdout)
     assert "planning for a GPU that is not here, with 80.0 GiB" in result.stderr
     assert plan["device"] == "cuda:0" and plan["capacity_bytes"] == 80 * 2**30
-    assert len(plan["cells"]) == 80  # the GPU's default grid, not the CPU's
+    assert len(plan["cells"]) == 86  # the GPU's default grid, not the CPU's
     eager = [c for c in plan["cells"] if c["mode"] == "eager"]
-    assert len(eager) == 50 and all(c["fits"] for c in eager)  # b16,384 of LeNet is under 1 GiB
+    # b16,384 of LeNet is under 1 GiB, as are 16 LeNets at b4,096
+    assert len(eager) == 54 and all(c["fits"] is not False for c in eager)
     for cell in plan["cells"]:  # the model predicts the eager step, and says so for the others
-        assert (cell["mode"] == "eager") == (cell["prediction_note"] is None)
+        modelled = cell["mode"] == "eager" and (cell["replicas"] == 1
+                                                or cell["replica_method"] == "vmap")
+        assert modelled == (cell["prediction_note"] is None)
         assert (cell["fits"] is None) == (cell["predicted_peak_bytes"] is None)
     boundaries = {b["key"]: b["predicted_max_batch"] for b in plan["boundaries"]}
     # graph mode searched too, unpredicted; the compiled modes not searched (each trial compiles)
@@ -193,7 +198,7 @@ def test_dry_run_for_a_gpu_that_is_not_here_needs_its_size(tmp_path, no_gpu):
     (["--set", "batch_size=0"], "'0' is not a batch size"),
     (["--memory-cap", "lots"], "'lots' is not a size; write it like 2GiB"),
     (["--repeats", "3"], "--repeats 3: at least 5 are needed"),
-    (["--set", "mode=graph"], "nothing to run on cpu: skipped 20 cells: mode graph needs a CUDA "
+    (["--set", "mode=graph"], "nothing to run on cpu: skipped 22 cells: mode graph needs a CUDA "
                               "device (b64-float32-nchw-device-graph, "),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
@@ -336,3 +341,31 @@ def test_a_boundary_search_under_a_tiny_cap_still_ends_in_a_summary(tmp_path):
     (boundary,) = [json.loads(line) for line in (out / "boundaries.jsonl").read_text().splitlines()]
     assert boundary["stop_reason"] in ("oom", "error") and boundary["trials"]
     assert "OOM boundary" in result.stdout
+
+
+def test_several_models_run_as_cells_counting_every_models_examples(tmp_path):
+    """Four LeNets at once through the smoke grid, stacked and one after another: a step trains
+    four batches' examples, moves four models' traffic, and the stacked cell's predicted step
+    is its tracked one (the memory model traces the stacked step)."""
+    out = tmp_path / "run"
+    result = run_main("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+                      "placement=device", "--set", "replicas=1,4", "--set",
+                      "replica_method=vmap,streams", "--out", out, *SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    one, stacked, streamed = rows_of(out)
+    assert [r["key"] for r in (one, stacked, streamed)] == [
+        "b64-float32-nchw-device", "b64-float32-nchw-device-x4",
+        "b64-float32-nchw-device-x4-streams"]
+    for row in (stacked, streamed):
+        assert row["status"] == "ok" and row["batch_size"] == 64 and row["replicas"] == 4
+        per_repeat = row["steps_per_repeat"] * 64 * 4
+        assert row["examples_per_s"] == pytest.approx(
+            statistics.median(per_repeat / s for s in row["repeat_s"]))
+        assert row["step_traffic_bytes"] == 4 * one["step_traffic_bytes"]
+    assert stacked["step_operators"] == one["step_operators"]
+    assert streamed["step_operators"] == 4 * one["step_operators"]
+    assert stacked["predicted_peak_bytes"] == pytest.approx(stacked["tracked_peak_bytes"],
+                                                            rel=0.10)
+    assert streamed["predicted_peak_bytes"] is None
+    assert streamed["prediction_note"].startswith("not modelled: K models step in turn")
+    assert "(4 models, " in result.stdout and " examples/s each)" in result.stdout

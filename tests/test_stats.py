@@ -5,7 +5,7 @@ from bench.instruments.stats import Measurement
 
 def test_median_iqr_and_step_time_by_hand():
     # 10 steps of 100 examples per repeat: 1000 examples in each repeat's time
-    m = Measurement((0.5, 0.4, 0.5, 0.25, 0.5), steps_per_repeat=10, batch_size=100)
+    m = Measurement((0.5, 0.4, 0.5, 0.25, 0.5), steps_per_repeat=10, examples_per_step=100)
     assert m.examples_per_s == [2000, 2500, 2000, 4000, 2000]
     assert m.examples_per_s_median == 2000
     # inclusive quartiles of 2000, 2000, 2000, 2500, 4000
@@ -15,6 +15,6 @@ def test_median_iqr_and_step_time_by_hand():
 
 
 def test_tight_repeats_are_not_noisy():
-    m = Measurement((1.0, 1.01, 0.99, 1.0, 1.0), steps_per_repeat=1, batch_size=1000)
+    m = Measurement((1.0, 1.01, 0.99, 1.0, 1.0), steps_per_repeat=1, examples_per_step=1000)
     assert m.examples_per_s_median == 1000
     assert not m.noisy

@@ -28,8 +28,9 @@ def losses_of(step, steps: int) -> list[float]:
     return [float(step(data.images, data.labels)[0]) for _ in range(steps)]
 
 
-@pytest.mark.parametrize("mode", ["compile", pytest.param("compile-step",
-                                                           marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", [
+    "compile", pytest.param("compile-step", marks=pytest.mark.slow),
+    pytest.param("compile-step-max-autotune", marks=pytest.mark.slow)])
 def test_compile_trains_to_the_same_loss_as_eager_from_the_same_seed(mode):
     eager = losses_of(build_step(build_lenet(seed=0), lr=0.9), 12)
     compiled = losses_of(build_step(build_lenet(seed=0), lr=0.9, mode=mode), 12)
@@ -44,7 +45,7 @@ def test_graph_mode_refuses_the_cpu():
 
 def test_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="TrainStep runs eager, compile, compile-cudagraphs, "
-                                         "compile-step, not 'jit'"):
+                                         "compile-step, compile-step-max-autotune, not 'jit'"):
         TrainStep(build_lenet(), lr=0.1, mode="jit")
 
 

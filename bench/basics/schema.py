@@ -5,7 +5,9 @@ rows lack the mode (they ran eager, its default), setup_s and the energy figures
 lack where they ran (host, GPU, Slurm job); version 4 rows and boundaries lack where their time
 went (the worker's start, the data, sizing the repeats, a search's wall time); version 5 rows
 lack whether a compiled cell's compile found torch.compile's caches warm; version 6 rows lack
-the FLOPs of an example's step and the step's memory traffic. Reading fills
+the FLOPs of an example's step and the step's memory traffic; version 7 rows lack the
+replicas (they trained one model, so their examples/s is one model's) and an operator's launch
+time. Reading fills
 every field a row lacks with its default, so every reader sees every key. A row or plan from a
 newer version than this reader is refused: its fields may mean something this version cannot
 know.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 class NewerSchemaError(ValueError):

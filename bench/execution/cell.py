@@ -28,7 +28,7 @@ from bench.instruments.memory import AllocatorPeaks
 from bench.instruments.nvml import GpuReader, PeakSampler
 from bench.instruments.oom import failure_kind, halve, one_line, run_with_backoff
 from bench.instruments.stats import Measurement
-from bench.instruments.timing import synchronize, timed_steps
+from bench.instruments.timing import launch_s, synchronize, timed_steps
 from bench.planning.grid import Config
 from bench.planning.models import build_model
 from lenet.data import TensorData, device_batches, host_batches
@@ -37,11 +37,14 @@ from lenet.train import build_step
 
 
 def _prepare(config: Config, batch_size: int, data: TensorData, settings: Settings):
-    """A fresh model's training step on the device, and the batches that feed it."""
+    """A fresh model's training step on the device (or K models', each from a seed of its own),
+    and the batches that feed it."""
     device = torch.device(config.device)
-    net = build_model(config.model, settings.seed).to(device)
-    step = build_step(net, settings.lr, config.dtype, config.channels_last, config.mode,
-                      config.precision, config.optimizer)
+    nets = [build_model(config.model, settings.seed + k).to(device)
+            for k in range(config.replicas)]
+    step = build_step(nets if config.replicas > 1 else nets[0], settings.lr, config.dtype,
+                      config.channels_last, config.mode, config.precision, config.optimizer,
+                      config.replica_method)
     if config.placement == "device":
         batches = device_batches(data, batch_size, device, settings.seed)
     else:
@@ -92,6 +95,7 @@ class Measured:
     loss_first: float
     loss_last: float
     compile_cache: str | None = None  # compiled modes: compile_cache_words
+    launch_s: float | None = None  # one near-empty operator on the device, after the repeats
 
 
 # torch.compile's on-disk caches, as dynamo counts their lookups: the FX graphs inductor compiled
@@ -157,6 +161,7 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
         energy = meter.stop()
         contention = watch.stop()
         peaks = memory.read_peaks(device)
+        launch = launch_s(device)
         tracked = None
         if device.type == "cpu":  # after timing: tracking slows the step it watches
             with memory.LiveBytes() as tracker:
@@ -164,8 +169,10 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
             tracked = tracker.peak_bytes
     finally:
         batches.close()  # stops the DataLoader's workers now, not at garbage collection
-    return Measured(Measurement(tuple(repeat_s), steps, batch_size), peaks, contention, energy,
-                    setup_s, sizing_s, start_rss, tracked, first_loss, last_loss, cache)
+    # every replica trains on the batch: a step trains batch_size examples each
+    measurement = Measurement(tuple(repeat_s), steps, batch_size * config.replicas)
+    return Measured(measurement, peaks, contention, energy, setup_s, sizing_s, start_rss, tracked,
+                    first_loss, last_loss, cache, launch)
 
 
 def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:

@@ -137,6 +137,7 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
     """The one place a cell's row is made: from what its worker measured and what the parent
     knows of it (none: a cell measured in this process, as tests do)."""
     stamps = stamps or Stamps()
+    config = result.config
     last = result.attempts[-1]
     trained = last.outcome == Outcome.OK
     measured, card, baseline = result.measured, result.card, stamps.baseline
@@ -150,6 +151,7 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
             **measured.measurement.summary(), "contention": measured.contention,
             "setup_s": measured.setup_s, "sizing_s": measured.sizing_s,
             "compile_cache": measured.compile_cache,
+            "launch_us": None if measured.launch_s is None else measured.launch_s * 1e6,
             "energy_j_per_1000_examples": energy.per_1000_examples_j(
                 measured.measurement.examples),
             "mean_power_w": energy.mean_power_w, "energy_window_s": energy.window_s,
@@ -175,9 +177,12 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
         nvml_note=(card.note if card else None) or baseline.note,
         predicted_peak_bytes=stamps.predicted_peak_bytes,
         prediction_note=stamps.prediction_note, flops_per_example=stamps.flops_per_example,
-        step_traffic_bytes=stamps.traffic.bytes_at(last.batch_size)
+        # K replicas move K models' traffic; stacked by vmap they run one set of operators
+        step_traffic_bytes=stamps.traffic.bytes_at(last.batch_size) * config.replicas
         if stamps.traffic and trained else None,
-        step_operators=stamps.traffic.operators if stamps.traffic else None,
+        step_operators=stamps.traffic.operators * (
+            config.replicas if config.replica_method == "streams" else 1)
+        if stamps.traffic else None,
         memory_cap_bytes=stamps.memory_cap_bytes,
         model_fingerprint=stamps.model_fingerprint, worker_start_s=stamps.worker_start_s,
         data_load_s=stamps.data_load_s, **stamps.where)

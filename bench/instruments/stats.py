@@ -12,16 +12,16 @@ NOISY_IQR_FRACTION = 0.05  # a cell whose spread is over 5% of its median is fla
 class Measurement:
     repeat_s: tuple[float, ...]  # wall time of each repeat
     steps_per_repeat: int
-    batch_size: int
+    examples_per_step: int  # the batch, times the models a step trains (bench.planning.grid)
 
     @property
     def examples(self) -> int:
         """Every timed example, over all repeats."""
-        return self.steps_per_repeat * self.batch_size * len(self.repeat_s)
+        return self.steps_per_repeat * self.examples_per_step * len(self.repeat_s)
 
     @property
     def examples_per_s(self) -> list[float]:
-        per_repeat = self.steps_per_repeat * self.batch_size
+        per_repeat = self.steps_per_repeat * self.examples_per_step
         return [per_repeat / t for t in self.repeat_s]
 
     @property

@@ -15,7 +15,15 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from bench.basics.schema import field_defaults
 from bench.basics.settings import Settings
-from lenet.modes import MODES, OPTIMIZERS, PRECISIONS, TABLE, precision_refusal
+from lenet.modes import (
+    MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    REPLICA_METHODS,
+    TABLE,
+    precision_refusal,
+    replica_refusal,
+)
 
 LENET = "lenet"  # the default model; bench.planning.models builds it and the others
 DTYPES = ("float32", "bfloat16", "float16")
@@ -42,6 +50,10 @@ class Config:
     # float32's matrix and convolution precision, and SGD's implementation (lenet.modes)
     precision: str = "default"
     optimizer: str = "default"
+    # independent models trained at once on the device, each on the same batch, and how
+    # (lenet.replicas): a cell's examples are every replica's
+    replicas: int = 1
+    replica_method: str = "vmap"
 
     def normalised(self) -> Config:
         """The same measurement with the settings that cannot matter set to their defaults."""
@@ -50,12 +62,15 @@ class Config:
             config = replace(config, pin_memory=False, num_workers=0)
         if not config.device.startswith("cuda"):
             config = replace(config, pin_memory=False)  # pinning only speeds copies to a GPU
+        if config.replicas == 1:
+            config = replace(config, replica_method="vmap")  # one model is one model either way
         return config
 
     def unsupported(self) -> str | None:
         """Why this cell cannot run on its device, or None."""
         return (TABLE[self.mode].refusal(self.device, self.dtype)
-                or precision_refusal(self.device, self.precision))
+                or precision_refusal(self.device, self.precision)
+                or replica_refusal(self.replicas, self.replica_method, self.mode))
 
     @property
     def layout(self) -> str:
@@ -80,7 +95,7 @@ class Config:
     def _added_words(self) -> list[str]:
         """Axes past the first six join a key only where they differ from their default, so keys
         of runs made before such an axis existed still match."""
-        return [str(getattr(self, f.name)) for f in fields(self)
+        return [_WORDS.get(f.name, str)(getattr(self, f.name)) for f in fields(self)
                 if f.name not in _KEYED and getattr(self, f.name) != f.default]
 
     def key(self) -> str:
@@ -105,6 +120,10 @@ class Config:
 # input shape, which join the key where they are not LeNet's).
 _KEYED = ("batch_size", "dtype", "channels_last", "placement", "pin_memory", "num_workers",
           "device")
+# how an added axis's value reads in a key where a bare value would not say what it is
+_WORDS = {"replicas": lambda count: f"x{count}"}
+
+
 def added_axes() -> list[str]:
     """The axes past the first six, which keys, plots and tables show only where they vary."""
     return [name for name in AXES if name not in _KEYED]
@@ -128,6 +147,13 @@ def _batch_size(text: str) -> int:
     value = int(text) if text.isdigit() else 0
     if value < 1:
         raise ValueError(f"{text!r} is not a batch size; it must be a whole number, 1 or more")
+    return value
+
+
+def _replicas(text: str) -> int:
+    value = int(text) if text.isdigit() else 0
+    if value < 1:
+        raise ValueError(f"{text!r} is not a replica count; it must be a whole number, 1 or more")
     return value
 
 
@@ -155,6 +181,8 @@ AXES = {
     "mode": _choice(MODES),
     "precision": _choice(tuple(PRECISIONS)),
     "optimizer": _choice(tuple(OPTIMIZERS)),
+    "replicas": _replicas,
+    "replica_method": _choice(REPLICA_METHODS),
 }
 
 
@@ -222,10 +250,13 @@ _GPU_GRIDS = {
         Block(batch_size=_POWERS_OF_4, placement=("host",), pin_memory=(False, True),
               num_workers=(0, 4)),
         Block(batch_size=_POWERS_OF_4, dtype=("float32", "bfloat16"), mode=_FAST_MODES),
+        Block(batch_size=(4096,), replicas=(4, 16), replica_method=REPLICA_METHODS),
+        Block(batch_size=(4096,), replicas=(4, 16), mode=("graph",)),
     ), "batch 64 to 16,384 at every dtype and layout on device-resident data, the host loader "
-       "with and without pinning and workers at float32, and torch.compile, compile with CUDA "
-       "graphs and a CUDA graph of the whole step at float32 and bfloat16", find_max_batch=True,
-        min_repeat_s=_GPU_REPEAT_S),
+       "with and without pinning and workers at float32, torch.compile, compile with CUDA "
+       "graphs and a CUDA graph of the whole step at float32 and bfloat16, and 4 and 16 LeNets "
+       "trained at once at batch 4,096 (stacked by vmap, on streams, and stacked in a CUDA "
+       "graph)", find_max_batch=True, min_repeat_s=_GPU_REPEAT_S),
     "full": Grid("full", (
         Block(batch_size=tuple(2**k for k in range(5, 17)), dtype=DTYPES,
               channels_last=(False, True), placement=PLACEMENTS, pin_memory=(False, True),
@@ -252,9 +283,11 @@ _CPU_GRIDS = {
         Block(batch_size=(256,), dtype=("float16",), channels_last=(False, True)),
         Block(batch_size=(64, 256, 1024), placement=("host",), num_workers=(0, 2)),
         Block(batch_size=(64, 256, 1024), mode=("compile",)),
+        Block(batch_size=(256,), replicas=(4,), replica_method=REPLICA_METHODS),
     ), "CPU-sized: batch 64 to 1,024 at float32 and bfloat16 in both layouts, float16 at batch "
        "256 alone (CPU autocast runs it about 20x slower), the host loader with 0 and 2 "
-       "workers, and torch.compile at float32; boundary search up to batch 65,536 within 60 s",
+       "workers, torch.compile at float32, and 4 LeNets trained at once at batch 256 (stacked "
+       "by vmap, and one after another); boundary search up to batch 65,536 within 60 s",
         find_max_batch=True, boundary_limit=2**16, boundary_budget_s=60, min_repeat_s=0.1,
         warmup_steps=2),
     "full": Grid("full", (

@@ -174,8 +174,10 @@ def forecast(cells: list[Config], device: str, capacity: int | None, words: str)
 
 def boundary_configs(cells: list[Config]) -> list[Config]:
     """One search per value of every axis but the batch and the loader (Config.for_boundary),
-    none for the compiled modes: each of a search's trials would compile anew."""
-    return list(dict.fromkeys(c.for_boundary() for c in cells if not TABLE[c.mode].compiles))
+    none for the compiled modes (each of a search's trials would compile anew) nor for several
+    replicas (each needs about one model's memory times their count: the plan predicts it)."""
+    return list(dict.fromkeys(c.for_boundary() for c in cells
+                              if not TABLE[c.mode].compiles and c.replicas == 1))
 
 
 def skipped_words(skipped: dict[str, str]) -> list[str]:

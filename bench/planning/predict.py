@@ -27,6 +27,7 @@ from bench.planning.grid import LENET
 from bench.planning.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
 from lenet.data import TRAIN_SIZE
 from lenet.modes import TABLE
+from lenet.replicas import Replicas
 from lenet.train import TrainStep
 
 # Each line is fitted through two probe steps. The line of a few examples starts at two (batch
@@ -40,17 +41,21 @@ _SETTLED = 0.05
 
 @functools.cache
 def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool,
-                    model: ModelSpec | None = None) -> int:
+                    model: ModelSpec | None = None, replicas: int = 1) -> int:
     """Peak bytes created during one training step (the batch included), counted on fake CPU
     tensors: every operator runs for its output's shape and dtype (autocast included) and
     computes nothing, so a ResNet-50's step at batch 64 costs a second, not minutes. On LeNet,
     resnet18 and mobilenet_v3_small the count matched a real CPU step's to the byte in float32
-    and within 0.05% in bfloat16."""
+    and within 0.05% in bfloat16. `replicas` models stacked as one (lenet.replicas) train on
+    the batch at once."""
     model = model or resolve(LENET)
     with FakeTensorMode():
         net = model.build(seed=0)
+        if replicas > 1:
+            net = Replicas([net, *(model.build(seed=k) for k in range(1, replicas))])
         step = TrainStep(net, lr=0.1, dtype=dtype)
-        if channels_last:  # as TrainStep converts, but in place: fake parameters cannot be swapped
+        if channels_last and replicas == 1:
+            # as TrainStep converts, but in place: fake parameters cannot be swapped
             for param in net.parameters():
                 if param.dim() == 4:
                     param.data = param.data.contiguous(memory_format=torch.channels_last)
@@ -114,27 +119,28 @@ class MemoryModel:
 
 
 def _line(model: ModelSpec, dtype: str, channels_last: bool, small: int,
-          large: int) -> tuple[int, float]:
-    peak_small = step_peak_bytes(small, dtype, channels_last, model)
-    peak_large = step_peak_bytes(large, dtype, channels_last, model)
+          large: int, replicas: int) -> tuple[int, float]:
+    peak_small = step_peak_bytes(small, dtype, channels_last, model, replicas)
+    peak_large = step_peak_bytes(large, dtype, channels_last, model, replicas)
     per_sample = (peak_large - peak_small) / (large - small)
     return int(peak_small - per_sample * small), per_sample
 
 
 @functools.cache
-def _fit(dtype: str, channels_last: bool, model: ModelSpec) -> tuple[tuple[int, ...], tuple]:
+def _fit(dtype: str, channels_last: bool, model: ModelSpec,
+         replicas: int = 1) -> tuple[tuple[int, ...], tuple]:
     """(the probe batches, (the activations' line, the line of a few examples)). LeNet's
     activations line is fitted where it was calibrated; another model's through doubling
     batches until its slope holds within 5% well above the few's (the activations then make
     the peak), up to 64."""
-    few = _line(model, dtype, channels_last, *_FEW_PROBES)
+    few = _line(model, dtype, channels_last, *_FEW_PROBES, replicas)
     if model.name in _PROBE_BATCHES:
         small, large = _PROBE_BATCHES[model.name]
-        return (small, large, *_FEW_PROBES), (_line(model, dtype, channels_last, small, large),
-                                               few)
+        return (small, large, *_FEW_PROBES), (
+            _line(model, dtype, channels_last, small, large, replicas), few)
     small, line = _FEW_PROBES[1], None
     while True:
-        previous, line = line, _line(model, dtype, channels_last, small, 2 * small)
+        previous, line = line, _line(model, dtype, channels_last, small, 2 * small, replicas)
         # settled: the slope holds, and is the activations' (well above the few's)
         settled = previous is not None and abs(line[1] / previous[1] - 1) < _SETTLED \
             and line[1] > 2 * few[1]
@@ -156,24 +162,29 @@ def _weights_bytes(model: ModelSpec) -> int:
 
 def memory_model(dtype: str, channels_last: bool, placement: str,
                  dataset_size: int | None = None, device_type: str = "cpu",
-                 model: ModelSpec | None = None) -> MemoryModel:
+                 model: ModelSpec | None = None, replicas: int = 1) -> MemoryModel:
     """`dataset_size` defaults to what a run holds: Fashion-MNIST's training split for LeNet,
-    bench.planning.models.SYNTHETIC_SIZE examples for another model."""
+    bench.planning.models.SYNTHETIC_SIZE examples for another model. `replicas` models stacked
+    by vmap share the batch and the data set."""
     model = model or resolve(LENET)
     if dataset_size is None:
         dataset_size = TRAIN_SIZE if model.is_lenet else SYNTHETIC_SIZE
-    (step_fixed, per_sample), (few_fixed, few_per_sample) = _fit(dtype, channels_last, model)[1]
+    (step_fixed, per_sample), (few_fixed, few_per_sample) = _fit(dtype, channels_last, model,
+                                                                 replicas)[1]
     sample_bytes = 4 * math.prod(model.input_shape) + 8  # a float32 input, an int64 label
     dataset = dataset_size * sample_bytes if placement == "device" else 0
     workspace = CUDA_WORKSPACE_BYTES if device_type == "cuda" else 0
-    weights = _weights_bytes(model)
+    weights = _weights_bytes(model) * replicas
     return MemoryModel(weights + step_fixed, per_sample, dataset, workspace,
                        weights + few_fixed, few_per_sample, weights)
 
 
 def unmodelled(config) -> str | None:
-    """Why the model does not predict this cell's peak (its mode's, lenet.modes), or None where
-    it does."""
+    """Why the model does not predict this cell's peak (its mode's, lenet.modes, or its
+    replicas'), or None where it does."""
+    if config.replicas > 1 and config.replica_method == "streams":
+        return ("not modelled: K models step in turn, and on a GPU their streams overlap by as "
+                "much as the card schedules")
     return TABLE[config.mode].unmodelled
 
 
@@ -182,7 +193,8 @@ def model_for(config) -> MemoryModel:
     `unmodelled` for where that does not hold)."""
     return memory_model(config.dtype, config.channels_last, config.placement,
                         device_type=torch.device(config.device).type,
-                        model=resolve(config.model, config.input_shape))
+                        model=resolve(config.model, config.input_shape),
+                        replicas=config.replicas)
 
 
 def predict_peak_bytes(batch_size: int, dtype: str, channels_last: bool = False,

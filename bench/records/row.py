@@ -63,6 +63,9 @@ class Row:
     # every operator's inputs and outputs, unfused) and its operators, about its kernels
     step_traffic_bytes: int | None = None
     step_operators: int | None = None
+    # one near-empty operator's time on the device (bench.instruments.timing.launch_s): times
+    # step_operators, the least an eager step can take however small its batch
+    launch_us: float | None = None
     # the architecture's hash (bench.planning.models.fingerprint)
     model_fingerprint: str | None = None
     prediction_note: str | None = None  # where the memory model does not hold for this cell
