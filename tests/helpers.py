@@ -92,6 +92,9 @@ class FakeCard:
         return {"power cap": 10**12 + (self.violation_reads - 1) * self.power_capped_ns,
                 "thermal": 10**12}
 
+    def compute_capability(self):
+        return self._read("no compute capability", (9, 0))  # an H100's or H200's
+
     def temperature_c(self):
         if self.temperature is None:
             raise NvmlUnavailable("no temperature: Not Supported")

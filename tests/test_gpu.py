@@ -175,3 +175,26 @@ def test_a_pooled_gpu_worker_is_pinned_to_its_card_and_its_rows_name_it(tmp_path
         (last, name, uuid, f"GPU {last}")}
     # the pinned worker's NVML reader found its card through CUDA_VISIBLE_DEVICES
     assert all(r["nvml_peak_used_bytes"] for r in rows)
+
+
+@pytest.mark.parametrize("method, mode", [("vmap", "eager"), ("streams", "eager"),
+                                          ("vmap", "graph")])
+def test_several_models_on_the_card_each_train_as_alone(method, mode):
+    """Four LeNets at once on the card, stacked (eager, or captured in one CUDA graph) or on
+    four streams: each replica's first losses are those it reaches alone from its seed."""
+    from lenet.model import build_lenet
+    from lenet.train import build_step
+
+    data = synthetic_tensors(256, seed=1)
+    images, labels = data.images.cuda(), data.labels.cuda()
+    alone = []
+    for seed in range(4):
+        step = build_step(build_lenet(seed=seed).cuda(), lr=0.9, precision="highest")
+        alone.append([float(step(images, labels)[0]) for _ in range(3)])
+    step = build_step([build_lenet(seed=k).cuda() for k in range(4)], lr=0.9, mode=mode,
+                      precision="highest", replica_method=method)
+    together = [float(step(images, labels)[0]) for _ in range(3)]
+    # a graphed step's first call trains its warm-up steps before the one it returns
+    first = float(getattr(step, "first_loss", together[0]))
+    assert first == pytest.approx(sum(run[0] for run in alone) / 4, rel=1e-4)
+    assert together[-1] < first

@@ -173,6 +173,8 @@ def test_the_doctor_notes_an_nvml_failure_instead_of_crashing(monkeypatch):
 
 @needs_gpu
 def test_real_nvml_reads_the_card():
+    import torch
+
     with NvmlReader(0) as reader:
         info = reader.memory()
         assert info.total_bytes > 0
@@ -186,6 +188,8 @@ def test_real_nvml_reads_the_card():
         assert set(violations) <= {"power cap", "thermal"}
         assert all(isinstance(ns, int) and ns >= 0 for ns in violations.values())
         assert isinstance(reader.clock_event_reasons(), int)
+        # what sizes the libraries' workspaces in the memory model, as torch sees it
+        assert reader.compute_capability() == torch.cuda.get_device_capability(0)
 
 
 def test_the_real_reader_and_the_one_fake_answer_every_call_of_the_protocol():

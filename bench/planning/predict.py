@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from bench.instruments.memory import LiveBytes
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 from bench.planning.grid import LENET
 from bench.planning.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
 from lenet.data import TRAIN_SIZE
@@ -74,11 +78,51 @@ def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool,
     return tracker.peak_bytes
 
 
-# cuBLAS and cuBLASLt keep a workspace each in the caching allocator, counted as allocated. On an
-# H100 (sm90, torch 2.11) the measured allocator peak ran 65.3 to 66.9 MiB over the tensor-only
-# prediction at batch 256 to 16,384 in float32: two 32 MiB workspaces. Older cards get smaller
-# ones, so this is an upper bound there.
-CUDA_WORKSPACE_BYTES = 64 * 2**20
+# torch gives each (cuBLAS handle, stream) a cuBLAS workspace and a cuBLASLt one, from the caching
+# allocator, so they count as allocated; a training step uses two handles, the forward's thread's
+# and the autograd engine's backward thread's. The sizes follow torch's own rule
+# (aten/src/ATen/cuda/CublasHandlePool.cpp): cuBLAS's is CUBLAS_WORKSPACE_CONFIG's sum of
+# `:KiB:count` pairs, else 32 MiB on compute capability 9.0 and 4096 KiB x 2 + 16 KiB x 8
+# elsewhere; cuBLASLt's is CUBLASLT_WORKSPACE_SIZE KiB (1,024 by default), never more than
+# cuBLAS's, and none where TORCH_CUBLASLT_UNIFIED_WORKSPACE has it share cuBLAS's. On an H100
+# (9.0, torch 2.11) the allocator's peak ran 65.3 to 66.9 MiB over the tensor-only prediction at
+# batch 256 to 16,384 in float32: this rule's 66 MiB.
+_HOPPER_CUBLAS_BYTES = 4096 * 8 * 1024
+_OTHER_CUBLAS_BYTES = 4096 * 1024 * 2 + 16 * 1024 * 8
+_CUBLASLT_DEFAULT_KIB = 1024
+_HANDLES_PER_STEP = 2
+
+
+def cuda_workspace_bytes(capability: tuple[int, int] | None,
+                         environ: Mapping[str, str] = os.environ) -> int:
+    """The libraries' workspaces a training step leaves in the caching allocator on a card of
+    `capability`; None (a card not here to ask) is read as 9.0, the largest default."""
+    pairs = re.findall(r":([0-9]+):([0-9]+)", environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
+    if pairs:
+        cublas = sum(int(kib) * 1024 * int(count) for kib, count in pairs)
+    else:
+        cublas = _OTHER_CUBLAS_BYTES if capability not in (None, (9, 0)) \
+            else _HOPPER_CUBLAS_BYTES
+    unified = environ.get("TORCH_CUBLASLT_UNIFIED_WORKSPACE", "").lower() in ("1", "true", "on",
+                                                                              "yes")
+    lt_kib = environ.get("CUBLASLT_WORKSPACE_SIZE", "")
+    lt = 0 if unified else min(
+        cublas, (int(lt_kib) if lt_kib.isdigit() else _CUBLASLT_DEFAULT_KIB) * 1024)
+    return _HANDLES_PER_STEP * (cublas + lt)
+
+
+@functools.cache
+def card_capability(device: str) -> tuple[int, int] | None:
+    """The compute capability of the card `device` names, through NVML (which does not start
+    CUDA in this process); None where NVML cannot say, or the card is not here."""
+    index = torch.device(device).index or 0
+    try:
+        with NvmlReader(index) as reader:
+            return reader.compute_capability()
+    except NvmlUnavailable:
+        return None
+
+
 # Room for the CUDA context and libraries on top of the allocator's peak (about 617 MiB was
 # measured on an H200 with torch 2.11); a cell needs this much free besides its own tensors.
 CONTEXT_ALLOWANCE_BYTES = 768 * 2**20
@@ -162,10 +206,12 @@ def _weights_bytes(model: ModelSpec) -> int:
 
 def memory_model(dtype: str, channels_last: bool, placement: str,
                  dataset_size: int | None = None, device_type: str = "cpu",
-                 model: ModelSpec | None = None, replicas: int = 1) -> MemoryModel:
+                 model: ModelSpec | None = None, replicas: int = 1,
+                 capability: tuple[int, int] | None = None) -> MemoryModel:
     """`dataset_size` defaults to what a run holds: Fashion-MNIST's training split for LeNet,
     bench.planning.models.SYNTHETIC_SIZE examples for another model. `replicas` models stacked
-    by vmap share the batch and the data set."""
+    by vmap share the batch and the data set. `capability`: a CUDA card's compute capability,
+    which sizes the libraries' workspaces (cuda_workspace_bytes)."""
     model = model or resolve(LENET)
     if dataset_size is None:
         dataset_size = TRAIN_SIZE if model.is_lenet else SYNTHETIC_SIZE
@@ -173,7 +219,7 @@ def memory_model(dtype: str, channels_last: bool, placement: str,
                                                                  replicas)[1]
     sample_bytes = 4 * math.prod(model.input_shape) + 8  # a float32 input, an int64 label
     dataset = dataset_size * sample_bytes if placement == "device" else 0
-    workspace = CUDA_WORKSPACE_BYTES if device_type == "cuda" else 0
+    workspace = cuda_workspace_bytes(capability) if device_type == "cuda" else 0
     weights = _weights_bytes(model) * replicas
     return MemoryModel(weights + step_fixed, per_sample, dataset, workspace,
                        weights + few_fixed, few_per_sample, weights)
@@ -194,7 +240,9 @@ def model_for(config) -> MemoryModel:
     return memory_model(config.dtype, config.channels_last, config.placement,
                         device_type=torch.device(config.device).type,
                         model=resolve(config.model, config.input_shape),
-                        replicas=config.replicas)
+                        replicas=config.replicas,
+                        capability=card_capability(config.device)
+                        if config.device.startswith("cuda") else None)
 
 
 def predict_peak_bytes(batch_size: int, dtype: str, channels_last: bool = False,
