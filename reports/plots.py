@@ -91,7 +91,10 @@ def throughput(run: Run, folder: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(8, 6))
     added = [name for name in added_axes() if cells[name].nunique() > 1]
     series = ["loader", "dtype", "layout", *added]
-    for values, group in cells.groupby(series):
+    groups = cells.groupby(series)
+    if groups.ngroups > 10:  # past the default cycle's ten colours, two lines would share one
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for values, group in groups:
         group = group.sort_values("batch_size")
         style = "-" if values[0] == "device-resident" else "--"
         settings = dict(zip(added, values[3:]))
@@ -100,7 +103,7 @@ def throughput(run: Run, folder: Path) -> str | None:
                     label=", ".join([*map(str, (*values[1:3], values[0])),
                                      *_added_words(settings)]))
     _log2_batches(ax, cells["batch_size"])
-    several = " of every model a cell trained" if "replicas" in added else ""
+    several = ", all of a cell's models" if "replicas" in added else ""
     ax.set_ylabel(f"examples/s{several} (median; bars: IQR)")
     ax.set_title(f"Training throughput on {_device_words(run)}")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
