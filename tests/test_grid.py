@@ -11,7 +11,7 @@ def test_unknown_grid_lists_the_known_ones():
 def test_gpu_default_covers_every_dtype_layout_and_loader_variant():
     cells = get_grid("default", on_gpu=True).cells("cuda:0")
     batch_sizes = sorted({c.batch_size for c in cells})
-    assert batch_sizes[0] == 64 and batch_sizes[-1] >= 16384
+    assert batch_sizes[0] == 64 and batch_sizes[-1] == 65536
     assert {(c.dtype, c.channels_last) for c in cells} == {
         (d, cl) for d in ("float32", "bfloat16", "float16") for cl in (False, True)}
     host = {(c.pin_memory, c.num_workers) for c in cells if c.placement == "host"}
@@ -25,8 +25,8 @@ def test_gpu_default_covers_every_dtype_layout_and_loader_variant():
     assert several == {(k, method, mode) for k in (4, 16) for method, mode in (
         ("vmap", "eager"), ("streams", "eager"), ("vmap", "graph"))}
     # 5 batch sizes x (3 dtypes x 2 layouts on the device + 4 loader variants on the host
-    # + 2 dtypes x 3 modes), and the 6 of several models
-    assert len(cells) == 5 * (6 + 4 + 6) + 6
+    # + 2 dtypes x 3 modes), batch 65,536 eager and graphed, and the 6 of several models
+    assert len(cells) == 5 * (6 + 4 + 6) + 2 + 6
     assert len(set(cells)) == len(cells)
 
 

@@ -250,13 +250,16 @@ _GPU_GRIDS = {
         Block(batch_size=_POWERS_OF_4, placement=("host",), pin_memory=(False, True),
               num_workers=(0, 4)),
         Block(batch_size=_POWERS_OF_4, dtype=("float32", "bfloat16"), mode=_FAST_MODES),
+        # past 16,384 a step is still far from the card's limits: one batch where it may reach them
+        Block(batch_size=(65536,), mode=("eager", "graph")),
         Block(batch_size=(4096,), replicas=(4, 16), replica_method=REPLICA_METHODS),
         Block(batch_size=(4096,), replicas=(4, 16), mode=("graph",)),
     ), "batch 64 to 16,384 at every dtype and layout on device-resident data, the host loader "
        "with and without pinning and workers at float32, torch.compile, compile with CUDA "
-       "graphs and a CUDA graph of the whole step at float32 and bfloat16, and 4 and 16 LeNets "
-       "trained at once at batch 4,096 (stacked by vmap, on streams, and stacked in a CUDA "
-       "graph)", find_max_batch=True, min_repeat_s=_GPU_REPEAT_S),
+       "graphs and a CUDA graph of the whole step at float32 and bfloat16, batch 65,536 eager "
+       "and as a CUDA graph at float32, and 4 and 16 LeNets trained at once at batch 4,096 "
+       "(stacked by vmap, on streams, and stacked in a CUDA graph)", find_max_batch=True,
+        min_repeat_s=_GPU_REPEAT_S),
     "full": Grid("full", (
         Block(batch_size=tuple(2**k for k in range(5, 17)), dtype=DTYPES,
               channels_last=(False, True), placement=PLACEMENTS, pin_memory=(False, True),
