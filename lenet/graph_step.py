@@ -53,7 +53,10 @@ class GraphedStep:
         torch.cuda.current_stream(self.step.device).wait_stream(side)
         self.step.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local, as inductor captures: a DataLoader's pin-memory thread allocating pinned
+        # host memory during the capture must not break it (global mode forbids that call on
+        # every thread)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.loss, self.logits = self.step(self.images, self.labels)
         self.graph = graph
 

@@ -198,3 +198,15 @@ def test_several_models_on_the_card_each_train_as_alone(method, mode):
     first = float(getattr(step, "first_loss", together[0]))
     assert first == pytest.approx(sum(run[0] for run in alone) / 4, rel=1e-4)
     assert together[-1] < first
+
+
+def test_graph_mode_trains_from_a_pinned_host_loader_with_workers():
+    """The DataLoader's pin thread allocates pinned host memory while the step is captured:
+    captured in thread_local mode, as inductor captures, that does not break the capture."""
+    data = synthetic_tensors(4096)
+    config = Config(256, placement="host", pin_memory=True, num_workers=2, mode="graph",
+                    device="cuda:0")
+    result, healthy = run_cell(config, data, QUICK)
+    row = build_row(result)
+    assert row.status == "ok", row.error
+    assert row.loss_last < row.loss_first

@@ -201,3 +201,32 @@ def test_the_real_reader_and_the_one_fake_answer_every_call_of_the_protocol():
     calls = {name for name in vars(GpuReader) if not name.startswith("_")}
     assert {"memory", "processes", "total_energy_mj", "close"} <= calls
     assert calls <= set(dir(NvmlReader)) and calls <= set(dir(FakeCard))
+
+
+def test_power_is_read_from_the_instantaneous_field_where_the_driver_has_it(monkeypatch):
+    """nvmlDeviceGetPowerUsage averages over a second on Ampere and later; the instantaneous
+    field does not. Where the field fails (an older driver), the averaged call answers."""
+    import pynvml
+
+    FakeNvmlLibrary(monkeypatch)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerUsage", lambda handle: 300_000)
+
+    def fields(handle, ids):
+        assert ids == [pynvml.NVML_FI_DEV_POWER_INSTANT]
+        value = pynvml.c_nvmlFieldValue_t()
+        value.fieldId, value.nvmlReturn = ids[0], pynvml.NVML_SUCCESS
+        value.valueType, value.value.uiVal = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, 412_345
+        return [value]
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetFieldValues", fields)
+    with NvmlReader(0) as reader:
+        assert reader.power_mw() == 412_345
+
+    def unsupported(handle, ids):
+        value = pynvml.c_nvmlFieldValue_t()
+        value.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return [value]
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetFieldValues", unsupported)
+    with NvmlReader(0) as reader:
+        assert reader.power_mw() == 300_000

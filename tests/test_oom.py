@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from bench.basics.outcome import Outcome
 from bench.instruments.oom import (
     Attempt,
     failure_kind,
@@ -109,3 +110,25 @@ def test_first_try_that_fits_is_plain_ok():
 def test_a_long_message_keeps_its_first_line():
     exc = RuntimeError("InvalidCxxCompiler: no compiler\n\nSet TORCHDYNAMO_VERBOSE=1 for more")
     assert one_line(exc) == "RuntimeError: InvalidCxxCompiler: no compiler"
+
+
+def test_an_oom_inside_a_graph_capture_is_an_oom_though_the_capture_end_fails_after_it():
+    """torch.cuda.graph ends its capture as the OOM leaves the block, and that fails too: the
+    exception that reaches the cell is the capture's, with the OOM as its context."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def capture():  # as torch.cuda.graph behaves when a capture is broken
+        try:
+            yield
+        finally:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError) as broken:
+        with capture():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert failure_kind(broken.value) == Outcome.OOM
+    with pytest.raises(RuntimeError) as other:
+        with capture():
+            pass  # a capture that fails for another reason stays an error
+    assert failure_kind(other.value) == Outcome.ERROR

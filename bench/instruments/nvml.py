@@ -249,7 +249,17 @@ class NvmlReader:
                           self._handle)
 
     def power_mw(self) -> int:
-        """Power draw now, in milliwatts (averaged by the driver over a short period)."""
+        """Power draw now, in milliwatts: NVML's instantaneous field where the driver has it,
+        else nvmlDeviceGetPowerUsage, which on Ampere and later averages over a second and so
+        smears a 2 s window's edges."""
+        field = getattr(self._nvml, "NVML_FI_DEV_POWER_INSTANT", None)  # newer bindings only
+        if field is not None:
+            try:
+                value = self._nvml.nvmlDeviceGetFieldValues(self._handle, [field])[0]
+            except self._nvml.NVMLError:
+                value = None  # a driver without field values: the averaged call below
+            if value is not None and value.nvmlReturn == self._nvml.NVML_SUCCESS:
+                return int(_field_number(self._nvml, value))
         return self._call("no power reading", self._nvml.nvmlDeviceGetPowerUsage, self._handle)
 
     def name(self) -> str:
@@ -257,6 +267,17 @@ class NvmlReader:
 
     def driver_version(self) -> str:
         return _text(self._call("no driver version", self._nvml.nvmlSystemGetDriverVersion))
+
+
+def _field_number(nvml, value) -> float:
+    """An NVML field value's number, read as its value type says."""
+    member = {nvml.NVML_VALUE_TYPE_DOUBLE: "dVal", nvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
+              nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
+              nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
+              nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
+              nvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
+              nvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal"}[value.valueType]
+    return getattr(value.value, member)
 
 
 class PeakSampler:

@@ -37,6 +37,19 @@ KERNEL_LIMIT_MESSAGES = (
 
 
 def is_oom(exc: BaseException) -> bool:
+    """Whether `exc`, or a failure it was raised while handling, ran out of memory: an OOM inside
+    a CUDA graph's capture surfaces as the capture's end failing ("operation not permitted when
+    stream is capturing"), with the OOM as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if _ran_out(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _ran_out(exc: BaseException) -> bool:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OOM_MESSAGES)
