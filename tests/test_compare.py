@@ -9,6 +9,7 @@ from helpers import (
     CPU_ENV,
     benchmark_json,
     crafted_cpu_row,
+    crafted_row,
     crafted_run,
     one_line_error,
     run_main,
@@ -331,3 +332,20 @@ def test_a_fractional_bound_is_printed_as_given(base_run, tmp_path):
                       lambda row: row.update(tracked_peak_bytes=row["tracked_peak_bytes"] * 2))
     result = _gate(base_run, new, "--max-memory-growth", "0.5%")
     assert result.returncode == 1 and "past the 0.5% allowed" in result.stdout
+
+
+def test_slurm_runs_on_two_card_models_are_refused_though_their_envs_name_none(tmp_path):
+    """A Slurm run's env.json is the submitting host's, with no GPU; its rows name the cards
+    the tasks ran on. Runs on an H100 and an A100 are not compared."""
+    slurm_env = {**CPU_ENV, "gpu_name": None}
+    base = crafted_run(tmp_path / "h100", [crafted_row(256, gpu_name="NVIDIA H100 80GB HBM3")],
+                       env=slurm_env)
+    new = crafted_run(tmp_path / "a100", [crafted_row(256, gpu_name="NVIDIA A100-SXM4-80GB")],
+                      env=slurm_env)
+    result = _gate(base, new)
+    assert result.returncode == 2
+    assert "the runs differ in GPU: NVIDIA H100 80GB HBM3 against NVIDIA A100-SXM4-80GB" in \
+        result.stderr
+    same = crafted_run(tmp_path / "h100-again",
+                       [crafted_row(256, gpu_name="NVIDIA H100 80GB HBM3")], env=slurm_env)
+    assert _gate(base, same).returncode == 0

@@ -143,8 +143,11 @@ def load_side(path: Path) -> Side:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     env = store.read_env(path, strict=True)
+    # the cards the rows ran on, where they name them: a Slurm run's env.json is the submitting
+    # host's, which may have no GPU; a pool's rows may name more than one model
+    cards = ", ".join(sorted({r["gpu_name"] for r in rows if r["gpu_name"]}))
     # what makes figures comparable beyond the machine: the data and the cap they ran under
-    env = {**env,
+    env = {**env, "gpu_name": cards or env.get("gpu_name"),
            "data_source": ", ".join(sorted({str(r["data_source"]) for r in rows})) or None,
            "memory_cap_bytes": ", ".join(sorted({str(r["memory_cap_bytes"]) for r in rows}))
            or None,
