@@ -230,3 +230,29 @@ def test_power_is_read_from_the_instantaneous_field_where_the_driver_has_it(monk
     monkeypatch.setattr(pynvml, "nvmlDeviceGetFieldValues", unsupported)
     with NvmlReader(0) as reader:
         assert reader.power_mw() == 300_000
+
+
+def test_a_job_that_may_open_one_card_of_four_reads_that_card(monkeypatch):
+    """Slurm's ConstrainDevices: the job's cgroup holds only NVML's card 2, which CUDA, seeing
+    only it, calls 0 (CUDA_VISIBLE_DEVICES=0). NVML still counts four cards and refuses the
+    others; the reader skips them and reads card 2, where it used to fail or read card 0."""
+    import pynvml
+
+    FakeNvmlLibrary(monkeypatch)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 4)
+
+    def handle(index):
+        if index != 2:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        return "handle2"
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", handle)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: f"GPU-uuid-of-{h}")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with NvmlReader(0) as reader:
+        assert reader.device.index == 2 and reader.device.uuid == "GPU-uuid-of-handle2"
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex",
+                        lambda i: (_ for _ in ()).throw(
+                            pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)))
+    with pytest.raises(NvmlUnavailable, match="NVML may open none of the 4 GPU"):
+        NvmlReader(0)

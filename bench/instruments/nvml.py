@@ -80,7 +80,9 @@ def nvml_index_for(cuda_index: int, devices: list[NvmlDevice], visible: str | No
                               "PCI_BUS_ID or name the GPU by UUID in CUDA_VISIBLE_DEVICES")
     if int(entry) >= len(devices):
         raise NvmlUnavailable(f"NVML sees {len(devices)} GPU(s), none with index {entry}")
-    return int(entry)
+    # CUDA numbers the cards this process may open; where a cgroup hides some (Slurm's
+    # ConstrainDevices), NVML's list of those it could open is in the same order
+    return devices[int(entry)].index
 
 
 def _cuda_uuid(cuda_index: int) -> str | None:
@@ -130,8 +132,10 @@ class NvmlReader:
         self._nvml = pynvml
         self._call("NVML could not start", pynvml.nvmlInit)
         try:
-            devices = [self._device(i) for i in range(self._call("no GPU count",
-                                                                 pynvml.nvmlDeviceGetCount))]
+            count = self._call("no GPU count", pynvml.nvmlDeviceGetCount)
+            devices = [d for d in map(self._device_if_open, range(count)) if d is not None]
+            if not devices:
+                raise NvmlUnavailable(f"NVML may open none of the {count} GPU(s) on this host")
             index = nvml_index_for(cuda_index, devices, os.environ.get("CUDA_VISIBLE_DEVICES"),
                                    os.environ.get("CUDA_DEVICE_ORDER"), _cuda_uuid(cuda_index))
             self._handle = self._call(f"NVML has no GPU {index}",
@@ -139,7 +143,7 @@ class NvmlReader:
         except NvmlUnavailable:
             self.close()
             raise
-        self.device = devices[index]
+        self.device = next(d for d in devices if d.index == index)
 
     def _call(self, what: str, function, *args):
         try:
@@ -147,6 +151,17 @@ class NvmlReader:
         # the process list's struct can mismatch the library: not an NVMLError subclass
         except (self._nvml.NVMLError, self._nvml.NVMLLibraryMismatchError) as exc:
             raise NvmlUnavailable(f"{what}: {exc}") from None
+
+    def _device_if_open(self, index: int) -> NvmlDevice | None:
+        """The card, or None where this process may not open it: a cgroup that holds only the
+        cards a job was given (Slurm's ConstrainDevices) refuses the others."""
+        try:
+            self._nvml.nvmlDeviceGetHandleByIndex(index)
+        except self._nvml.NVMLError_NoPermission:
+            return None
+        except self._nvml.NVMLError:
+            pass  # any other failure is the card's, and _device says which
+        return self._device(index)
 
     def _device(self, index: int) -> NvmlDevice:
         handle = self._call(f"NVML has no GPU {index}", self._nvml.nvmlDeviceGetHandleByIndex,
