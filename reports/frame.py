@@ -49,6 +49,13 @@ class Run:
         return self.plan.model if self.plan else ModelInfo()
 
     @property
+    def cards(self) -> str | None:
+        """The card models the rows say they ran on (under Slurm, not the submitting host's,
+        whose env.json may name none), else the run's own; None on the CPU."""
+        named = self.cells["gpu_name"].dropna().unique() if "gpu_name" in self.cells else []
+        return ", ".join(sorted(named)) if len(named) else self.env.get("gpu_name")
+
+    @property
     def memory_cap_bytes(self) -> int | None:
         return self.plan.memory_cap_bytes if self.plan else None
 

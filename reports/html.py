@@ -85,12 +85,8 @@ def header(run: Run) -> str:
 
 
 def device_words(run: Run) -> str:
-    """The cards the rows say they ran on (under Slurm, not the submitting host's), else the
-    run's own device."""
-    named = run.cells["gpu_name"].dropna().unique() if "gpu_name" in run.cells else []
-    if len(named):
-        return ", ".join(sorted(named))
-    return run.env.get("gpu_name") or f"CPU: {run.env.get('cpu', 'unknown')}"
+    """The cards the rows say they ran on, else the run's CPU."""
+    return run.cards or f"CPU: {run.env.get('cpu', 'unknown')}"
 
 
 def where_table(cells: pd.DataFrame) -> str | None:

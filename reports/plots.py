@@ -288,7 +288,7 @@ def roofline(run: Run, folder: Path) -> str | None:
 
 
 def _device_words(run: Run) -> str:
-    return run.env.get("gpu_name") or f"the CPU ({run.env.get('cpu', 'unknown')})"
+    return run.cards or f"the CPU ({run.env.get('cpu', 'unknown')})"
 
 
 # Each plot by the file it writes.
