@@ -40,6 +40,7 @@ from bench.repeat_server import PROTOCOL
 from lenet.cli import (
     OneLineParser,
     UsageError,
+    exit_with,
     fail,
     positive_float,
     positive_int,
@@ -278,4 +279,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

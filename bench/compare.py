@@ -14,7 +14,6 @@ Exit status: 0 passed, 1 a regression, 2 bad input or refused.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from bench.basics.schema import NewerSchemaError
@@ -29,7 +28,7 @@ from bench.gates.comparison import (
     table_lines,
 )
 from bench.records import store
-from lenet.cli import OneLineParser, UsageError, fail
+from lenet.cli import OneLineParser, UsageError, exit_with, fail
 
 PROG = "python -m bench.compare"
 
@@ -90,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -9,7 +9,6 @@ before a kernel does.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +18,7 @@ from bench.instruments.nvml import GpuReader, MemoryInfo, NvmlReader, NvmlUnavai
 from bench.planning.grid import GridError, get_grid
 from bench.planning.plan import smallest_need_bytes
 from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES
-from lenet.cli import OneLineParser, UsageError, fail, resolve_device
+from lenet.cli import OneLineParser, UsageError, exit_with, fail, resolve_device
 
 
 def memory_lines(info: MemoryInfo) -> list[str]:
@@ -105,4 +104,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

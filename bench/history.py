@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from bench.basics.schema import NewerSchemaError
@@ -30,7 +29,7 @@ from bench.records.store import RunDirError
 from bench.series import bisection, points, trends
 from bench.series.database import History, HistoryError
 from bench.series.steps import NEWEST
-from lenet.cli import OneLineParser, UsageError, fail, positive_float, positive_int
+from lenet.cli import OneLineParser, UsageError, exit_with, fail, positive_float, positive_int
 
 PROG = "python -m bench.history"
 DEFAULT_DB = "history.sqlite"
@@ -188,4 +187,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import sys
 
+from lenet.cli import exit_with
+
 # the protocol's version: bench.ab refuses a server that speaks another
 PROTOCOL = 1
 
@@ -70,4 +72,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

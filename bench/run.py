@@ -51,6 +51,7 @@ from bench.series.database import History, HistoryError, shown
 from lenet.cli import (
     OneLineParser,
     UsageError,
+    exit_with,
     fail,
     non_negative_int,
     positive_float,
@@ -593,4 +594,4 @@ def _write_report(run_dir: Path, history: str | None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

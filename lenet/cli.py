@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+from collections.abc import Callable
 
 
 class UsageError(Exception):
@@ -15,6 +18,20 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         fail(self.prog, message)
+
+
+def exit_with(main: Callable[[], int]) -> None:
+    """sys.exit(main()); and where the reader of standard output went away (`| head`), exit as a
+    command that a broken pipe stops does (status 141), without a traceback. What a run wrote
+    to its files before is kept: they are written as they go."""
+    try:
+        status = main()
+        sys.stdout.flush()  # a broken pipe surfaces here, inside the try, not at exit
+    except BrokenPipeError:
+        # Python flushes standard output again as it exits: point it at nothing first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
+    sys.exit(status)
 
 
 def fail(prog: str, message: str):

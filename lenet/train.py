@@ -11,7 +11,6 @@ evaluation; the wall-clock figure printed beside it includes both.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from lenet.cli import (
     OneLineParser,
     UsageError,
+    exit_with,
     fail,
     non_negative_int,
     positive_float,
@@ -239,4 +239,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lenet.cli import OneLineParser, UsageError, fail
+from lenet.cli import OneLineParser, UsageError, exit_with, fail
 
 PROG = "python -m reports"
 
@@ -50,4 +50,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

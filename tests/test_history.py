@@ -252,3 +252,16 @@ def test_bisect_refuses_in_one_line_what_it_cannot_narrow(tmp_path):
     assert result.returncode == 2
     assert "commit c7 is not in" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.e2e
+def test_a_listing_whose_reader_went_away_ends_quietly(tmp_path):
+    """`bench.history list | head`: the reader closes the pipe before the listing is written.
+    The command ends as a broken pipe ends a command (141), with no traceback."""
+    db = history_of(tmp_path, QUIET[:3])
+    proc = subprocess.Popen([sys.executable, "-m", "bench.history", "list", "--db", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc.stdout.close()  # before the command has started: its first write finds no reader
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
