@@ -333,3 +333,17 @@ def test_scontrols_lines_give_each_task_its_state_and_slurms_words():
     # a single task is submitted as a plain job
     assert executor.parse_states("JobId=20 JobState=CANCELLED Reason=None", "20") == {
         "20": ("CANCELLED", "CANCELLED")}
+
+
+def test_a_task_starts_in_a_module_that_imports_nothing_heavy():
+    """submitit loads the task's function before it handles signals, and Slurm's warning signal
+    can come at once on a short limit: a task still importing torch died of it (exit 140,
+    FAILED, not TIMEOUT). The function's module ignores the signal before importing torch."""
+    import bench.execution.slurm_task
+
+    assert executor.slurm_task.task is bench.execution.slurm_task.task
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, bench.execution.slurm_task; "
+         "print(sorted(m for m in ('torch', 'pandas', 'numpy') if m in sys.modules))"],
+        capture_output=True, text=True, cwd=ROOT, check=True)
+    assert loaded.stdout.strip() == "[]"

@@ -17,13 +17,13 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import torch
 
 from bench.basics.outcome import Attempt, Outcome
+from bench.execution import slurm_task
 from bench.execution.cell import CellResult
 from bench.execution.runner import Stamps
 from bench.execution.session import Session, build_row
@@ -167,7 +167,7 @@ def submit(run_dir: Path, keys: list[str], options: SlurmOptions, boundaries: bo
     umask = os.umask(0o077)
     try:
         with contextlib.redirect_stderr(said):
-            jobs = executor.map_array(run_task, [str(run_dir)] * len(shares), shares,
+            jobs = executor.map_array(slurm_task.task, [str(run_dir)] * len(shares), shares,
                                       [not share for share in shares])
     except (FailedJobError, subprocess.SubprocessError, OSError, RuntimeError) as exc:
         lines = [w.strip() for w in f"{exc}\n{said.getvalue()}".splitlines() if w.strip()]
@@ -281,9 +281,6 @@ def run_task(run_dir: str, keys: list[str], boundaries: bool) -> int:
     """One array task, on its node: run `keys` (skipping those already done, as after a
     requeue), or the boundary searches, on every GPU Slurm gave it (one worker each, from one
     queue) or on its CPUs; rows go to this task's own files. Returns how many it wrote."""
-    # the warning signal submitit asks Slurm for: a cell cannot stop mid-way, so the task runs
-    # on and Slurm ends it at its limit (TIMEOUT) with every finished row on disk
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     import submitit  # the optional extra: imported where a task runs, never to plan
 
     path = Path(run_dir)
