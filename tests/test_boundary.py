@@ -42,8 +42,10 @@ def test_a_close_prediction_brackets_the_boundary_in_two_trials():
 
 
 def test_a_prediction_twice_too_high_still_beats_doubling_from_the_grid():
-    """The CPU under a 512 MiB cap: 2,816 trains, 2,944 does not, the model predicted 5,827 (the
-    cap also holds the worker's libraries). Doubling from 64 to within 5% took 11 trials."""
+    """A prediction twice too high, as the CPU's under a 512 MiB cap once was: 2,816 trained
+    and 2,944 did not against 5,827 predicted, when the trials climbed from 64 and left the
+    address space fragmented (doubling from 64 to within 5% took 11 trials). Seeded by the
+    prediction, the search now finds 6,119 there."""
     trial, tried = _card(limit=2816)
     b = find_max_batch(trial, _predicted(5827), start=64, limit=2**16, budget_s=60)
     # 5% under, then halving, until one trains; then bisect to 1%

@@ -369,3 +369,18 @@ def test_several_models_run_as_cells_counting_every_models_examples(tmp_path):
     assert streamed["predicted_peak_bytes"] is None
     assert streamed["prediction_note"].startswith("not modelled: K models step in turn")
     assert "(4 models, " in result.stdout and " examples/s each)" in result.stdout
+
+
+@pytest.mark.e2e
+def test_under_a_cpu_cap_the_predicted_boundary_is_within_10_percent_of_the_found_one(tmp_path):
+    """The CPU under a 512 MiB cap (an address-space limit, real OOMs): the search starts at the
+    memory model's prediction and brackets the boundary; here 5,827 predicted, 6,119 found."""
+    out = tmp_path / "capped"
+    result = run_module("bench.run", "--grid", "smoke", "--memory-cap", "512MiB", "--set",
+                        "batch_size=64", "--set", "dtype=float32", "--find-max-batch",
+                        "--no-report", "--out", str(out), *SYNTHETIC)
+    assert result.returncode == 0, result.stderr
+    (boundary,) = [json.loads(line) for line in (out / "boundaries.jsonl").open()]
+    assert boundary["stop_reason"] == "oom"
+    assert boundary["trials"][0]["batch_size"] == boundary["predicted_max_batch"]
+    assert boundary["predicted_max_batch"] == pytest.approx(boundary["max_ok_batch"], rel=0.10)
