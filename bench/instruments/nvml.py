@@ -285,14 +285,14 @@ class NvmlReader:
 
 
 def _field_number(nvml, value) -> float:
-    """An NVML field value's number, read as its value type says."""
-    member = {nvml.NVML_VALUE_TYPE_DOUBLE: "dVal", nvml.NVML_VALUE_TYPE_UNSIGNED_INT: "uiVal",
-              nvml.NVML_VALUE_TYPE_UNSIGNED_LONG: "ulVal",
-              nvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: "ullVal",
-              nvml.NVML_VALUE_TYPE_SIGNED_LONG_LONG: "sllVal",
-              nvml.NVML_VALUE_TYPE_SIGNED_INT: "siVal",
-              nvml.NVML_VALUE_TYPE_UNSIGNED_SHORT: "usVal"}[value.valueType]
-    return getattr(value.value, member)
+    """An NVML field value's number, read as its value type says (the oldest supported binding
+    lacks some of the types' names)."""
+    members = {getattr(nvml, f"NVML_VALUE_TYPE_{name}"): member for name, member in (
+        ("DOUBLE", "dVal"), ("UNSIGNED_INT", "uiVal"), ("UNSIGNED_LONG", "ulVal"),
+        ("UNSIGNED_LONG_LONG", "ullVal"), ("SIGNED_LONG_LONG", "sllVal"),
+        ("SIGNED_INT", "siVal"), ("UNSIGNED_SHORT", "usVal"))
+        if hasattr(nvml, f"NVML_VALUE_TYPE_{name}")}
+    return getattr(value.value, members[value.valueType])
 
 
 class PeakSampler:
