@@ -156,16 +156,11 @@ class NvmlReader:
         """The card, or None where this process may not open it: a cgroup that holds only the
         cards a job was given (Slurm's ConstrainDevices) refuses the others."""
         try:
-            self._nvml.nvmlDeviceGetHandleByIndex(index)
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
         except self._nvml.NVMLError_NoPermission:
             return None
-        except self._nvml.NVMLError:
-            pass  # any other failure is the card's, and _device says which
-        return self._device(index)
-
-    def _device(self, index: int) -> NvmlDevice:
-        handle = self._call(f"NVML has no GPU {index}", self._nvml.nvmlDeviceGetHandleByIndex,
-                            index)
+        except self._nvml.NVMLError as exc:
+            raise NvmlUnavailable(f"NVML has no GPU {index}: {exc}") from None
         return NvmlDevice(index, _text(self._call("no UUID", self._nvml.nvmlDeviceGetUUID, handle)),
                           _text(self._call("no name", self._nvml.nvmlDeviceGetName, handle)))
 
