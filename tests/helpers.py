@@ -6,6 +6,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,6 +185,19 @@ def ctrl_c_as_at_a_terminal():
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_until_it_catches(pid: int, signum: int, timeout_s: float = 60.0):
+    """Return once process `pid` has a handler for `signum` (Linux's SigCgt mask): a signal sent
+    earlier, while a loaded machine still starts the interpreter, kills it by default action."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = open(f"/proc/{pid}/status").read()
+        caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)
+        if caught >> (signum - 1) & 1:
+            return
+        assert time.monotonic() < deadline, f"{signal.Signals(signum).name} never caught"
+        time.sleep(0.01)
 
 
 def start_grid_and_wait_for_a_row(out, *more_args, **popen):

@@ -30,7 +30,7 @@ def test_the_median_interval_takes_the_binomial_ranks():
 
 @pytest.mark.e2e
 def test_a_planted_slowdown_fails_the_gate_and_names_the_cell(tmp_path):
-    slow = slowed_tree(tmp_path / "slow", every=1)  # every step twice: half the speed
+    slow = slowed_tree(tmp_path / "slow", every=1, times=3)  # every step thrice: a third
     result = run_module("bench.ab", str(ROOT), str(slow), *ONE_CELL, "--pairs", "2",
                         "--rounds", "4", "--max-slowdown", "10%")
     assert result.returncode == 1, result.stderr
@@ -38,7 +38,9 @@ def test_a_planted_slowdown_fails_the_gate_and_names_the_cell(tmp_path):
     assert line.startswith("b64-float32-nchw-device: candidate at ")
     assert line.endswith("slowed past the 10% allowed")
     ratio = float(re.search(r"candidate at ([0-9.]+)x", line)[1])
-    assert 0.3 < ratio < 0.75
+    # 0.31 to 0.45 here (the loop around the step is not slowed); a busy machine has moved a
+    # planted half speed up to 0.78
+    assert 0.15 < ratio < 0.7
     assert result.stdout.splitlines()[-1] == "1 of 1 cells slowed past 10%"
 
 
