@@ -406,7 +406,12 @@ def _machine_words(row: pd.Series) -> str:
 
 def boundaries_table(run: Run) -> str:
     if run.boundaries.empty:
-        return "<p>No boundary search in this run.</p>"
+        uncapped_cpu = run.plan is not None and not run.on_gpu and \
+            run.plan.memory_cap_bytes is None and not run.plan.find_max_batch
+        return ("<p>No boundary search in this run" + (
+            ": on the CPU a search runs under <code>--memory-cap</code>, as on an emulated card; "
+            "the host's own memory holds batches far past those a step finishes in seconds."
+            if uncapped_cpu else ".") + "</p>")
     rows = "".join(
         f"<tr><td>{_e(b['key'])}</td><td>{_e(b.get('max_ok_batch'))}</td>"
         f"<td>{_e(b.get('first_failed_batch'))}</td><td>{_e(b.get('stop_reason'))}</td>"

@@ -1,6 +1,7 @@
 import pytest
 
 from bench.planning.grid import DTYPES, Config, GridError, get_grid, parse_set
+from bench.planning.plan import Request, new_plan
 
 
 def test_unknown_grid_lists_the_known_ones():
@@ -153,3 +154,20 @@ def test_several_models_get_no_boundary_search_of_their_own():
 
     cells = [Config(64), Config(64, replicas=4), Config(64, replicas=4, replica_method="streams")]
     assert [c.boundary_key() for c in boundary_configs(cells)] == ["float32-nchw"]
+
+
+def test_the_cpu_searches_for_the_oom_boundary_only_under_a_memory_cap(no_gpu):
+    """Uncapped, the CPU default grid's six searches all stopped at their time budget, none at
+    an OOM: the host's memory holds a float32 batch of about 285,000."""
+    def plan(**asked):
+        return new_plan(Request(grid="default", data="synthetic", **asked))
+
+    assert not plan(device="cpu").find_max_batch
+    assert plan(device="cpu", memory_cap_bytes=512 * 2**20).find_max_batch
+    assert plan(device="cpu", find_max_batch=True).find_max_batch  # asked for, it runs
+    assert not plan(device="cpu", memory_cap_bytes=512 * 2**20, find_max_batch=False) \
+        .find_max_batch
+    assert "the OOM boundary searched under --memory-cap alone" in \
+        plan(device="cpu").grid_description
+    # a GPU's memory ends the search: it runs uncapped
+    assert plan(device="cuda", dry_run=True, memory_cap_bytes=80 * 2**30).find_max_batch

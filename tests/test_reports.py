@@ -506,3 +506,11 @@ def test_the_launch_time_is_a_small_positive_figure_on_the_cpu():
     from bench.instruments.timing import launch_s
 
     assert 0 < launch_s(torch.device("cpu")) < 1e-3
+
+
+def test_a_cpu_run_without_a_cap_says_why_it_searched_no_boundary(tmp_path):
+    cpu = write_report(crafted_run(tmp_path / "cpu", [crafted_cpu_row(64)], device="cpu"))
+    assert ("No boundary search in this run: on the CPU a search runs under "
+            "<code>--memory-cap</code>") in cpu.read_text()
+    gpu = write_report(crafted_run(tmp_path / "gpu", [crafted_row(64)]))
+    assert "<p>No boundary search in this run.</p>" in gpu.read_text()

@@ -290,7 +290,9 @@ _CPU_GRIDS = {
     ), "CPU-sized: batch 64 to 1,024 at float32 and bfloat16 in both layouts, float16 at batch "
        "256 alone (CPU autocast runs it about 20x slower), the host loader with 0 and 2 "
        "workers, torch.compile at float32, and 4 LeNets trained at once at batch 256 (stacked "
-       "by vmap, and one after another); boundary search up to batch 65,536 within 60 s",
+       "by vmap, and one after another); the OOM boundary searched under --memory-cap alone "
+       "(up to batch 65,536 within 60 s): the host's own memory holds batches far past those a "
+       "step finishes in seconds",
         find_max_batch=True, boundary_limit=2**16, boundary_budget_s=60, min_repeat_s=0.1,
         warmup_steps=2),
     "full": Grid("full", (
@@ -299,7 +301,9 @@ _CPU_GRIDS = {
         Block(batch_size=tuple(2**k for k in range(5, 13)), dtype=("float32", "bfloat16"),
               mode=("compile",)),
     ), "CPU-sized: batch 32 to 4,096, every axis crossed in eager mode, and torch.compile at "
-       "float32 and bfloat16", find_max_batch=True, boundary_limit=2**17, boundary_budget_s=300),
+       "float32 and bfloat16; the OOM boundary searched under --memory-cap alone (up to batch "
+       "131,072 within 300 s)", find_max_batch=True, boundary_limit=2**17,
+        boundary_budget_s=300),
 }
 
 
