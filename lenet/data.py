@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import multiprocessing
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,12 +241,15 @@ class BatchedTensors(Dataset):
         return self.images[indices], self.labels[indices]
 
 
-def _worker_context(device: torch.device):
-    """How loader workers start. Forked from a process that runs CUDA, they aborted at shutdown
-    on an H100 ('terminate called without an active exception'); a fork server is a clean
-    process that has imported torch once, so each worker still starts in a moment."""
+def loader_context(device: torch.device):
+    """How loader workers start. On the CPU as a script's loader starts them on Linux, by fork
+    (named: a spawned process, as each cell's worker is, defaults to spawn, and each loader
+    worker imported torch afresh, 2.2 s a cell on 2 cores); elsewhere the platform's way.
+    Forked from a process that runs CUDA, they aborted at shutdown on an H100 ('terminate
+    called without an active exception'); a fork server is a clean process that has imported
+    torch once, so each worker still starts in a moment."""
     if device.type != "cuda":
-        return None  # the platform's default: fork on Linux
+        return multiprocessing.get_context("fork" if sys.platform == "linux" else None)
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["torch"])
     return context
@@ -262,7 +266,7 @@ def host_batches(
         batch_size=None,  # the sampler already yields whole batches
         num_workers=num_workers,
         pin_memory=pin_memory,
-        multiprocessing_context=_worker_context(device) if num_workers else None,
+        multiprocessing_context=loader_context(device) if num_workers else None,
     )
     for images, labels in loader:
         # non_blocking only overlaps the copy when the source is pinned

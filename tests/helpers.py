@@ -343,3 +343,10 @@ def crafted_run(path, rows, device="cuda:0", boundaries=(), env=None, torn=False
     (path / "results.jsonl").write_text(text)
     (path / "boundaries.jsonl").write_text("".join(json.dumps(b) + "\n" for b in boundaries))
     return path
+
+
+def loader_start_method(device: str) -> str:
+    """How a host loader starts its workers in this process: for a test in a spawned one."""
+    from lenet.data import loader_context
+
+    return loader_context(torch.device(device)).get_start_method()
