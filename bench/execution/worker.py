@@ -8,6 +8,7 @@ Ctrl-C: the parent decides how to stop.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -191,6 +192,10 @@ def _ready(spec: WorkerSpec):
         if not is_oom(exc):
             raise
     memory.release(device)
+    # what the worker built to start (torch's modules, the data, the first step's libraries)
+    # lives as long as it does: out of the collector's sight, each of a cell's collections (two
+    # at least) scans only what the cell made, not 0.2 s of start-up objects each time
+    gc.freeze()
     return data, nvml, data_load_s, built
 
 
