@@ -157,8 +157,8 @@ def test_several_models_get_no_boundary_search_of_their_own():
 
 
 def test_the_cpu_searches_for_the_oom_boundary_only_under_a_memory_cap(no_gpu):
-    """Uncapped, the CPU default grid's six searches all stopped at their time budget, none at
-    an OOM: the host's memory holds a float32 batch of about 285,000."""
+    """Uncapped, the CPU default grid's six searches stopped at their time budget or the batch
+    limit, none at an OOM: the host's memory holds a float32 batch of about 285,000."""
     def plan(**asked):
         return new_plan(Request(grid="default", data="synthetic", **asked))
 

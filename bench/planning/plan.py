@@ -258,9 +258,9 @@ def key_shape(name: str, text: str | None) -> str:
 def searches(grid: Grid, device: torch.device, request: Request) -> bool:
     """Whether the run searches for the OOM boundary: as asked, else as the grid says, but on
     the CPU only under a memory cap. A host with 22 GiB free holds a float32 LeNet batch of
-    about 285,000 (the memory model's figure): a search stops at its time budget long before,
-    having found no boundary (the CPU default grid's six stopped there, at 2,048 to 65,536, after
-    46 s), and an emulated card (--memory-cap) is what gives the CPU a boundary to find."""
+    about 285,000 (the memory model's figure): a search stops at its time budget or batch limit
+    long before, having found no boundary (the CPU default grid's six did, at 2,048 to 65,536,
+    after 46 s), and an emulated card (--memory-cap) is what gives the CPU a boundary to find."""
     if request.find_max_batch is not None:
         return request.find_max_batch
     return grid.find_max_batch and (device.type != "cpu" or request.memory_cap_bytes is not None)
