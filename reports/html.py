@@ -8,7 +8,7 @@ from html import escape
 import pandas as pd
 
 from bench.basics.units import format_bytes
-from bench.planning.grid import LENET
+from bench.planning.grid import LENET, get_grid, grid_names
 from bench.planning.peaks import arithmetic, card_peaks
 from bench.planning.plan_file import ModelInfo, Plan
 from bench.records.phases import phases
@@ -404,14 +404,21 @@ def _machine_words(row: pd.Series) -> str:
     return f"{verdict} ({escape(', '.join(parts))})" if parts else verdict
 
 
+def _searches_under_a_cap_alone(run: Run) -> bool:
+    """Whether the run's grid searches, but a CPU run of it searched none for want of a memory
+    cap (bench.planning.plan.searches); not the smoke grid, which never searches."""
+    plan = run.plan
+    return (plan is not None and not run.on_gpu and plan.memory_cap_bytes is None
+            and not plan.find_max_batch and plan.grid in grid_names()
+            and get_grid(plan.grid, on_gpu=False).find_max_batch)
+
+
 def boundaries_table(run: Run) -> str:
     if run.boundaries.empty:
-        uncapped_cpu = run.plan is not None and not run.on_gpu and \
-            run.plan.memory_cap_bytes is None and not run.plan.find_max_batch
         return ("<p>No boundary search in this run" + (
             ": on the CPU a search runs under <code>--memory-cap</code>, as on an emulated card; "
             "the host's own memory holds batches far past those a step finishes in seconds."
-            if uncapped_cpu else ".") + "</p>")
+            if _searches_under_a_cap_alone(run) else ".") + "</p>")
     rows = "".join(
         f"<tr><td>{_e(b['key'])}</td><td>{_e(b.get('max_ok_batch'))}</td>"
         f"<td>{_e(b.get('first_failed_batch'))}</td><td>{_e(b.get('stop_reason'))}</td>"

@@ -514,3 +514,10 @@ def test_a_cpu_run_without_a_cap_says_why_it_searched_no_boundary(tmp_path):
             "<code>--memory-cap</code>") in cpu.read_text()
     gpu = write_report(crafted_run(tmp_path / "gpu", [crafted_row(64)]))
     assert "<p>No boundary search in this run.</p>" in gpu.read_text()
+
+
+def test_a_cpu_smoke_run_gives_no_reason_for_a_search_its_grid_never_runs(tmp_path):
+    run = crafted_run(tmp_path / "run", [crafted_cpu_row(64)], device="cpu")
+    plan = json.loads((run / "plan.json").read_text())
+    (run / "plan.json").write_text(json.dumps({**plan, "grid": "smoke"}))
+    assert "<p>No boundary search in this run.</p>" in write_report(run).read_text()
