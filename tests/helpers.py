@@ -192,7 +192,7 @@ def wait_until_it_catches(pid: int, signum: int, timeout_s: float = 60.0):
     earlier, while a loaded machine still starts the interpreter, kills it by default action."""
     deadline = time.monotonic() + timeout_s
     while True:
-        status = open(f"/proc/{pid}/status").read()
+        status = Path(f"/proc/{pid}/status").read_text()
         caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)
         if caught >> (signum - 1) & 1:
             return
