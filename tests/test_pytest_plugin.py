@@ -35,6 +35,14 @@ def _libraries_outlive_pytester(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(module.SysModulesSnapshot, "__init__", keeping_libraries)
 
 
+@pytest.fixture(autouse=True)
+def _a_project_of_its_own(monkeypatch):
+    """The small project is a pytest run of its own, not a worker of this suite's pytest-xdist:
+    pytest-benchmark turns itself off in an xdist worker, which it knows by these variables."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 PROJECT = """
 import torch
 
