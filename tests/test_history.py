@@ -204,7 +204,7 @@ def test_bisect_finds_the_commit_that_planted_a_slowdown_among_16(tmp_path):
             tmp_path / f"run{i}", commit, f"2026-12-01T10:{i:02d}:00+00:00", speed=speed,
             device="cpu"), "--db", db)
     result = subprocess.run([sys.executable, "-m", "bench.history", "bisect", "--db", db,
-                             "--repo", str(repo), "--pairs", "3", "--rounds", "3"],
+                             "--repo", str(repo), "--pairs", "2", "--rounds", "3"],
                             capture_output=True, text=True, timeout=1500, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"first slower commit: {commits[11]}" in result.stdout
