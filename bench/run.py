@@ -109,6 +109,10 @@ def _parser() -> OneLineParser:
     p.add_argument("--boundary-budget", type=positive_float, metavar="SECONDS",
                    help="time for all boundary searches together (default: the grid's)")
     p.add_argument("--repeats", type=positive_int, help="timed repeats per cell (at least 5)")
+    p.add_argument("--compile-ahead", type=non_negative_int, metavar="N",
+                   help="compile the compiled cells' graphs in N processes side by side before "
+                        "any cell is timed; 0: each in its own cell (default: one process per "
+                        "two cores, none below four)")
     p.add_argument("--cell-timeout", type=positive_float, metavar="SECONDS",
                    help="stop a cell (and its worker) that runs longer than this (default 900)")
     slurm = p.add_argument_group("Slurm (--executor slurm; pip install 'lenet-bench[slurm]')")
@@ -352,20 +356,22 @@ def _run(args) -> int:
                 print(f"{len(slots)} workers, one queue: "
                       f"{', '.join(slot.label for slot in slots)}", file=sys.stderr)
             start = time.monotonic()
-            stopped = _measure(session, todo, run_dir)
+            stopped = _measure(session, todo, run_dir, args.compile_ahead)
         if stopped is not None:
             return stopped
         return _finish(run_dir, len(todo), time.monotonic() - start, args,
                        planning_s=start - began)
 
 
-def _measure(session: Session, todo: list[Config], run_dir: Path) -> int | None:
-    """Run the cells, then the boundary searches, this process writing every row. None when
-    done, else the exit status of a run that was stopped, having said what is kept and how to
-    carry on."""
+def _measure(session: Session, todo: list[Config], run_dir: Path,
+             compile_ahead: int | None) -> int | None:
+    """Compile ahead, run the cells, then the boundary searches, this process writing every
+    row. None when done, else the exit status of a run that was stopped, having said what is
+    kept and how to carry on."""
     results = run_dir / store.RESULTS
     carry_on = f"carry on with: {PROG} --resume {run_dir}"
     try:
+        _compile_ahead(session, todo, compile_ahead)
         with tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr) as bar:
             def record(config: Config, row) -> None:
                 store.append_row(results, row.as_dict())
@@ -389,6 +395,29 @@ def _measure(session: Session, todo: list[Config], run_dir: Path) -> int | None:
               f"then {carry_on}", file=sys.stderr)
         return 1
     return None
+
+
+def _compile_ahead(session: Session, todo: list[Config], requested: int | None) -> None:
+    """The compiled cells' graphs, compiled side by side before any cell is timed, or why each
+    compiles in its own setup."""
+    cells, processes, why = session.ahead_processes(todo, requested)
+    if not processes:
+        if why:
+            print(f"{len(cells)} compiled cells compile in their own setup: {why}",
+                  file=sys.stderr)
+        return
+    failed = []
+    side_by_side = "1 process" if processes == 1 else f"{processes} processes side by side"
+    with tqdm(total=len(cells), desc=f"compiling ahead ({side_by_side})", unit="cell",
+              file=sys.stderr) as bar:
+        def done(config: Config, compiled) -> None:
+            if compiled.error:
+                failed.append(f"{config.key()}: {compiled.error}")
+            bar.update()
+
+        session.compile_ahead(cells, processes, done)
+    for line in failed:  # the cell compiles on its own, and its row says what happened
+        print(f"compiling ahead failed for {line}", file=sys.stderr)
 
 
 def _search_boundaries(session: Session, run_dir: Path) -> None:

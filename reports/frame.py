@@ -87,6 +87,7 @@ def with_derived_columns(cells: pd.DataFrame) -> pd.DataFrame:
                  "nvml_baseline_used_bytes", "nvml_driver_reserved_bytes",
                  "cpu_peak_rss_bytes", "cpu_baseline_rss_bytes", "tracked_peak_bytes",
                  "examples_per_s", "examples_per_s_iqr", "predicted_peak_bytes", "setup_s",
+                 "compile_ahead_s",
                  "energy_j_per_1000_examples", "mean_power_w", "flops_per_example",
                  "step_traffic_bytes", "step_operators", "launch_us", "step_ms_median"):
         if name not in cells:

@@ -12,16 +12,18 @@ def _row(batch, **figures):
 
 def test_each_phase_adds_up_its_cells_and_searches():
     rows = [_row(64, worker_start_s=6.0, data_load_s=1.5), _row(256),
-            _row(1024, setup_s=11.0, wall_s=14.0)]  # a compiled cell: its setup is compiling
+            _row(1024, setup_s=11.0, wall_s=14.0),  # a compiled cell: its setup is compiling
+            _row(256, setup_s=2.0, wall_s=4.0, compile_ahead_s=9.0)]  # compiled ahead first
     boundaries = [{"search_s": 20.0}, {"search_s": 4.5}]
     assert phases(rows, boundaries) == {
         "starting workers (interpreter, torch, first step)": 4.5,
         "loading data": 1.5,
-        "building, warm-up, compiling": 13.0,
-        "sizing the repeats": 1.5,
-        "timed repeats": 3.0,
-        # 3 + 3 + 14 s in the cells, less 13 + 1.5 + 3 accounted for above
-        "rest of the cells (probes, memory tracking, OOM attempts)": 2.5,
+        "compiling ahead (processes side by side, before the cells)": 9.0,
+        "building, warm-up, compiling": 15.0,
+        "sizing the repeats": 2.0,
+        "timed repeats": 4.0,
+        # 3 + 3 + 14 + 4 s in the cells, less 15 + 2 + 4 accounted for above
+        "rest of the cells (probes, memory tracking, OOM attempts)": 3.0,
         "boundary searches": 24.5,
     }
 

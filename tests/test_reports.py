@@ -379,6 +379,27 @@ def test_the_page_says_where_the_time_went(tmp_path):
     assert "<tr><td>boundary searches</td><td>21.0</td><td>64%</td></tr>" in section
 
 
+def test_a_cell_compiled_ahead_shows_its_cold_compile_before_its_warm_setup(tmp_path):
+    rows = [crafted_row(64, setup_s=0.05, examples_per_s=9_000.0),
+            crafted_row(64, mode="compile", setup_s=3.6, compile_cache="warm",
+                        compile_ahead_s=21.9, compile_ahead_cache="cold",
+                        examples_per_s=20_000.0),
+            crafted_row(256, mode="compile", setup_s=20.5, compile_cache="cold",
+                        compile_ahead_error="InductorError: InvalidCxxCompiler",
+                        examples_per_s=5_000.0)]
+    page = write_report(crafted_run(tmp_path / "run", rows)).read_text()
+    assert ("(mode compile, compiled ahead in 21.9 s (cold compile cache), then 3.6 s to set up "
+            "(warm compile cache))") in page
+    table = page.split("<h2>Every cell</h2>")[1]
+    assert "<th>compiled ahead s</th><th>setup s</th>" in table
+    assert "<td>21.9</td><td>3.6</td>" in table
+    assert "compiling ahead (processes side by side, before the cells)" in page
+    # the line on compile against eager gives the cold compile, what a first run pays
+    assert "after a median 21.9 s of setup a cell (eager: 0.05 s)" in page
+    plain = write_report(crafted_run(tmp_path / "plain", rows[:1])).read_text()
+    assert "compiled ahead" not in plain
+
+
 def test_energy_fields_of_the_wrong_type_never_show_as_nan_or_none(tmp_path):
     rows = [crafted_row(64, energy_j_per_1000_examples=3.0, mean_power_w="high",
                         energy_method=None),

@@ -75,9 +75,10 @@ def test_the_sgd_implementations_run_as_cells_with_their_flops_and_traffic(tmp_p
 def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
     out = tmp_path / "run"
     caches = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # empty: a cold compile
+    # compiled in the cell's own setup, as on a machine of fewer than four cores
     result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
                         "placement=device", "--set", "mode=eager,compile,graph", "--out",
-                        str(out), *SYNTHETIC, env=caches)
+                        str(out), "--compile-ahead", "0", *SYNTHETIC, env=caches)
     assert result.returncode == 0, result.stderr
     assert "skipped 1 cell: mode graph needs a CUDA device (b64-float32-nchw-device-graph)" \
         in result.stderr
@@ -91,14 +92,25 @@ def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
     assert compiled["loss_last"] < compiled["loss_first"]
     assert compiled["prediction_note"].startswith("not modelled: torch.compile fuses kernels")
     assert compiled["compile_cache"] == "cold" and eager["compile_cache"] is None
-    again = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64", "--set",
+    # new shapes, compiled ahead in a process of their own: the cell's compile finds them in
+    # the caches that process filled, and its row keeps the cold compile beside the warm setup
+    again = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=128", "--set",
                        "placement=device", "--set", "mode=compile", "--out",
-                       str(tmp_path / "again"), *SYNTHETIC, env=caches)
+                       str(tmp_path / "again"), "--compile-ahead", "1",
+                       *[o for o in SYNTHETIC if o != "--no-report"], env=caches)
     assert again.returncode == 0, again.stderr
+    assert "compiling ahead (1 process)" in again.stderr
     (warm,) = rows_of(tmp_path / "again")
-    # the same graphs from the caches the first run filled: the setup time says so beside it
     assert warm["compile_cache"] == "warm", warm["compile_cache"]
-    print(f"compile setup: cold {compiled['setup_s']:.1f} s, warm {warm['setup_s']:.1f} s")
+    assert warm["compile_ahead_cache"] != "warm" and warm["compile_ahead_error"] is None
+    assert warm["compile_ahead_s"] > warm["setup_s"] > 0
+    assert compiled["compile_ahead_s"] is None  # the first run compiled in the cell
+    page = (tmp_path / "again" / "report" / "index.html").read_text()
+    assert f"compiled ahead in {warm['compile_ahead_s']:,.1f} s" in page
+    assert "compiling ahead (processes side by side, before the cells)" in page
+    print(f"compile setup: cold {compiled['setup_s']:.1f} s in the cell; "
+          f"{warm['compile_ahead_s']:.1f} s ahead ({warm['compile_ahead_cache']}), then "
+          f"{warm['setup_s']:.1f} s in the cell")
     for row in (eager, compiled):  # no energy counter on this machine's CPU: never a zero
         assert row["energy_j_per_1000_examples"] is None and row["mean_power_w"] is None
         assert row["energy_note"].startswith("not measured: ")
@@ -111,11 +123,16 @@ def test_a_compile_that_fails_is_an_error_row_and_the_grid_goes_on(tmp_path):
     broken = {"CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     result = run_module("bench.run", "--grid", "smoke", "--set", "batch_size=64,128", "--set",
                         "placement=device", "--set", "mode=compile,eager", "--out", str(out),
-                        *SYNTHETIC, env=broken)
+                        "--compile-ahead", "2", *SYNTHETIC, env=broken)
     assert result.returncode == 0, result.stderr
     by_key = {r["key"]: r for r in rows_of(out)}
     for batch in (64, 128):
         failed = by_key[f"b{batch}-float32-nchw-device-compile"]
+        # compiling ahead failed too: said, and the cell then compiled (and failed) on its own
+        assert f"compiling ahead failed for b{batch}-float32-nchw-device-compile: " \
+               f"InductorError: InvalidCxxCompiler" in result.stderr
+        assert failed["compile_ahead_error"].startswith("InductorError: InvalidCxxCompiler")
+        assert failed["compile_ahead_s"] is None
         assert failed["status"] == "error" and failed["examples_per_s"] is None
         assert failed["error"].startswith("InductorError: InvalidCxxCompiler: No working C++ "
                                           "compiler found")

@@ -186,6 +186,36 @@ def single_step(config: Config, batch_size: int, data: TensorData, settings: Set
 
 
 @dataclass(frozen=True)
+class AheadCompile:
+    """A compiled cell's graphs, compiled in a process of its own before any cell is timed
+    (bench.execution.ahead): what a user's first run of it pays, and whether torch.compile's
+    on-disk caches already held them."""
+
+    seconds: float | None  # building the step and its warm-up steps, compiling included
+    cache: str | None  # compile_cache_words of that compile
+    error: str | None = None  # why it did not compile; the cell then compiles on its own
+
+
+def compile_ahead(config: Config, data: TensorData, settings: Settings) -> AheadCompile:
+    """Build `config`'s step and run the steps its cell's warm-up runs, so that every graph the
+    cell compiles (a second step's recompile included) lands in the on-disk caches first."""
+    lookups = _cache_lookups()
+    began = time.perf_counter()
+    try:
+        step, batches = _prepare(config, config.batch_size, data, settings)
+        try:
+            for _ in range(warmup_steps_for(config, settings)):
+                loss, _ = step(*next(batches))
+            float(loss)  # waits for the steps, so an asynchronous failure surfaces here
+        finally:
+            batches.close()
+    except Exception as exc:  # noqa: BLE001 - the cell compiles on its own and says what failed
+        return AheadCompile(None, None, one_line(exc))
+    return AheadCompile(time.perf_counter() - began,
+                        compile_cache_words(lookups, _cache_lookups()))
+
+
+@dataclass(frozen=True)
 class Trial:
     """A boundary trial's attempt, and whether memory came back to where it was."""
 

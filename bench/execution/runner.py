@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.basics.outcome import Attempt, Outcome
-from bench.execution.cell import CellResult
+from bench.execution.cell import AheadCompile, CellResult
 from bench.execution.worker import Worker, WorkerDied, WorkerSpec
 from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 from bench.instruments.oom import status_of
@@ -38,6 +38,7 @@ class Stamps:
     worker_start_s: float | None = None  # where this cell started its worker
     data_load_s: float | None = None
     baseline: Baseline = Baseline()
+    ahead: AheadCompile | None = None  # the cell's graphs compiled ahead (bench.execution.ahead)
     # bench.planning.devices.where, and labels such as the job
     where: dict = field(default_factory=dict)
 
@@ -127,6 +128,18 @@ class Runner:
         if not trial.healthy or trial.attempt.outcome == Outcome.ERROR:
             self.retire_worker()
         return trial.attempt
+
+    def compile_ahead(self, config: Config) -> AheadCompile:
+        """Compile a cell's graphs into the on-disk caches; a compile that fails or kills its
+        worker is noted, never raised: the cell compiles on its own and records what happens."""
+        try:
+            return self._ensure_worker().compile(config, self.timeout_s)
+        except WorkerDied as exc:
+            self.worker = None
+            return AheadCompile(None, None, str(exc))
+        except RuntimeError as exc:
+            self.retire_worker()
+            return AheadCompile(None, None, str(exc).strip().splitlines()[-1])
 
 
 def _failed(config: Config, data: str, kind: Outcome, error: str) -> CellResult:

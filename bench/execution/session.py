@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from bench.basics.outcome import Outcome
+from bench.execution import ahead
 from bench.execution.boundary_search import find_max_batch
-from bench.execution.cell import CellResult
+from bench.execution.cell import AheadCompile, CellResult
 from bench.execution.pool import Pool
 from bench.execution.runner import Runner, Stamps
 from bench.execution.worker import WorkerSpec
@@ -57,6 +58,7 @@ class Session:
         # per boundary and card model, (batch, examples/s) of its largest cell that trained here:
         # what a boundary trial will cost (two pool threads racing may lose one; it is a guide)
         self._measured: dict[tuple[str, str | None], tuple[int, float]] = {}
+        self._ahead: dict[str, AheadCompile] = {}  # by cell key: what compile_ahead found
         # one model and input shape a run, counted on fake tensors before any cell runs: not in
         # the parent while a sibling worker is timing a cell, nor twice from two pool threads
         model = resolve(plan.model.name, plan.input_shape)
@@ -75,6 +77,23 @@ class Session:
         for runner in self.runners:
             runner.retire_worker()
 
+    def ahead_processes(self, cells: list[Config],
+                        requested: int | None) -> tuple[list[Config], int, str | None]:
+        """The cells whose graphs `compile_ahead` would compile, in how many processes, and
+        why in none where none (bench.execution.ahead.processes_for)."""
+        todo = ahead.ahead_cells(cells)
+        return (todo, *ahead.processes_for(len(todo), ahead.usable_cores(), requested))
+
+    def compile_ahead(self, cells: list[Config], processes: int,
+                      done: Callable[[Config, AheadCompile], None] = lambda *_: None) -> None:
+        """Compile `cells`' graphs side by side before any is measured; each cell's row then
+        carries its cold compile beside its own warm setup."""
+        def keep(config: Config, compiled: AheadCompile) -> None:
+            self._ahead[config.key()] = compiled
+            done(config, compiled)
+
+        ahead.compile_all(self.runners[0], cells, processes, keep)
+
     def measure(self, cells: Iterable[Config], sink: Callable[[Config, Row], None]) -> None:
         """Run `cells`, each on whichever worker is free, handing each row to `sink`."""
         def cell(runner: Runner, config: Config) -> Row:
@@ -84,7 +103,7 @@ class Session:
                 stamps, predicted_peak_bytes=planned.predicted_peak_bytes,
                 prediction_note=planned.prediction_note,
                 flops_per_example=self.flops_per_example,
-                traffic=self.traffic[config.dtype]))
+                traffic=self.traffic[config.dtype], ahead=self._ahead.get(config.key())))
             if row.examples_per_s:
                 key = (config.boundary_key(), row.gpu_name)
                 self._measured[key] = max(self._measured.get(key, (0, 0.0)),
@@ -184,5 +203,8 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
             config.replicas if config.replica_method == "streams" else 1)
         if stamps.traffic else None,
         memory_cap_bytes=stamps.memory_cap_bytes,
+        compile_ahead_s=stamps.ahead.seconds if stamps.ahead else None,
+        compile_ahead_cache=stamps.ahead.cache if stamps.ahead else None,
+        compile_ahead_error=stamps.ahead.error if stamps.ahead else None,
         model_fingerprint=stamps.model_fingerprint, worker_start_s=stamps.worker_start_s,
         data_load_s=stamps.data_load_s, **stamps.where)

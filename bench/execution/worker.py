@@ -24,7 +24,7 @@ from bench.basics.settings import Settings
 from bench.planning.grid import Config
 
 if TYPE_CHECKING:
-    from bench.execution.cell import Trial
+    from bench.execution.cell import AheadCompile, Trial
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
         # more threads than cores spin against each other: many times slower, not 2x
         torch.set_num_threads(spec.threads or len(spec.cpu_cores))
 
-    from bench.execution.cell import run_cell, run_trial
+    from bench.execution.cell import compile_ahead, run_cell, run_trial
 
     try:
         data, nvml, data_load_s, built = _ready(spec)
@@ -136,6 +136,7 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
     _answer(conn, {
         "cell": lambda config: run_cell(config, data, spec.settings, nvml),
         "trial": lambda config, batch: run_trial(config, batch, data, spec.settings),
+        "compile": lambda config: compile_ahead(config, data, spec.settings),
     })
     if nvml is not None:
         nvml.close()
@@ -265,6 +266,9 @@ class Worker:
 
     def trial(self, config: Config, batch_size: int, timeout_s: float | None = None) -> Trial:
         return self.call("trial", config, batch_size, timeout_s=timeout_s)
+
+    def compile(self, config: Config, timeout_s: float | None = None) -> AheadCompile:
+        return self.call("compile", config, timeout_s=timeout_s)
 
     @property
     def pid(self) -> int | None:

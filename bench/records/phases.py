@@ -1,6 +1,7 @@
-"""Where a run's time went: starting workers, loading data, warm-up and compiling, sizing and
-timing the repeats, the rest of each cell, and the boundary searches, from the figures its rows
-and searches hold. The command adds what only it sees (its own start, planning, the report).
+"""Where a run's time went: starting workers, loading data, compiling ahead, warm-up and
+compiling, sizing and timing the repeats, the rest of each cell, and the boundary searches, from
+the figures its rows and searches hold. The command adds what only it sees (its own start,
+planning, the report).
 
 A figure an older run did not record leaves its phase out: a missing figure is never a zero.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 STARTING = "starting workers (interpreter, torch, first step)"
 DATA = "loading data"
+AHEAD = "compiling ahead (processes side by side, before the cells)"
 SETUP = "building, warm-up, compiling"
 SIZING = "sizing the repeats"
 TIMED = "timed repeats"
@@ -31,6 +33,7 @@ def phases(rows: list[dict], boundaries: list[dict]) -> dict[str, float]:
     figures = {
         STARTING: _total(start - (data or 0) for start, data in starts if start is not None),
         DATA: _total(data for _, data in starts),
+        AHEAD: _total(r.get("compile_ahead_s") for r in rows),
         SETUP: _total(r.get("setup_s") for r in rows),
         SIZING: _total(r.get("sizing_s") for r in rows),
         TIMED: _total(timed),

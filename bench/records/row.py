@@ -37,6 +37,12 @@ class Row:
     # compiled modes: whether torch.compile's on-disk caches served the compile: warm, cold or
     # partly warm (bench.execution.cell.compile_cache_words); setup_s depends on it many times over
     compile_cache: str | None = None
+    # compiled ahead, side by side before any cell was timed (bench.execution.ahead): that
+    # compile's seconds (building the step and its warm-up steps: what a first run pays) and its
+    # cache's words, or why it failed; None where the cell compiled in its own setup
+    compile_ahead_s: float | None = None
+    compile_ahead_cache: str | None = None
+    compile_ahead_error: str | None = None
     # starting the worker this cell needed (interpreter, imports, data, a first step), and the
     # data's share of it; None where a worker was already running
     worker_start_s: float | None = None
