@@ -77,6 +77,14 @@ class Runner:
             self.model_fingerprint = self.worker.model_fingerprint
         return self.worker
 
+    def start_worker(self) -> None:
+        """Start the worker now, where a search's trials should time steps, not its start; a
+        worker that cannot start is left for the first trial to find and record."""
+        try:
+            self._ensure_worker()
+        except (WorkerDied, RuntimeError):
+            self.worker = None
+
     def retire_worker(self) -> None:
         """Close the worker between cells: it finishes what it holds, then exits."""
         if self.worker is not None:

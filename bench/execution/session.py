@@ -135,6 +135,8 @@ class Session:
                      if self.capacity and not unmodelled(config) else None)
         boundary = Boundary(config, predicted_max_batch=predicted, gpu_name=gpu_name)
         measured = self._measured.get((config.boundary_key(), gpu_name))
+        if measured is None:  # the search times its own trials: their steps, not a start
+            runner.start_worker()
         began = time.monotonic()
         find_max_batch(lambda batch: runner.trial(replace(config, batch_size=batch), batch),
                        boundary, min(c.batch_size for c in self.cells),
