@@ -6,7 +6,6 @@ import importlib
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -187,16 +186,12 @@ def ctrl_c_as_at_a_terminal():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def wait_until_it_catches(pid: int, signum: int, timeout_s: float = 60.0):
-    """Return once process `pid` has a handler for `signum` (Linux's SigCgt mask): a signal sent
-    earlier, while a loaded machine still starts the interpreter, kills it by default action."""
+def wait_until_it_maps(pid: int, library: str, timeout_s: float = 60.0):
+    """Return once process `pid` has loaded a shared object whose path holds `library`: the
+    process has got that far in its imports, whatever the machine's load."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        status = Path(f"/proc/{pid}/status").read_text()
-        caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)
-        if caught >> (signum - 1) & 1:
-            return
-        assert time.monotonic() < deadline, f"{signal.Signals(signum).name} never caught"
+    while library not in Path(f"/proc/{pid}/maps").read_text():
+        assert time.monotonic() < deadline, f"{library} never loaded"
         time.sleep(0.01)
 
 

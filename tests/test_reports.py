@@ -22,7 +22,7 @@ from helpers import (
     crafted_run,
     ctrl_c_as_at_a_terminal,
     run_main,
-    wait_until_it_catches,
+    wait_until_it_maps,
 )
 from reports.frame import load_run, pareto
 from reports.write import write_report
@@ -413,18 +413,19 @@ def test_energy_fields_of_the_wrong_type_never_show_as_nan_or_none(tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("after_s", [0.5, 2.0])
+@pytest.mark.parametrize("after_s", [0.0, 2.0])
 def test_ctrl_c_while_the_report_is_written_ends_it_without_a_traceback(one_cell_run, tmp_path,
                                                                        after_s):
-    """0.5 s after the interpreter starts it still imports pandas and matplotlib; at 2 s it
-    draws."""
+    """As numpy loads the command is importing pandas and matplotlib; 2 s later it draws. Timed
+    from numpy's load, not from the start: on a loaded machine 0.5 s after the start fell in
+    Python's own start-up, whose Ctrl-C no program can answer."""
     run_dir = tmp_path / "run"
     shutil.copytree(one_cell_run, run_dir)
     proc = subprocess.Popen([sys.executable, "-m", "reports", str(run_dir)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=ctrl_c_as_at_a_terminal,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    wait_until_it_catches(proc.pid, signal.SIGINT)
+    wait_until_it_maps(proc.pid, "_multiarray_umath")
     time.sleep(after_s)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
