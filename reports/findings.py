@@ -76,10 +76,7 @@ def mode_findings(cells: pd.DataFrame) -> list[str]:
             f"{eager.loc[i, 'examples_per_s']:,.0f} ({r:.2f}x)" for i, r in ratios.items())
         # a cell compiled ahead set up from a warm cache: its cold compile is what a first run
         # pays, and what the line gives
-        setup = other.loc[both, "setup_s"]
-        if "compile_ahead_s" in other:
-            setup = other.loc[both, "compile_ahead_s"].astype(float).fillna(setup)
-        setup = setup.median()
+        setup = other.loc[both, "compile_ahead_s"].fillna(other.loc[both, "setup_s"]).median()
         lines.append(f"{mode} runs at {ratio:.2f}x eager's speed (median over {len(both)} "
                      f"matching cells): {verdict}, after a median {setup:,.1f} s of setup a "
                      f"cell (eager: {eager.loc[both, 'setup_s'].median():,.2f} s). Examples/s, "
