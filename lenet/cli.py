@@ -23,7 +23,9 @@ class OneLineParser(argparse.ArgumentParser):
 def exit_with(main: Callable[[], int]) -> None:
     """sys.exit(main()); and where the reader of standard output went away (`| head`), exit as a
     command that a broken pipe stops does (status 141), without a traceback. What a run wrote
-    to its files before is kept: they are written as they go."""
+    to its files before is kept: they are written as they go. A Ctrl-C that lands after the
+    command's own handler (its work done, its last line being printed) ends it as a Ctrl-C ends
+    a command, status 130, without a traceback."""
     try:
         status = main()
         sys.stdout.flush()  # a broken pipe surfaces here, inside the try, not at exit
@@ -31,6 +33,9 @@ def exit_with(main: Callable[[], int]) -> None:
         # Python flushes standard output again as it exits: point it at nothing first
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(128 + signal.SIGPIPE)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     sys.exit(status)
 
 

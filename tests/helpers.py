@@ -195,6 +195,15 @@ def wait_until_it_maps(pid: int, library: str, timeout_s: float = 60.0):
         time.sleep(0.01)
 
 
+def wait_until_it_writes(proc, path: Path, timeout_s: float = 60.0):
+    """Return as soon as `path` exists, while `proc` still runs: the process has got that far."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, f"it ended before it wrote {path.name}"
+        assert time.monotonic() < deadline, f"{path.name} never appeared"
+        time.sleep(0.005)
+
+
 def start_grid_and_wait_for_a_row(out, *more_args, **popen):
     """Start a four-cell CPU grid writing to `out`; return once its first row is on disk."""
     cmd = [sys.executable, "-m", "bench.run", "--grid", "smoke", "--set",
