@@ -31,6 +31,7 @@ from helpers import (
     run_main,
     run_module,
     start_grid_and_wait_for_a_row,
+    wait_until_it_maps,
 )
 
 ROW_BYTES = 2050  # about what one row of results.jsonl takes, a CPU row at schema 5
@@ -286,10 +287,11 @@ def test_ctrl_c_while_a_worker_starts_stops_the_run_without_a_traceback(tmp_path
                             preexec_fn=ctrl_c_as_at_a_terminal,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.monotonic() + 120
-    while not _workers(proc.pid):
+    while not (workers := _workers(proc.pid)):
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.01)
-    time.sleep(0.5)  # past the interpreter's start, into the worker's imports
+    # past the interpreter's start (whose Ctrl-C no program answers), into torch's imports
+    wait_until_it_maps(workers[0], "libtorch")
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
