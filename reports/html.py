@@ -303,15 +303,18 @@ def _mode_words(cell: pd.Series) -> str:
         words = cell.get(name)
         return "" if _missing(words) else f" ({escape(str(words))} compile cache)"
 
-    setup = "" if _missing(cell.get("setup_s")) else \
+    words = [f"mode {escape(str(cell['mode']))}"]
+    setup = None if _missing(cell.get("setup_s")) else \
         f"{cell['setup_s']:,.1f} s to set up{cache('compile_cache')}"
     if not _missing(cell.get("compile_ahead_s")):
         # the cold compile first: what a user's first run of this cell pays
-        setup = (f"compiled ahead in {cell['compile_ahead_s']:,.1f} s"
-                 f"{cache('compile_ahead_cache')}, then {setup}")
-    elif not _missing(cell.get("compile_ahead_error")):
-        setup = f"{setup} (compiling ahead failed: {escape(str(cell['compile_ahead_error']))})"
-    return f"mode {escape(str(cell['mode']))}{', ' if setup else ''}{setup}"
+        ahead = f"compiled ahead in {cell['compile_ahead_s']:,.1f} s{cache('compile_ahead_cache')}"
+        words.append(ahead if setup is None else f"{ahead}, then {setup}")
+    elif setup is not None:
+        words.append(setup)
+    if not _missing(cell.get("compile_ahead_error")):
+        words.append(f"compiling ahead failed: {escape(str(cell['compile_ahead_error']))}")
+    return ", ".join(words)
 
 
 def _energy_answer(trusted: pd.DataFrame, cells: pd.DataFrame, best: pd.Series) -> str:

@@ -400,6 +400,19 @@ def test_a_cell_compiled_ahead_shows_its_cold_compile_before_its_warm_setup(tmp_
     assert "compiled ahead" not in plain
 
 
+@pytest.mark.parametrize("ahead, words", [
+    ({"compile_ahead_s": 21.9, "compile_ahead_cache": "cold"},
+     "(mode compile, compiled ahead in 21.9 s (cold compile cache))"),
+    ({"compile_ahead_error": "InductorError: InvalidCxxCompiler"},
+     "(mode compile, compiling ahead failed: InductorError: InvalidCxxCompiler)")])
+def test_a_compiled_cell_without_its_own_setup_time_reads_whole(tmp_path, ahead, words):
+    """A row without setup_s (stored by an older version, or written by hand) still reads as a
+    sentence: no dangling "then", no empty clause."""
+    rows = [crafted_row(64, mode="compile", setup_s=None, examples_per_s=20_000.0, **ahead)]
+    page = write_report(crafted_run(tmp_path / "run", rows)).read_text()
+    assert words in page
+
+
 def test_energy_fields_of_the_wrong_type_never_show_as_nan_or_none(tmp_path):
     rows = [crafted_row(64, energy_j_per_1000_examples=3.0, mean_power_w="high",
                         energy_method=None),
