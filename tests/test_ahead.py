@@ -3,7 +3,14 @@ itself, ahead and then warm in the cell, is tests/test_run.py's compile test."""
 
 import pytest
 
-from bench.execution.ahead import ahead_cells, processes_for
+from bench.basics.settings import Settings
+from bench.execution.ahead import (
+    CORES_PER_COMPILE,
+    ahead_cells,
+    compile_spec,
+    processes_for,
+)
+from bench.execution.worker import WorkerSpec
 from bench.planning.grid import Config
 
 
@@ -29,3 +36,18 @@ def test_only_compiled_modes_whose_compile_times_no_kernel_are_compiled_ahead():
 def test_compiles_ahead_in_one_process_per_two_cores_and_never_in_one_alone(
         cells, cores, requested, expected):
     assert processes_for(cells, cores, requested) == expected
+
+
+@pytest.mark.parametrize("cores, threads, expected_threads", [
+    ((0, 1, 2, 3), None, 4),  # a bound cell worker: its torch threads, not its cores
+    (None, 6, 6),  # a Slurm task's CPUs
+    (None, None, None),  # torch's own choice, as in the cell
+])
+def test_a_compiling_process_runs_unbound_with_the_cells_threads_and_its_share_of_compiles(
+        cores, threads, expected_threads):
+    cell = WorkerSpec(device="cpu", data="synthetic", data_root=None, settings=Settings(),
+                      cpu_cores=cores, threads=threads)
+    spec = compile_spec(cell)
+    assert spec.cpu_cores is None and spec.threads == expected_threads
+    assert spec.compile_threads == CORES_PER_COMPILE
+    assert cell.compile_threads is None  # the cell's own compile: inductor's choice

@@ -21,6 +21,7 @@ from dataclasses import replace
 from bench.execution.cell import AheadCompile
 from bench.execution.pool import Pool
 from bench.execution.runner import Runner
+from bench.execution.worker import WorkerSpec
 from bench.planning.grid import Config
 from lenet.modes import TABLE
 
@@ -55,15 +56,23 @@ def processes_for(cells: int, cores: int, requested: int | None) -> tuple[int, s
     return min(fit, cells), None
 
 
+def compile_spec(cell_spec: WorkerSpec) -> WorkerSpec:
+    """A compiling process's spec, from the cell worker's: unbound to its cores (nothing is
+    timed meanwhile), with the same torch threads (inductor's CPU kernels are keyed on them), and
+    inductor's compile processes held to its share of the cores: by default each process would
+    start one per core, eight compiles on 16 cores 128 of them."""
+    bound = cell_spec.cpu_cores
+    return replace(cell_spec, cpu_cores=None,
+                   threads=cell_spec.threads or (len(bound) if bound else None),
+                   compile_threads=CORES_PER_COMPILE)
+
+
 def compile_all(runner: Runner, cells: list[Config], processes: int,
                 on_done: Callable[[Config, AheadCompile], None]) -> None:
     """Compile `cells` in `processes` workers like `runner`'s, unbound to its cores (nothing is
     timed meanwhile), handing each result to `on_done` in this thread as it finishes. Ctrl-C
     kills them and is raised, as a cell's pool raises it."""
-    bound = runner.spec.cpu_cores
-    # the same threads as the cell's worker: inductor's CPU kernels are keyed on them
-    spec = replace(runner.spec, cpu_cores=None,
-                   threads=runner.spec.threads or (len(bound) if bound else None))
+    spec = compile_spec(runner.spec)
     runners = [Runner(spec, runner.cuda_index, runner.timeout_s) for _ in range(processes)]
     try:
         Pool(runners, [None] * processes).run(

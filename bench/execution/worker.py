@@ -43,6 +43,8 @@ class WorkerSpec:
     visible_devices: str | None = None
     cpu_cores: tuple[int, ...] | None = None  # binds a pooled CPU worker to its share
     threads: int | None = None  # torch's threads where not one per bound core: a Slurm task's CPUs
+    # inductor's compile processes, where not one per core: a compile ahead's share of them
+    compile_threads: int | None = None
     # the architecture the plan was made for (bench.planning.models.fingerprint): a worker that
     # builds another (the user's model edited since) refuses to start rather than mix two in one
     # run
@@ -111,6 +113,8 @@ def _serve(conn, spec: WorkerSpec, parent_pid: int) -> None:
     threading.Thread(target=_die_with, args=(parent_pid,), daemon=True).start()
     if spec.visible_devices is not None:  # before CUDA starts: it reads this once
         os.environ["CUDA_VISIBLE_DEVICES"] = spec.visible_devices
+    if spec.compile_threads is not None:  # before inductor's config reads it; the user's wins
+        os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(spec.compile_threads))
     # torch is imported here, not at the module's top: until SIGINT is ignored above, a Ctrl-C
     # at the terminal would end this process with a traceback
     import torch
