@@ -102,18 +102,14 @@ class Runner:
         this side knows of it. A worker that died or failed gives a result of one failed
         attempt, never an exception."""
         start_s = data_load_s = None
-        try:
-            started = self.worker is None  # this cell needs a worker: it carries the start
-            worker = self._ensure_worker()
-            result, healthy = worker.cell(config, self.timeout_s)
+        started = self.worker is None  # this cell needs a worker: it carries the start
+        answer, failure = self._ask(lambda worker: worker.cell(config, self.timeout_s))
+        if failure is None:
+            result, healthy = answer
             if started:
-                start_s, data_load_s = worker.start_s, worker.data_load_s
-        except WorkerDied as exc:
-            self.worker = None
-            result, healthy = _failed(config, self.spec.data, exc.kind, str(exc)), True
-        except RuntimeError as exc:
-            self.retire_worker()
-            result, healthy = _failed(config, self.spec.data, Outcome.ERROR, str(exc)), True
+                start_s, data_load_s = self.worker.start_s, self.worker.data_load_s
+        else:
+            result, healthy = _failed(config, self.spec.data, *failure), True
         # memory that did not come back, or a CUDA error that may be sticky: start afresh
         failed = status_of(result.attempts) == Outcome.ERROR
         if not healthy or (failed and config.device.startswith("cuda")):
@@ -125,14 +121,11 @@ class Runner:
 
     def trial(self, config: Config, batch_size: int) -> Attempt:
         """One boundary trial; a trial that fails for any reason is a finding, never a crash."""
-        try:
-            trial = self._ensure_worker().trial(config, batch_size, self.timeout_s)
-        except WorkerDied as exc:
-            self.worker = None
-            return Attempt(batch_size, exc.kind, str(exc))
-        except RuntimeError as exc:  # a worker that could not start, or a handler that raised
-            self.retire_worker()
-            return Attempt(batch_size, Outcome.ERROR, str(exc)[-2000:])
+        trial, failure = self._ask(lambda worker: worker.trial(config, batch_size,
+                                                               self.timeout_s))
+        if failure is not None:
+            kind, why = failure
+            return Attempt(batch_size, kind, why[-2000:])
         if not trial.healthy or trial.attempt.outcome == Outcome.ERROR:
             self.retire_worker()
         return trial.attempt
@@ -140,14 +133,23 @@ class Runner:
     def compile_ahead(self, config: Config) -> AheadCompile:
         """Compile a cell's graphs into the on-disk caches; a compile that fails or kills its
         worker is noted, never raised: the cell compiles on its own and records what happens."""
+        compiled, failure = self._ask(lambda worker: worker.compile(config, self.timeout_s))
+        if failure is not None:
+            _, why = failure
+            return AheadCompile(None, None, why.strip().splitlines()[-1] if why.strip() else why)
+        return compiled
+
+    def _ask(self, request):
+        """`request(worker)`'s answer on the worker (started as needed), and None; or None and
+        (the outcome, why) where the worker died or failed, the worker then dropped."""
         try:
-            return self._ensure_worker().compile(config, self.timeout_s)
+            return request(self._ensure_worker()), None
         except WorkerDied as exc:
             self.worker = None
-            return AheadCompile(None, None, str(exc))
-        except RuntimeError as exc:
+            return None, (exc.kind, str(exc))
+        except RuntimeError as exc:  # a worker that could not start, or a handler that raised
             self.retire_worker()
-            return AheadCompile(None, None, str(exc).strip().splitlines()[-1])
+            return None, (Outcome.ERROR, str(exc))
 
 
 def _failed(config: Config, data: str, kind: Outcome, error: str) -> CellResult:
