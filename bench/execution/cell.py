@@ -175,12 +175,15 @@ def measure(config: Config, batch_size: int, data: TensorData, settings: Setting
                     first_loss, last_loss, cache, launch)
 
 
-def single_step(config: Config, batch_size: int, data: TensorData, settings: Settings) -> None:
-    """One training step at `batch_size`: a boundary-search trial."""
+def train_steps(config: Config, batch_size: int, data: TensorData, settings: Settings,
+                steps: int = 1) -> None:
+    """`steps` training steps of a freshly built step at `batch_size`: a boundary-search trial,
+    a worker's first step, a compile ahead's warm-up."""
     step, batches = _prepare(config, batch_size, data, settings)
     try:
-        loss, _ = step(*next(batches))
-        float(loss)  # waits for the step, so an asynchronous failure surfaces here
+        for _ in range(steps):
+            loss, _ = step(*next(batches))
+        float(loss)  # waits for the steps, so an asynchronous failure surfaces here
     finally:
         batches.close()
 
@@ -202,13 +205,7 @@ def compile_ahead(config: Config, data: TensorData, settings: Settings) -> Ahead
     lookups = _cache_lookups()
     began = time.perf_counter()
     try:
-        step, batches = _prepare(config, config.batch_size, data, settings)
-        try:
-            for _ in range(warmup_steps_for(config, settings)):
-                loss, _ = step(*next(batches))
-            float(loss)  # waits for the steps, so an asynchronous failure surfaces here
-        finally:
-            batches.close()
+        train_steps(config, config.batch_size, data, settings, warmup_steps_for(config, settings))
     except Exception as exc:  # noqa: BLE001 - the cell compiles on its own and says what failed
         return AheadCompile(None, None, one_line(exc))
     return AheadCompile(time.perf_counter() - began,
@@ -229,7 +226,7 @@ def run_trial(config: Config, batch_size: int, data: TensorData, settings: Setti
     baseline = memory.settled_bytes(device)
     failure = None
     try:
-        single_step(config, batch_size, data, settings)
+        train_steps(config, batch_size, data, settings)
     except Exception as exc:  # noqa: BLE001 - the outcome is the finding
         failure = Attempt(batch_size, failure_kind(exc), one_line(exc))
     # released outside the except block, so the traceback no longer pins tensors

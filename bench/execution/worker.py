@@ -151,7 +151,7 @@ def _ready(spec: WorkerSpec):
     data took, the model's fingerprint). Raises what stops the worker from starting."""
     import torch
 
-    from bench.execution.cell import single_step
+    from bench.execution.cell import train_steps
     from bench.instruments import memory
     from bench.instruments.nvml import NvmlReader, NvmlUnavailable
     from bench.instruments.oom import is_oom
@@ -192,7 +192,7 @@ def _ready(spec: WorkerSpec):
     first = Config(64 if model.is_lenet else 2, device=spec.device, model=spec.model,
                    input_shape=spec.input_shape)
     try:
-        single_step(first, first.batch_size, data, spec.settings)
+        train_steps(first, first.batch_size, data, spec.settings)
     except Exception as exc:  # noqa: BLE001 - only running out of memory is let go
         if not is_oom(exc):
             raise
