@@ -44,7 +44,7 @@ from bench.planning.plan_file import Plan, SlurmOptions
 from bench.records import env as run_env
 from bench.records import store
 from bench.records.boundary import Boundary
-from bench.records.phases import phase_lines, phases
+from bench.records.phases import AHEAD, phase_lines, phases
 from bench.records.row import not_learning
 from bench.series import points as series_points
 from bench.series.database import History, HistoryError, shown
@@ -356,22 +356,26 @@ def _run(args) -> int:
                 print(f"{len(slots)} workers, one queue: "
                       f"{', '.join(slot.label for slot in slots)}", file=sys.stderr)
             start = time.monotonic()
-            stopped = _measure(session, todo, run_dir, args.compile_ahead)
+            spent: dict[str, float] = {}
+            stopped = _measure(session, todo, run_dir, args.compile_ahead, spent)
         if stopped is not None:
             return stopped
         return _finish(run_dir, len(todo), time.monotonic() - start, args,
-                       planning_s=start - began)
+                       planning_s=start - began, spent=spent)
 
 
 def _measure(session: Session, todo: list[Config], run_dir: Path,
-             compile_ahead: int | None) -> int | None:
+             compile_ahead: int | None, spent: dict[str, float]) -> int | None:
     """Compile ahead, run the cells, then the boundary searches, this process writing every
-    row. None when done, else the exit status of a run that was stopped, having said what is
-    kept and how to carry on."""
+    row, and into `spent` the seconds of what only it times. None when done, else the exit
+    status of a run that was stopped, having said what is kept and how to carry on."""
     results = run_dir / store.RESULTS
     carry_on = f"carry on with: {PROG} --resume {run_dir}"
     try:
-        _compile_ahead(session, todo, compile_ahead)
+        began = time.monotonic()
+        if _compile_ahead(session, todo, compile_ahead):
+            # the wall clock, the processes' starts included: their rows' compile times overlap
+            spent[AHEAD] = time.monotonic() - began
         with tqdm(total=len(todo), desc="cells", unit="cell", file=sys.stderr) as bar:
             def record(config: Config, row) -> None:
                 store.append_row(results, row.as_dict())
@@ -397,15 +401,15 @@ def _measure(session: Session, todo: list[Config], run_dir: Path,
     return None
 
 
-def _compile_ahead(session: Session, todo: list[Config], requested: int | None) -> None:
+def _compile_ahead(session: Session, todo: list[Config], requested: int | None) -> bool:
     """The compiled cells' graphs, compiled side by side before any cell is timed, or why each
-    compiles in its own setup."""
+    compiles in its own setup. Whether any compiled ahead."""
     cells, processes, why = session.ahead_processes(todo, requested)
     if not processes:
         if why:
             print(f"{len(cells)} compiled cells compile in their own setup: {why}",
                   file=sys.stderr)
-        return
+        return False
     failed = []
     side_by_side = "1 process" if processes == 1 else f"{processes} processes side by side"
     with tqdm(total=len(cells), desc=f"compiling ahead ({side_by_side})", unit="cell",
@@ -418,6 +422,7 @@ def _compile_ahead(session: Session, todo: list[Config], requested: int | None) 
         session.compile_ahead(cells, processes, done)
     for line in failed:  # the cell compiles on its own, and its row says what happened
         print(f"compiling ahead failed for {line}", file=sys.stderr)
+    return True
 
 
 def _search_boundaries(session: Session, run_dir: Path) -> None:
@@ -533,15 +538,16 @@ def _wait_for_tasks(run_dir: Path, plan: Plan, cells: list[Config],
 
 
 def _finish(run_dir: Path, ran: int, elapsed_s: float, args,
-            planning_s: float | None = None) -> int:
+            planning_s: float | None = None, spent: dict[str, float] | None = None) -> int:
     """The summary, the history, the report, where the time went, and the exit status: 1 where
-    no cell produced a figure, 2 where the history store could not record the run."""
+    no cell produced a figure, 2 where the history store could not record the run. `spent`:
+    phases this command timed itself, in place of its rows' sums."""
     results = run_dir / store.RESULTS
     rows, warnings = store.read_run(run_dir)
     boundary_rows, _ = store.read_run_boundaries(run_dir)
     print("\n".join(warnings + _summary(rows, boundary_rows)))
     print(f"{ran} cells in {elapsed_s:.0f} s; results: {results}")
-    more = {}
+    more = dict(spent or {})
     if planning_s is not None:
         if _STARTED_S is not None:
             more["starting the command (interpreter, imports)"] = _STARTED_S

@@ -42,3 +42,16 @@ def test_the_lines_give_seconds_and_shares_of_the_total_with_more_phases():
     assert lines[0] == f"where the time went ({total:.1f} s in all; the command took 16.0 s):"
     assert f"  {'starting workers (interpreter, torch, first step)':<58}     4.5 s   31%" in lines
     assert lines[-1] == f"  {'the report':<58}     3.5 s   24%"
+
+
+def test_the_commands_own_time_of_compiling_ahead_stands_in_for_the_rows_overlapping_sum():
+    """Two cells compiled ahead side by side, 9 s and 8 s each: their rows sum to 17 s, but the
+    command waited 11 s for them, their processes' starts included. It says 11, in its place."""
+    rows = [_row(256, compile_ahead_s=9.0), _row(512, compile_ahead_s=8.0)]
+    ahead = "compiling ahead (processes side by side, before the cells)"
+    assert phases(rows, [])[ahead] == 17.0
+    lines = phase_lines(phases(rows, []), {ahead: 11.0})
+    names = [line[2:60].rstrip() for line in lines[1:]]
+    assert names.index(ahead) == 0  # where the rows' phases put it, before the cells' own
+    assert f"  {ahead:<58}    11.0 s" in lines[1]
+    assert lines[0] == f"where the time went ({11.0 + 2 * (1.0 + 0.5 + 1.0 + 0.5):.1f} s in all):"

@@ -104,6 +104,11 @@ def test_compile_cells_run_beside_eager_with_their_setup_time(tmp_path):
     assert warm["compile_cache"] == "warm", warm["compile_cache"]
     assert warm["compile_ahead_cache"] != "warm" and warm["compile_ahead_error"] is None
     assert warm["compile_ahead_s"] > warm["setup_s"] > 0
+    # where the time went: the command's own wait, its compiling process's start (torch's import,
+    # a first step) included, not the row's compile alone
+    (waited,) = [line for line in again.stdout.splitlines()
+                 if line.startswith("  compiling ahead (")]
+    assert float(waited.split()[-3]) > warm["compile_ahead_s"] + 0.5, waited
     assert compiled["compile_ahead_s"] is None  # the first run compiled in the cell
     page = (tmp_path / "again" / "report" / "index.html").read_text()
     assert f"compiled ahead in {warm['compile_ahead_s']:,.1f} s" in page

@@ -46,7 +46,9 @@ def phases(rows: list[dict], boundaries: list[dict]) -> dict[str, float]:
 def phase_lines(measured: dict[str, float], more: dict[str, float] | None = None,
                 wall_s: float | None = None) -> list[str]:
     """The phases as lines of text, each with its seconds and its share of their total, beside
-    the command's wall-clock time where it is known (several workers' phases overlap in it)."""
+    the command's wall-clock time where it is known (several workers' phases overlap in it).
+    `more`: what only the command sees, or its own wall-clock time of a phase the rows sum over
+    processes side by side, which then stands in that phase's place."""
     every = {**measured, **(more or {})}
     total = sum(every.values())
     took = "" if wall_s is None else f"; the command took {wall_s:.1f} s"
