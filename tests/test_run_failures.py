@@ -298,6 +298,30 @@ def test_ctrl_c_while_a_worker_starts_stops_the_run_without_a_traceback(tmp_path
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
 
 
+@pytest.mark.e2e
+def test_ctrl_c_while_a_cell_compiles_says_only_what_is_kept(tmp_path):
+    """Killed mid-compile, a worker leaves inductor's compile pool's semaphores for
+    multiprocessing's resource tracker to unlink; it did, but warned first of "leaked semaphore
+    objects", a fault the run did not have."""
+    out, cache = tmp_path / "run", tmp_path / "inductor"
+    cmd = [sys.executable, "-m", "bench.run", *ONE_CELL, "--set", "mode=compile", "--out",
+           str(out), *CPU_SYNTHETIC]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=ctrl_c_as_at_a_terminal,
+                            env={**os.environ, "PYTHONPATH": str(ROOT),
+                                 "TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    deadline = time.monotonic() + 120
+    while not (cache.is_dir() and any(cache.rglob("*.py"))):  # inductor writes its kernels
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: every finished cell is saved")
+    assert "leaked" not in stderr and "Traceback" not in stderr, stderr
+
+
 def _workers(pid) -> list[int]:
     """The cell workers among `pid`'s children. Not multiprocessing's resource tracker: it is
     meant to outlive its parent by a moment (it exits when it reads end-of-file)."""

@@ -220,12 +220,25 @@ def _answer(conn, handlers: dict) -> None:
             conn.send(("error", traceback.format_exc(limit=5)))
 
 
+# A worker killed mid-compile (Ctrl-C, a time limit) leaves the semaphores of inductor's compile
+# pool registered; multiprocessing's resource tracker unlinks them as it should, but first warns
+# of "leaked semaphore objects", words that sound like a fault of the run. Its options are the
+# interpreter's (multiprocessing.util._args_from_interpreter_flags), read as it starts.
+_TRACKER_QUIET = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    if _TRACKER_QUIET not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_QUIET)
+
+
 class Worker:
     """A spawned process that runs cells one at a time."""
 
     def __init__(self, spec: WorkerSpec, start_timeout_s: float = 300):
         began = time.perf_counter()
         context = multiprocessing.get_context("spawn")  # a fresh CUDA state, never a fork of one
+        _quiet_resource_tracker()
         self._conn, child = context.Pipe()
         # not a daemon: its DataLoader needs worker processes of its own. If the parent dies,
         # the worker sees it and exits (_die_with).
