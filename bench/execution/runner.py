@@ -80,10 +80,7 @@ class Runner:
     def start_worker(self) -> None:
         """Start the worker now, where a search's trials should time steps, not its start; a
         worker that cannot start is left for the first trial to find and record."""
-        try:
-            self._ensure_worker()
-        except (WorkerDied, RuntimeError):
-            self.worker = None
+        self._ask(lambda worker: None)
 
     def retire_worker(self) -> None:
         """Close the worker between cells: it finishes what it holds, then exits."""

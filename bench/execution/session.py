@@ -162,6 +162,7 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
     last = result.attempts[-1]
     trained = last.outcome == Outcome.OK
     measured, card, baseline = result.measured, result.card, stamps.baseline
+    compiled = stamps.ahead or AheadCompile(None, None)  # none: compiled in its own setup
     figures = {"energy_note": NO_TIMED_WINDOW}
     if measured is not None:
         energy, peaks = measured.energy, measured.peaks
@@ -205,8 +206,7 @@ def build_row(result: CellResult, stamps: Stamps | None = None) -> Row:
             config.replicas if config.replica_method == "streams" else 1)
         if stamps.traffic else None,
         memory_cap_bytes=stamps.memory_cap_bytes,
-        compile_ahead_s=stamps.ahead.seconds if stamps.ahead else None,
-        compile_ahead_cache=stamps.ahead.cache if stamps.ahead else None,
-        compile_ahead_error=stamps.ahead.error if stamps.ahead else None,
+        compile_ahead_s=compiled.seconds, compile_ahead_cache=compiled.cache,
+        compile_ahead_error=compiled.error,
         model_fingerprint=stamps.model_fingerprint, worker_start_s=stamps.worker_start_s,
         data_load_s=stamps.data_load_s, **stamps.where)
