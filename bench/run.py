@@ -412,6 +412,8 @@ def _compile_ahead(session: Session, todo: list[Config], requested: int | None) 
         return False
     failed = []
     side_by_side = "1 process" if processes == 1 else f"{processes} processes side by side"
+    if why:  # fewer than the cores or the option asked for: the memory holds no more
+        print(f"compiling ahead in {side_by_side}: {why}", file=sys.stderr)
     with tqdm(total=len(cells), desc=f"compiling ahead ({side_by_side})", unit="cell",
               file=sys.stderr) as bar:
         def done(config: Config, compiled) -> None:

@@ -8,24 +8,59 @@ both figures: the cold compile, from the process that compiled it ahead (what a 
 pays), and its own setup from the warm cache. Side by side needs spare cores: a compile keeps
 about two busy (inductor's compile threads beside dynamo's tracing), so where fewer than two
 compiles fit, each cell compiles in its own setup, as a serial compile ahead would only add a
-process. max-autotune's compile times candidate kernels on the device; beside other compiles
-they would time each other, so those cells compile alone, in their own setup.
+process. Side by side also needs memory: each compile runs its cell's warm-up steps, so no more
+start than the card (on a GPU) and the host each hold. max-autotune's compile times candidate
+kernels on the device; beside other compiles they would time each other, so those cells compile
+alone, in their own setup.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from bench.basics.units import format_bytes
 from bench.execution.cell import AheadCompile
 from bench.execution.pool import Pool
 from bench.execution.runner import Runner
 from bench.execution.worker import WorkerSpec
+from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 from bench.planning.grid import Config
+from bench.planning.plan import host_available_bytes
+from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES, model_for
 from lenet.modes import TABLE
 
 CORES_PER_COMPILE = 2
+# What a compiling process holds in the host's memory besides its model and step: torch, the
+# data set, dynamo's and inductor's work, and the C++ compilers inductor runs beside it. On this
+# project's CPU (LeNet at b64 and b1,024, torch 2.14.1): 1.03 GiB at the process's peak, 0.18 GiB
+# in each of its two compilers; rounded up.
+HOST_BYTES_PER_COMPILE = 3 * 2**29
+# What the allocator reserves for a compiled step on a card, over its eager step's predicted
+# peak: up to 1.9 times in the H200's modes run (docs/results/nvidia-h200/modes-results.jsonl:
+# compile at b16,384 bfloat16 reserved 1,516,240,896 bytes against 796,193,300 predicted; 1.0 to
+# 1.8 elsewhere). Reserved, not allocated: it is what the other processes cannot have.
+COMPILED_OVER_EAGER = 2
+
+
+@dataclass(frozen=True)
+class Room:
+    """A memory the compiling processes share, and what one of them needs of it."""
+
+    memory: str  # "the card", "the host"
+    free_bytes: int
+    need_bytes: int
+
+    @property
+    def compiles(self) -> int:
+        return self.free_bytes // self.need_bytes
+
+    def words(self, wanted: int) -> str:
+        held = self.compiles
+        return (f"{self.memory} has {format_bytes(self.free_bytes)} free, room for "
+                f"{'no' if held == 0 else held} compile{'' if held == 1 else 's'} of "
+                f"{format_bytes(self.need_bytes)} each, not {wanted}")
 
 
 def ahead_cells(cells: list[Config]) -> list[Config]:
@@ -40,20 +75,61 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def processes_for(cells: int, cores: int, requested: int | None) -> tuple[int, str | None]:
-    """How many processes compile `cells` cells ahead, and why none where none do (None where
-    there is nothing to compile). `requested`: --compile-ahead, None for one per two cores."""
+def processes_for(cells: int, cores: int, requested: int | None,
+                  rooms: tuple[Room, ...] = ()) -> tuple[int, str | None]:
+    """How many processes compile `cells` cells ahead, and why no more where the memory in
+    `rooms` holds fewer than wanted, or why none (None where there is nothing to compile).
+    `requested`: --compile-ahead, None for one per two cores."""
     if not cells:
         return 0, None
     if requested == 0:
         return 0, "--compile-ahead 0"
-    if requested is not None:
-        return min(requested, cells), None
-    fit = cores // CORES_PER_COMPILE
-    if fit < 2:
+    if requested is None and cores // CORES_PER_COMPILE < 2:
         return 0, (f"{cores} cores leave no room for two compiles side by side "
                    f"(--compile-ahead N asks for N processes)")
-    return min(fit, cells), None
+    wanted = min(requested or cores // CORES_PER_COMPILE, cells)
+    tightest = min(rooms, key=lambda room: room.compiles, default=None)
+    if tightest is None or tightest.compiles >= wanted:
+        return wanted, None
+    # asked for: as many as the memory holds, even one; by default never one alone
+    held = tightest.compiles if requested is not None or tightest.compiles >= 2 else 0
+    return held, tightest.words(wanted)
+
+
+def rooms_for(cells: list[Config], card_free_bytes: int | None,
+              host_free_bytes: int | None) -> tuple[Room, ...]:
+    """The memories compiles of `cells` share, where their free bytes are known: the host's
+    always, the card's for CUDA cells. A compile needs room for the largest cell's model and step
+    beside what every compiling process holds: its CUDA context on the card, itself in the host.
+    A compiled step has no prediction of its own (lenet.modes): its eager step's stands in."""
+    largest = max(cells, key=lambda c: model_for(c).peak_bytes(c.batch_size))
+    model = model_for(largest)
+    rooms = []
+    if largest.device.startswith("cuda"):
+        if card_free_bytes is not None:
+            need = CONTEXT_ALLOWANCE_BYTES + COMPILED_OVER_EAGER * model.peak_bytes(
+                largest.batch_size)
+            rooms.append(Room("the card", card_free_bytes, need))
+        host_need = HOST_BYTES_PER_COMPILE
+    else:  # the data set is in the process's own figure already
+        host_need = (HOST_BYTES_PER_COMPILE + model.peak_bytes(largest.batch_size)
+                     - model.dataset_bytes)
+    if host_free_bytes is not None:
+        rooms.append(Room("the host", host_free_bytes, host_need))
+    return tuple(rooms)
+
+
+def free_bytes(cuda_index: int | None) -> tuple[int | None, int | None]:
+    """(the card's free bytes, the host's available bytes), each None where not known: the card's
+    by NVML (the parent holds no CUDA context), none where the cells run on the CPU."""
+    card = None
+    if cuda_index is not None:
+        try:
+            with NvmlReader(cuda_index) as reader:
+                card = reader.memory().free_bytes
+        except NvmlUnavailable:
+            pass  # the card's room is not known: the cores alone decide
+    return card, host_available_bytes()
 
 
 def compile_spec(cell_spec: WorkerSpec) -> WorkerSpec:

@@ -80,9 +80,13 @@ class Session:
     def ahead_processes(self, cells: list[Config],
                         requested: int | None) -> tuple[list[Config], int, str | None]:
         """The cells whose graphs `compile_ahead` would compile, in how many processes, and
-        why in none where none (bench.execution.ahead.processes_for)."""
+        why in no more or none (bench.execution.ahead.processes_for): they compile where the
+        first slot's cells run, so on its card."""
         todo = ahead.ahead_cells(cells)
-        return (todo, *ahead.processes_for(len(todo), ahead.usable_cores(), requested))
+        if not todo or requested == 0:
+            return (todo, *ahead.processes_for(len(todo), 0, requested))
+        rooms = ahead.rooms_for(todo, *ahead.free_bytes(self.runners[0].cuda_index))
+        return (todo, *ahead.processes_for(len(todo), ahead.usable_cores(), requested, rooms))
 
     def compile_ahead(self, cells: list[Config], processes: int,
                       done: Callable[[Config, AheadCompile], None] = lambda *_: None) -> None:

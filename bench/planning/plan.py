@@ -5,7 +5,9 @@ layout."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -74,13 +76,26 @@ def capacity_bytes(device: torch.device, cap: int | None) -> tuple[int | None, s
                 return reader.memory().free_bytes, "the GPU's free memory"
         except NvmlUnavailable:
             return None, "an unknown GPU capacity"
-    try:
-        import os
-
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
+    available = host_available_bytes()
+    if available is None:
         return None, "an unknown host capacity"
     return available, "the host's available memory"
+
+
+def host_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """What the host can give a new process without swapping: the kernel's MemAvailable (free
+    memory and the page cache it can drop), else the free pages alone (kernels before 3.14),
+    else None."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the kernel's kB are KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 @dataclass(frozen=True)
