@@ -232,7 +232,7 @@ def largest_batch_per_dtype(run: Run) -> dict:
         return {dtype: (group["max_ok_batch"].max(), "; ".join(sorted(set(group["stop_reason"]))))
                 for dtype, group in run.boundaries.groupby("dtype", sort=False)}
     trained = run.cells[run.cells["trained"]]
-    return {dtype: (group["batch_size"].max(), "largest in the grid (no boundary search)")
+    return {dtype: (group["batch_size"].max(), "the largest in the grid; no boundary search ran")
             for dtype, group in trained.groupby("dtype", sort=False)}
 
 

@@ -67,7 +67,6 @@ def header(run: Run) -> str:
     env, plan = run.env, run.plan
     data = (plan.data if plan else None) or ", ".join(
         sorted(set(run.cells.get("data_source", []))))
-    wall = run.cells["wall_s"].sum() if "wall_s" in run.cells else None
     facts = [
         ("model", model_words(run.model)),
         ("device", device_words(run)),
@@ -77,11 +76,24 @@ def header(run: Run) -> str:
         ("grid", _grid_words(plan)),
         ("memory cap", _bytes(run.memory_cap_bytes) if run.memory_cap_bytes else "none"),
         ("when", env.get("created_at")),
-        ("how long", f"{wall:,.0f} s measuring cells" if wall else None),
+        ("how long", _how_long(run)),
         ("commit", env.get("commit")), ("host", env.get("host")),
     ]
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     return f"<table class='facts'>{rows}</table>"
+
+
+def _how_long(run: Run) -> str | None:
+    """The seconds the rows and searches recorded: measuring cells, compiling ahead, searching
+    boundaries; None where none did."""
+    def total(frame: pd.DataFrame, column: str) -> float:
+        return pd.to_numeric(frame[column], errors="coerce").sum() if column in frame else 0.0
+
+    parts = [(total(run.cells, "wall_s"), "measuring cells"),
+             (total(run.cells, "compile_ahead_s"),
+              "compiling ahead (summed over processes side by side)"),
+             (total(run.boundaries, "search_s"), "searching boundaries")]
+    return "; ".join(f"{seconds:,.0f} s {what}" for seconds, what in parts if seconds) or None
 
 
 def device_words(run: Run) -> str:

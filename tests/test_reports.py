@@ -379,6 +379,29 @@ def test_the_page_says_where_the_time_went(tmp_path):
     assert "<tr><td>boundary searches</td><td>21.0</td><td>64%</td></tr>" in section
 
 
+def test_without_a_search_the_largest_batch_says_so_in_one_clause(tmp_path):
+    rows = [crafted_row(64), crafted_row(1024)]
+    page = write_report(crafted_run(tmp_path / "run", rows)).read_text()
+    assert ("Largest batch at float32: 1,024 (the largest in the grid; no boundary search "
+            "ran).") in page
+
+
+def test_how_long_names_the_compiles_ahead_and_the_searches_beside_the_cells(tmp_path):
+    rows = [crafted_row(64, wall_s=3.0),
+            crafted_row(64, mode="compile", wall_s=4.0, compile_ahead_s=21.9,
+                        compile_ahead_cache="cold"),
+            crafted_row(256, mode="compile", wall_s=4.0, compile_ahead_s=18.2,
+                        compile_ahead_cache="cold")]
+    boundaries = [{"key": "float32-nchw", "dtype": "float32", "channels_last": False,
+                   "placement": "device", "max_ok_batch": 4096, "stop_reason": "oom",
+                   "search_s": 21.0}]
+    page = write_report(crafted_run(tmp_path / "run", rows, boundaries=boundaries)).read_text()
+    assert ("<th>how long</th><td>11 s measuring cells; 40 s compiling ahead (summed over "
+            "processes side by side); 21 s searching boundaries</td>") in page
+    plain = write_report(crafted_run(tmp_path / "plain", rows[:1])).read_text()
+    assert "<th>how long</th><td>3 s measuring cells</td>" in plain
+
+
 def test_a_cell_compiled_ahead_shows_its_cold_compile_before_its_warm_setup(tmp_path):
     rows = [crafted_row(64, setup_s=0.05, examples_per_s=9_000.0),
             crafted_row(64, mode="compile", setup_s=3.6, compile_cache="warm",
