@@ -47,7 +47,6 @@ from bench.records.boundary import Boundary
 from bench.records.phases import AHEAD, phase_lines, phases
 from bench.records.row import not_learning
 from bench.series import points as series_points
-from bench.series.database import History, HistoryError, shown
 from lenet.cli import (
     OneLineParser,
     UsageError,
@@ -167,7 +166,7 @@ def main(argv=None) -> int:
     try:
         return _run(args)
     except (UsageError, GridError, DataError, ModelError, store.RunDirError,
-            NewerSchemaError, HistoryError) as exc:
+            NewerSchemaError) as exc:
         fail(PROG, str(exc))
     except (KeyboardInterrupt, Stopped) as exc:
         # outside the cells (planning, the summary, the report): every finished row is on disk
@@ -330,7 +329,11 @@ _STARTED_S = _process_age_s() if __name__ == "__main__" else None
 def _run(args) -> int:
     began = time.monotonic()
     if args.history is not None and not args.dry_run:
-        History(args.history).close()  # a store that cannot be used: one line, before any cell
+        database = _history_store()
+        try:  # a store that cannot be used: one line, before any cell
+            database.History(args.history).close()
+        except database.HistoryError as exc:
+            raise UsageError(str(exc)) from exc
     plan, run_dir, stored = _open_plan(args)
     resumed = stored is not None
     cells = list(plan.cells)
@@ -570,17 +573,30 @@ def _finish(run_dir: Path, ran: int, elapsed_s: float, args,
 def _record(run_dir: Path, db: str) -> bool:
     """Record the run in the history store; False, having said how to record it later, where
     the store cannot."""
+    database = _history_store()
     try:
         recorded, new_points = series_points.read(run_dir)
-        with History(db) as history:
+        with database.History(db) as history:
             word = history.add(recorded, new_points)
-    except (HistoryError, UsageError) as exc:
+    except (database.HistoryError, UsageError) as exc:
         print(f"the run is not in the history: {exc}; its results are safe in {run_dir}; "
-              f"record it with: python -m bench.history add {run_dir} --db {shown(db)}",
-              file=sys.stderr)
+              f"record it with: python -m bench.history add {run_dir} "
+              f"--db {database.shown(db)}", file=sys.stderr)
         return False
-    print(f"history: {word} ({len(new_points)} points) in {shown(db)}")
+    print(f"history: {word} ({len(new_points)} points) in {database.shown(db)}")
     return True
+
+
+def _history_store():
+    """bench.series.database, imported only where a run is recorded: SQLAlchemy and alembic
+    load then, so a run without --history needs neither (a checkout run as it is on a host
+    with torch and the report's libraries alone)."""
+    try:
+        from bench.series import database
+    except ImportError as exc:
+        raise UsageError(f"--history needs the history store's libraries ({exc.name} is not "
+                         f"installed); install the project with: pip install -e .") from exc
+    return database
 
 
 def _per_model(row: dict) -> str:

@@ -5,6 +5,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 
 import pytest
 
@@ -17,6 +18,7 @@ from bench.planning.grid import Config
 from helpers import (
     CPU_ENV,
     CPU_SYNTHETIC,
+    ROOT,
     crafted_cpu_row,
     crafted_run,
     rows_of,
@@ -143,6 +145,34 @@ def test_a_compile_that_fails_is_an_error_row_and_the_grid_goes_on(tmp_path):
                                           "compiler found")
         assert "\n" not in failed["error"] and "TORCHDYNAMO_VERBOSE" not in failed["error"]
         assert by_key[f"b{batch}-float32-nchw-device"]["status"] == "ok"
+
+
+# python -m bench.run in a Python without the history store's libraries: a checkout run as it is
+# on a host that has torch and the report's libraries only (docs/gpu-check.sh on a lent GPU)
+WITHOUT_HISTORY_LIBRARIES = (
+    "import runpy, sys\n"
+    "for name in ('sqlalchemy', 'alembic', 'ruptures', 'psycopg'):\n"
+    "    sys.modules[name] = None  # import fails as if not installed\n"
+    "runpy.run_module('bench.run', run_name='__main__', alter_sys=True)\n")
+
+
+def test_a_run_without_history_needs_none_of_the_history_stores_libraries(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    planned = subprocess.run(
+        [sys.executable, "-c", WITHOUT_HISTORY_LIBRARIES, "--grid", "smoke", "--dry-run",
+         *SYNTHETIC], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert planned.returncode == 0, planned.stderr
+    assert "b64-float32-nchw-host-w0" in planned.stdout
+    # asked to record the run, it says what is missing before any cell, in one line
+    recorded = subprocess.run(
+        [sys.executable, "-c", WITHOUT_HISTORY_LIBRARIES, "--grid", "smoke", "--history",
+         str(tmp_path / "history.db"), "--out", str(tmp_path / "run"), *SYNTHETIC],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert recorded.returncode == 2
+    assert recorded.stderr.strip().splitlines() == [
+        "python -m bench.run: error: --history needs the history store's libraries "
+        "(sqlalchemy is not installed); install the project with: pip install -e ."]
+    assert not (tmp_path / "run").exists()
 
 
 def test_dry_run_json_lists_cells_with_predictions(tmp_path, no_gpu):
