@@ -76,11 +76,15 @@ def mode_findings(cells: pd.DataFrame) -> list[str]:
             f"{eager.loc[i, 'examples_per_s']:,.0f} ({r:.2f}x)" for i, r in ratios.items())
         # a cell compiled ahead set up from a warm cache: its cold compile is what a first run
         # pays, and what the line gives
-        setup = other.loc[both, "compile_ahead_s"].fillna(other.loc[both, "setup_s"]).median()
+        setup = other.loc[both, "compile_ahead_s"].fillna(other.loc[both, "setup_s"]).dropna()
+        eager_setup = eager.loc[both, "setup_s"].dropna()
+        # rows without setup times (an older version's) leave the clause out, never "nan s"
+        cost = "" if setup.empty or eager_setup.empty else (
+            f", after a median {setup.median():,.1f} s of setup a cell (eager: "
+            f"{eager_setup.median():,.2f} s)")
         lines.append(f"{mode} runs at {ratio:.2f}x eager's speed (median over {len(both)} "
-                     f"matching cells): {verdict}, after a median {setup:,.1f} s of setup a "
-                     f"cell (eager: {eager.loc[both, 'setup_s'].median():,.2f} s). Examples/s, "
-                     f"{mode} against eager: {pairs}.")
+                     f"matching cells): {verdict}{cost}. Examples/s, {mode} against eager: "
+                     f"{pairs}.")
     return lines
 
 

@@ -379,6 +379,17 @@ def test_the_page_says_where_the_time_went(tmp_path):
     assert "<tr><td>boundary searches</td><td>21.0</td><td>64%</td></tr>" in section
 
 
+def test_modes_against_eager_without_setup_times_never_read_nan(tmp_path):
+    """Rows without setup_s (an older version's, or written by hand): the line leaves the
+    setup out rather than print a median of nothing."""
+    rows = [crafted_row(64, examples_per_s=9_000.0, setup_s=None),
+            crafted_row(64, mode="compile", examples_per_s=18_000.0, setup_s=None)]
+    page = write_report(crafted_run(tmp_path / "run", rows)).read_text()
+    assert ("compile runs at 2.00x eager&#x27;s speed (median over 1 matching cells): faster. "
+            "Examples/s, compile against eager:") in page
+    assert "nan" not in page.lower().replace("nanosecond", "")
+
+
 def test_without_a_search_the_largest_batch_says_so_in_one_clause(tmp_path):
     rows = [crafted_row(64), crafted_row(1024)]
     page = write_report(crafted_run(tmp_path / "run", rows)).read_text()
