@@ -98,13 +98,10 @@ def test_a_gpu_compile_needs_its_largest_cells_peak_and_a_context_on_the_card():
     assert host == Room("the host", 64 * GIB, HOST_BYTES_PER_COMPILE)
 
 
-def test_a_cpu_compile_needs_its_largest_cells_model_and_step_in_the_host():
+def test_a_cpu_compile_needs_its_largest_cells_whole_peak_in_the_host():
     cells = [Config(b, mode="compile", device="cpu", placement="device") for b in (64, 4096)]
-    largest = model_for(cells[1])
-    # the data set is in the process's own figure already
     assert rooms_for(cells, card_free_bytes=None, host_free_bytes=8 * GIB) == (
-        Room("the host", 8 * GIB,
-             HOST_BYTES_PER_COMPILE + largest.peak_bytes(4096) - largest.dataset_bytes),)
+        Room("the host", 8 * GIB, HOST_BYTES_PER_COMPILE + model_for(cells[1]).peak_bytes(4096)),)
 
 
 def test_where_no_free_figure_is_known_the_cores_alone_decide():
