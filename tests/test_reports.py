@@ -493,10 +493,10 @@ def test_ctrl_c_while_the_report_is_written_ends_it_without_a_traceback(one_cell
 def test_the_answer_places_the_fastest_cell_against_its_cards_peak_and_roofs(tmp_path):
     """A float32 cell on an H200 at 2,406,445 examples/s of LeNet's 2,263,920 FLOPs each:
     5.45 TFLOP/s, 8.1% of the card's 66.9 TFLOP/s float32 peak. Its eager step moves
-    4,353,636 bytes plus 544,648 an example (bench.planning.flops.step_traffic): 4.15 FLOP/byte,
-    left of the H200's ridge (66.9 / 4.8 = 13.9), so its roof is 4.8 TB/s x 4.15 = 19.9 TFLOP/s."""
+    1,480,024 bytes plus 300,240 an example (bench.planning.flops.step_traffic): 7.54 FLOP/byte,
+    left of the H200's ridge (66.9 / 4.8 = 13.9), so its roof is 4.8 TB/s x 7.54 = 36.2 TFLOP/s."""
     def traffic(batch):
-        return 4_353_636 + 544_648 * batch
+        return 1_480_024 + 300_240 * batch
 
     rows = [crafted_row(16384, gpu_name="NVIDIA H200", flops_per_example=2_263_920,
                         examples_per_s=2_406_445.0, step_traffic_bytes=traffic(16384)),
@@ -506,8 +506,8 @@ def test_the_answer_places_the_fastest_cell_against_its_cards_peak_and_roofs(tmp
     page = index.read_text()
     assert ("It ran 5.45 TFLOP/s of model arithmetic (2.26 MFLOP an example, forward and "
             "backward): <b>8.1%</b> of the H200 SXM's dense float32 peak (66.9 TFLOP/s; its "
-            "convolutions may run as TF32). Bound by memory bandwidth: at 4.2 FLOP/byte (an "
-            "eager step's traffic, unfused) its roof is 19.9 TFLOP/s, and it reached 27% of "
+            "convolutions may run as TF32). Bound by memory bandwidth: at 7.5 FLOP/byte (an "
+            "eager step's traffic, unfused) its roof is 36.2 TFLOP/s, and it reached 15% of "
             "it.") in page
     assert "roofline.png" in page and (index.parent / "roofline.png").is_file()
     unknown = [crafted_row(256, gpu_name="NVIDIA GeForce RTX 4090", flops_per_example=2_263_920)]
@@ -529,10 +529,10 @@ def test_several_models_at_once_are_answered_beside_the_fastest_single_one(tmp_p
     """Sixteen LeNets stacked at batch 4,096 on an H200, 6,000,000 examples/s in all: the
     fastest answer stays the single model's (2,406,445), and a line of its own gives the
     aggregate, 375,000 each, 2.49x, 13.6 TFLOP/s (20.3% of the float32 peak). Its intensity is
-    read from sixteen models' traffic for sixteen times the examples: 4.1 FLOP/byte, as one
-    model's, so its roof is 19.9 TFLOP/s, 68% of it reached."""
+    read from sixteen models' traffic for sixteen times the examples: 7.5 FLOP/byte, as one
+    model's, so its roof is 36.2 TFLOP/s, 38% of it reached."""
     def traffic(batch, models=1):
-        return models * (4_353_636 + 544_648 * batch)
+        return models * (1_480_024 + 300_240 * batch)
 
     h200 = {"gpu_name": "NVIDIA H200", "flops_per_example": 2_263_920}
     rows = [crafted_row(16384, examples_per_s=2_406_445.0, step_traffic_bytes=traffic(16384),
@@ -549,8 +549,8 @@ def test_several_models_at_once_are_answered_beside_the_fastest_single_one(tmp_p
             "model") in page
     assert ("It ran 13.6 TFLOP/s of model arithmetic (2.26 MFLOP an example, forward and "
             "backward): <b>20.3%</b> of the H200 SXM's dense float32 peak (66.9 TFLOP/s; its "
-            "convolutions may run as TF32). Bound by memory bandwidth: at 4.1 FLOP/byte (an "
-            "eager step's traffic, unfused) its roof is 19.9 TFLOP/s, and it reached 68% of "
+            "convolutions may run as TF32). Bound by memory bandwidth: at 7.5 FLOP/byte (an "
+            "eager step's traffic, unfused) its roof is 36.2 TFLOP/s, and it reached 38% of "
             "it.") in page
     assert "<th>examples/s a model</th>" in page and "<td>187,500</td>" in page
     single = write_report(crafted_run(tmp_path / "single", rows[:1])).read_text()
@@ -558,22 +558,22 @@ def test_several_models_at_once_are_answered_beside_the_fastest_single_one(tmp_p
 
 
 def test_a_step_its_operators_launches_fill_is_called_bound_by_launching(tmp_path):
-    """182 operators at 8 µs each take 1.46 ms to launch: of a 1.6 ms step (b64 on an H200)
-    that is 91%, bound by launching kernels; of a CPU step of 25 ms, 6%, and the page says
-    so without roofs."""
-    h200 = {"gpu_name": "NVIDIA H200", "flops_per_example": 2_263_920, "step_operators": 182}
-    small = crafted_row(64, examples_per_s=40_000.0, step_ms_median=1.6, launch_us=8.0,
-                        step_traffic_bytes=4_353_636 + 544_648 * 64, **h200)
+    """LeNet's eager step, 43 operators, at 8 µs each takes 0.34 ms to launch: of a 0.4 ms step
+    that is 86%, bound by launching kernels; of a CPU step of 25 ms, 1%, and the page says so
+    without roofs."""
+    h200 = {"gpu_name": "NVIDIA H200", "flops_per_example": 2_263_920, "step_operators": 43}
+    small = crafted_row(64, examples_per_s=160_000.0, step_ms_median=0.4, launch_us=8.0,
+                        step_traffic_bytes=1_480_024 + 300_240 * 64, **h200)
     page = write_report(crafted_run(tmp_path / "h200", [small])).read_text()
-    assert ("Bound by launching kernels: its 182 operators take at least 1.46 ms to launch "
-            "(8.0 µs each, measured on this device), 91% of its 1.60 ms step; a CUDA graph or "
+    assert ("Bound by launching kernels: its 43 operators take at least 0.34 ms to launch "
+            "(8.0 µs each, measured on this device), 86% of its 0.40 ms step; a CUDA graph or "
             "torch.compile launches fewer.") in page
-    cpu = crafted_cpu_row(64, step_ms_median=25.0, launch_us=8.0, step_operators=182,
+    cpu = crafted_cpu_row(64, step_ms_median=25.0, launch_us=8.0, step_operators=43,
                           flops_per_example=2_263_920)
     page = write_report(crafted_run(tmp_path / "cpu", [cpu], device="cpu", env=CPU_ENV)
                         ).read_text()
-    assert ("no peak is known for a CPU, so no share of it is given. Launching is 6% of its "
-            "25.00 ms step (its 182 operators take at least 1.46 ms to launch (8.0 µs each, "
+    assert ("no peak is known for a CPU, so no share of it is given. Launching is 1% of its "
+            "25.00 ms step (its 43 operators take at least 0.34 ms to launch (8.0 µs each, "
             "measured on this device)); the rest is the work itself and other overhead.") in page
 
 

@@ -69,7 +69,7 @@ def test_the_sgd_implementations_run_as_cells_with_their_flops_and_traffic(tmp_p
     for row in rows:
         assert row["status"] == "ok" and row["precision"] == "default"
         assert row["flops_per_example"] == 2_263_920
-        assert row["step_traffic_bytes"] == 4_353_636 + 544_648 * 64
+        assert row["step_traffic_bytes"] == 1_480_024 + 300_240 * 64
 
 
 @pytest.mark.e2e

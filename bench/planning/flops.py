@@ -113,8 +113,15 @@ class StepTraffic:
         return self.fixed_bytes + self.per_example_bytes * batch_size
 
 
+# Namespaces of operators that run no kernel: a tensor's device asked for (prim.device: dozens
+# of times a step, by autograd and the optimizer, their number varying with torch's version)
+# and the profiler's record_function marks around the optimizer's step.
+_NO_KERNEL = frozenset({"prim", "profiler"})
+
+
 class _Traffic(TorchDispatchMode):
-    """Sums the bytes of every tensor an operator takes or gives; views move nothing."""
+    """Sums the bytes of every tensor an operator takes or gives; views, detaching and what only
+    reads a tensor's metadata move nothing."""
 
     def __init__(self):
         super().__init__()
@@ -122,7 +129,8 @@ class _Traffic(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if not func.is_view and func is not torch.ops.aten.detach.default:
+        if (not func.is_view and func is not torch.ops.aten.detach.default
+                and func.namespace not in _NO_KERNEL):
             self.operators += 1
             self.bytes += sum(t.numel() * t.element_size()
                               for t in tree_flatten((args, kwargs, out))[0]
