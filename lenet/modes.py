@@ -87,6 +87,14 @@ OPTIMIZERS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": Tr
               "loop": {"foreach": False}}
 
 
+def implementation(optimizer: str, device: str) -> str:
+    """The SGD implementation an optimizer setting runs on `device`: "default" is torch's choice
+    there (torch.optim's _default_to_fused_or_foreach), the others themselves."""
+    if optimizer != "default":
+        return optimizer
+    return "foreach" if device.startswith("cuda") else "loop"
+
+
 def precision_refusal(device: str, precision: str) -> str | None:
     """Why a cell cannot run at this float32 precision on `device`, or None."""
     if precision != "default" and not device.startswith("cuda"):

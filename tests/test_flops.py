@@ -93,6 +93,36 @@ def test_a_steps_traffic_is_a_line_in_the_batch_and_halves_its_activations_in_bf
     assert bfloat16.operators > float32.operators
 
 
+@pytest.mark.parametrize("optimizer, device, counted", [
+    ("default", "cpu", "loop"), ("default", "cuda:0", "foreach"),  # torch's own choice
+    ("fused", "cpu", "fused"), ("loop", "cuda:1", "loop"), ("foreach", "cpu", "foreach")])
+def test_a_cells_update_is_counted_as_the_implementation_its_device_runs(optimizer, device,
+                                                                         counted):
+    from lenet.modes import implementation
+
+    assert implementation(optimizer, device) == counted
+
+
+def test_every_sgd_implementation_moves_the_same_bytes_in_its_own_number_of_operators():
+    """SGD's update reads each weight and its gradient and writes the weight: a loop does it in
+    ten in-place adds, foreach in one multi-tensor add (which returns nothing: what it writes is
+    its first argument), fused in one kernel, whose schema declares the gradients written too
+    (it may unscale them in place): counted so, one set of weights more."""
+    from bench.planning.flops import step_traffic
+
+    lenet = resolve("lenet")
+    loop, foreach, fused = (step_traffic(lenet, "float32", optimizer)
+                            for optimizer in ("loop", "foreach", "fused"))
+    assert loop == step_traffic(lenet, "float32")  # the CPU's default
+    assert loop.operators == 43 and foreach.operators == fused.operators == 34
+    assert (foreach.fixed_bytes, foreach.per_example_bytes) == (loop.fixed_bytes,
+                                                                loop.per_example_bytes)
+    weights = sum(p.numel() * 4 for p in lenet.build(seed=0).parameters())
+    assert weights == 246_824
+    assert fused.fixed_bytes - loop.fixed_bytes == weights
+    assert fused.per_example_bytes == loop.per_example_bytes
+
+
 def test_a_tf32_cell_is_placed_against_the_tf32_peak_not_the_float32_one():
     """precision=tf32 runs float32's matrix products on the tensor cores: its peak is TF32's."""
     h200 = card_peaks("NVIDIA H200")

@@ -32,6 +32,7 @@ from bench.planning.plan_file import Plan
 from bench.planning.predict import model_for, unmodelled
 from bench.records.boundary import Boundary
 from bench.records.row import Row
+from lenet.modes import implementation
 
 
 class Session:
@@ -63,8 +64,8 @@ class Session:
         # the parent while a sibling worker is timing a cell, nor twice from two pool threads
         model = resolve(plan.model.name, plan.input_shape)
         self.flops_per_example = counted(model)
-        self.traffic = {dtype: traffic_of(model, dtype)
-                        for dtype in dict.fromkeys(c.dtype for c in self.cells)}
+        self.traffic = {key: traffic_of(model, *key)
+                        for key in dict.fromkeys(_traffic_key(c) for c in self.cells)}
 
     def __enter__(self) -> Session:
         return self
@@ -107,7 +108,7 @@ class Session:
                 stamps, predicted_peak_bytes=planned.predicted_peak_bytes,
                 prediction_note=planned.prediction_note,
                 flops_per_example=self.flops_per_example,
-                traffic=self.traffic[config.dtype], ahead=self._ahead.get(config.key())))
+                traffic=self.traffic[_traffic_key(config)], ahead=self._ahead.get(config.key())))
             if row.examples_per_s:
                 key = (config.boundary_key(), row.gpu_name)
                 self._measured[key] = max(self._measured.get(key, (0, 0.0)),
@@ -148,6 +149,12 @@ class Session:
                        step_s=None if measured is None else lambda batch: batch / measured[1])
         boundary.search_s = time.monotonic() - began
         return boundary
+
+
+def _traffic_key(config: Config) -> tuple[str, str]:
+    """What a cell's step traffic depends on: its dtype, and the SGD implementation its device
+    runs (a loop of adds on the CPU, one multi-tensor add on a GPU, one kernel fused)."""
+    return config.dtype, implementation(config.optimizer, config.device)
 
 
 def boundary_jobs(cells: list[Config], card_models: list[str | None],

@@ -71,11 +71,11 @@ def flop_counter() -> FlopCounterMode:
 
 
 @contextlib.contextmanager
-def _fake_step(model: ModelSpec, dtype: str = "float32"):
+def _fake_step(model: ModelSpec, dtype: str = "float32", optimizer: str = "loop"):
     """An eager training step of `model` on fake tensors, its first step taken (it builds what
     is built lazily, the optimizer's state): what is counted next is one step alone."""
     with FakeTensorMode():
-        step = TrainStep(model.build(seed=0), lr=0.1, dtype=dtype)
+        step = TrainStep(model.build(seed=0), lr=0.1, dtype=dtype, optimizer=optimizer)
         step.scaler = None  # float16's checks for infinities need the host: a few scalars
         step(*_batch(model, _COUNT_BATCH))
         yield step
@@ -120,7 +120,9 @@ _NO_KERNEL = frozenset({"prim", "profiler"})
 
 
 class _Traffic(TorchDispatchMode):
-    """Sums the bytes of every tensor an operator takes or gives; views, detaching and what only
+    """Sums the bytes every operator reads and writes: each tensor it takes is read, each it
+    writes in place is written as well (a multi-tensor add returns nothing: its first argument
+    is what it wrote), and each new tensor it gives is written. Views, detaching and what only
     reads a tensor's metadata move nothing."""
 
     def __init__(self):
@@ -128,29 +130,43 @@ class _Traffic(TorchDispatchMode):
         self.bytes = self.operators = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if (not func.is_view and func is not torch.ops.aten.detach.default
                 and func.namespace not in _NO_KERNEL):
             self.operators += 1
-            self.bytes += sum(t.numel() * t.element_size()
-                              for t in tree_flatten((args, kwargs, out))[0]
-                              if isinstance(t, torch.Tensor))
+            schema = func._schema
+            written = [args[i] if i < len(args) else kwargs.get(argument.name)
+                       for i, argument in enumerate(schema.arguments)
+                       if argument.alias_info is not None and argument.alias_info.is_write]
+            returned = out if len(schema.returns) > 1 else (out,)
+            # a return that aliases an argument (add_'s self, an out= tensor) is counted there
+            new = [value for value, result in zip(returned, schema.returns, strict=False)
+                   if result.alias_info is None]
+            self.bytes += _bytes((args, kwargs)) + _bytes(written) + _bytes(new)
         return out
 
 
+def _bytes(tree) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_flatten(tree)[0]
+               if isinstance(t, torch.Tensor))
+
+
 @functools.cache
-def step_traffic(model: ModelSpec, dtype: str) -> StepTraffic:
-    """The traffic of an eager step of `model` at `dtype` (autocast's), from steps at two
-    batches: it grows in proportion to the batch."""
-    (small, operators), (large, _) = (bytes_moved(model, dtype, _COUNT_BATCH),
-                                      bytes_moved(model, dtype, 2 * _COUNT_BATCH))
+def step_traffic(model: ModelSpec, dtype: str, optimizer: str = "loop") -> StepTraffic:
+    """The traffic of an eager step of `model` at `dtype` (autocast's) whose update is SGD's
+    `optimizer` implementation (lenet.modes.implementation; a loop, as on the CPU, unless told),
+    from steps at two batches: it grows in proportion to the batch."""
+    (small, operators), (large, _) = (bytes_moved(model, dtype, _COUNT_BATCH, optimizer),
+                                      bytes_moved(model, dtype, 2 * _COUNT_BATCH, optimizer))
     per_example = (large - small) // _COUNT_BATCH
     return StepTraffic(small - per_example * _COUNT_BATCH, per_example, operators)
 
 
-def bytes_moved(model: ModelSpec, dtype: str, batch_size: int) -> tuple[int, int]:
+def bytes_moved(model: ModelSpec, dtype: str, batch_size: int,
+                optimizer: str = "loop") -> tuple[int, int]:
     """(bytes, operators) of one eager step at `batch_size`, counted on fake tensors."""
-    with _fake_step(model, dtype) as step:
+    with _fake_step(model, dtype, optimizer) as step:
         images, labels = _batch(model, batch_size)  # made before the count: the step's input
         with _Traffic() as traffic:
             step(images, labels)
@@ -162,9 +178,9 @@ def _batch(model: ModelSpec, batch_size: int):
             torch.randint(0, model.num_classes, (batch_size,)))
 
 
-def traffic_of(model: ModelSpec, dtype: str) -> StepTraffic | None:
+def traffic_of(model: ModelSpec, dtype: str, optimizer: str) -> StepTraffic | None:
     """The step's traffic, or None for a model that cannot be traced on fake tensors."""
     try:
-        return step_traffic(model, dtype)
+        return step_traffic(model, dtype, optimizer)
     except Exception:  # noqa: BLE001 - a user's model may refuse fake tensors
         return None
