@@ -20,14 +20,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import torch
+
 from bench.basics.units import format_bytes
 from bench.execution.cell import AheadCompile
 from bench.execution.pool import Pool
 from bench.execution.runner import Runner
 from bench.execution.worker import WorkerSpec
-from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 from bench.planning.grid import Config
-from bench.planning.plan import host_available_bytes
+from bench.planning.plan import capacity_bytes, host_available_bytes
 from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES, model_for
 from lenet.modes import TABLE
 
@@ -120,15 +121,11 @@ def rooms_for(cells: list[Config], card_free_bytes: int | None,
 
 
 def free_bytes(cuda_index: int | None) -> tuple[int | None, int | None]:
-    """(the card's free bytes, the host's available bytes), each None where not known: the card's
-    by NVML (the parent holds no CUDA context), none where the cells run on the CPU."""
-    card = None
-    if cuda_index is not None:
-        try:
-            with NvmlReader(cuda_index) as reader:
-                card = reader.memory().free_bytes
-        except NvmlUnavailable:
-            pass  # the card's room is not known: the cores alone decide
+    """(the card's free bytes, the host's available bytes), each None where not known: the
+    card's as the plan reads it (NVML: the parent holds no CUDA context), none where the cells
+    run on the CPU."""
+    card = None if cuda_index is None else capacity_bytes(torch.device("cuda", cuda_index),
+                                                          None)[0]
     return card, host_available_bytes()
 
 

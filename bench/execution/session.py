@@ -84,10 +84,11 @@ class Session:
         why in no more or none (bench.execution.ahead.processes_for): they compile where the
         first slot's cells run, so on its card."""
         todo = ahead.ahead_cells(cells)
-        if not todo or requested == 0:
-            return (todo, *ahead.processes_for(len(todo), 0, requested))
+        cores = ahead.usable_cores()
+        if not todo or requested == 0:  # nothing compiles ahead: no memory to read
+            return (todo, *ahead.processes_for(len(todo), cores, requested))
         rooms = ahead.rooms_for(todo, *ahead.free_bytes(self.runners[0].cuda_index))
-        return (todo, *ahead.processes_for(len(todo), ahead.usable_cores(), requested, rooms))
+        return (todo, *ahead.processes_for(len(todo), cores, requested, rooms))
 
     def compile_ahead(self, cells: list[Config], processes: int,
                       done: Callable[[Config, AheadCompile], None] = lambda *_: None) -> None:
