@@ -11,7 +11,7 @@ from bench.basics.units import format_bytes
 from bench.planning.grid import LENET, get_grid, grid_names
 from bench.planning.peaks import arithmetic, card_peaks
 from bench.planning.plan_file import ModelInfo, Plan
-from bench.records.phases import phases
+from bench.records.phases import AHEAD, SEARCHES, phases
 from reports import findings
 from reports.frame import (
     Run,
@@ -63,7 +63,8 @@ def _bytes(value) -> str:
     return "not measured" if _missing(value) else escape(format_bytes(value))
 
 
-def header(run: Run) -> str:
+def header(run: Run, spent: dict[str, float]) -> str:
+    """The run's facts; `spent`: its phases' seconds (bench.records.phases)."""
     env, plan = run.env, run.plan
     data = (plan.data if plan else None) or ", ".join(
         sorted(set(run.cells.get("data_source", []))))
@@ -76,23 +77,21 @@ def header(run: Run) -> str:
         ("grid", _grid_words(plan)),
         ("memory cap", _bytes(run.memory_cap_bytes) if run.memory_cap_bytes else "none"),
         ("when", env.get("created_at")),
-        ("how long", _how_long(run)),
+        ("how long", _how_long(run, spent)),
         ("commit", env.get("commit")), ("host", env.get("host")),
     ]
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     return f"<table class='facts'>{rows}</table>"
 
 
-def _how_long(run: Run) -> str | None:
-    """The seconds the rows and searches recorded: measuring cells, compiling ahead, searching
-    boundaries; None where none did."""
-    def total(frame: pd.DataFrame, column: str) -> float:
-        return pd.to_numeric(frame[column], errors="coerce").sum() if column in frame else 0.0
-
-    parts = [(total(run.cells, "wall_s"), "measuring cells"),
-             (total(run.cells, "compile_ahead_s"),
-              "compiling ahead (summed over processes side by side)"),
-             (total(run.boundaries, "search_s"), "searching boundaries")]
+def _how_long(run: Run, spent: dict[str, float]) -> str | None:
+    """The seconds the rows and searches recorded: measuring cells (their whole wall time),
+    compiling ahead and searching boundaries (their phases); None where none did."""
+    cells = pd.to_numeric(run.cells["wall_s"], errors="coerce").sum() \
+        if "wall_s" in run.cells else 0.0
+    parts = [(cells, "measuring cells"),
+             (spent.get(AHEAD), "compiling ahead (summed over processes side by side)"),
+             (spent.get(SEARCHES), "searching boundaries")]
     return "; ".join(f"{seconds:,.0f} s {what}" for seconds, what in parts if seconds) or None
 
 
@@ -476,9 +475,8 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
-def time_table(run: Run) -> str | None:
+def time_table(spent: dict[str, float]) -> str | None:
     """The seconds each phase of the run took, summed over its cells and searches."""
-    spent = phases(_records(run.cells), _records(run.boundaries))
     if not spent:
         return None
     total = sum(spent.values())
@@ -496,9 +494,11 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
     device = device_words(run)
     device = "CPU" if device.startswith("CPU: ") else device
     name = "LeNet" if run.model.name == LENET else run.model.name
+    spent = phases(_records(run.cells), _records(run.boundaries))  # the header's and the table's
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>{escape(name)} bench: {escape(device)}</title><style>{CSS}</style></head>"
-             f"<body>", f"<h1>{escape(name)} training bench on {escape(device)}</h1>", header(run)]
+             f"<body>", f"<h1>{escape(name)} training bench on {escape(device)}</h1>",
+             header(run, spent)]
     for warning in run.warnings:
         parts.append(f"<p class='warn'>{escape(warning)}</p>")
     if run.plan and run.plan.data_notice:
@@ -533,9 +533,9 @@ def page(run: Run, images: list[tuple[str, str]], missing: list[str],
                   "<p>Cells side by side on one machine share its memory bandwidth and, on the "
                   "CPU, its caches: compare speeds within a worker before across workers.</p>",
                   placed]
-    spent = time_table(run)
-    if spent:
-        parts += ["<h2>Where the time went</h2>", spent]
+    times = time_table(spent)
+    if times:
+        parts += ["<h2>Where the time went</h2>", times]
     parts += ["<h2>Every cell</h2>", cells_table(run.cells),
               "<h2>OOM boundary</h2>", boundaries_table(run), "</body></html>"]
     return "\n".join(parts)
