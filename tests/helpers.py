@@ -135,6 +135,24 @@ def run_module(*args, cwd=None, env=None, timeout=300):
                           cwd=cwd or ROOT, env=full_env, timeout=timeout)
 
 
+# What `pip install -e '.[dev,slurm,postgresql]'` adds that a lent GPU host's python3 lacks (it
+# has torch, torchvision, pandas, matplotlib, pytest, pytest-benchmark, nvidia-ml-py and tqdm),
+# less the tools (pytest-xdist's plugin loads with pytest here, wherever it is installed)
+NOT_ON_A_GPU_HOST = ("sqlalchemy", "alembic", "ruptures", "psycopg", "submitit", "scipy")
+
+
+def run_module_as_on_a_gpu_host(module, *args, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` from the checkout as docs/gpu-check.sh runs it on a lent GPU
+    host: in a Python of its own, what such a host lacks unimportable."""
+    code = ("import runpy, sys\n"
+            f"for name in {NOT_ON_A_GPU_HOST!r}:\n"
+            "    sys.modules[name] = None  # import fails as if not installed\n"
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+
+
 def benchmark_json(folder: Path) -> Path:
     """A real pytest-benchmark JSON file of this project's CPU benchmark at batch 64, as
     `pytest --benchmark-json` writes it with the memory plugin's extra_info."""

@@ -5,7 +5,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 
 import pytest
 
@@ -18,12 +17,12 @@ from bench.planning.grid import Config
 from helpers import (
     CPU_ENV,
     CPU_SYNTHETIC,
-    ROOT,
     crafted_cpu_row,
     crafted_run,
     rows_of,
     run_main,
     run_module,
+    run_module_as_on_a_gpu_host,
     start_grid_and_wait_for_a_row,
 )
 
@@ -153,27 +152,17 @@ def test_a_compile_that_fails_is_an_error_row_and_the_grid_goes_on(tmp_path):
         assert by_key[f"b{batch}-float32-nchw-device"]["status"] == "ok"
 
 
-# python -m bench.run in a Python without the history store's libraries: a checkout run as it is
-# on a host that has torch and the report's libraries only (docs/gpu-check.sh on a lent GPU)
-WITHOUT_HISTORY_LIBRARIES = (
-    "import runpy, sys\n"
-    "for name in ('sqlalchemy', 'alembic', 'ruptures', 'psycopg'):\n"
-    "    sys.modules[name] = None  # import fails as if not installed\n"
-    "runpy.run_module('bench.run', run_name='__main__', alter_sys=True)\n")
-
-
 def test_a_run_without_history_needs_none_of_the_history_stores_libraries(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    planned = subprocess.run(
-        [sys.executable, "-c", WITHOUT_HISTORY_LIBRARIES, "--grid", "smoke", "--dry-run",
-         *SYNTHETIC], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    """A checkout run as it is on a host with torch and the report's libraries alone, as
+    docs/gpu-check.sh runs on a lent GPU."""
+    planned = run_module_as_on_a_gpu_host("bench.run", "--grid", "smoke", "--dry-run",
+                                          *SYNTHETIC, cwd=tmp_path)
     assert planned.returncode == 0, planned.stderr
     assert "b64-float32-nchw-host-w0" in planned.stdout
     # asked to record the run, it says what is missing before any cell, in one line
-    recorded = subprocess.run(
-        [sys.executable, "-c", WITHOUT_HISTORY_LIBRARIES, "--grid", "smoke", "--history",
-         str(tmp_path / "history.db"), "--out", str(tmp_path / "run"), *SYNTHETIC],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    recorded = run_module_as_on_a_gpu_host(
+        "bench.run", "--grid", "smoke", "--history", tmp_path / "history.db", "--out",
+        tmp_path / "run", *SYNTHETIC, cwd=tmp_path)
     assert recorded.returncode == 2
     assert recorded.stderr.strip().splitlines() == [
         "python -m bench.run: error: --history needs the history store's libraries "
