@@ -341,7 +341,8 @@ def _run(args) -> int:
     _announce(plan, device, resumed)
     capacity, capacity_words = planning.capacity_bytes(device, plan.memory_cap_bytes)
     if args.dry_run:
-        planning.forecast(cells, str(device), capacity, capacity_words).print(args.json)
+        planning.forecast(cells, str(device), capacity, capacity_words,
+                          plan.memory_cap_bytes is not None).print(args.json)
         return 0
     if plan.executor is not None:
         return _run_slurm(plan, cells, run_dir, stored, args)

@@ -17,7 +17,7 @@ from bench.execution.session import build_row
 from bench.execution.worker import Worker, WorkerSpec
 from bench.instruments.nvml import NvmlReader
 from bench.planning.grid import Config
-from bench.planning.predict import predict_peak_bytes
+from bench.planning.predict import boundary_batch, predict_peak_bytes
 from helpers import ROOT, needs_gpu
 from lenet.data import synthetic_tensors
 
@@ -52,6 +52,21 @@ def test_a_2gib_cap_makes_a_real_oom_and_backs_off():
     assert [a.batch_size for a in row.attempts][:2] == [65536, 32768]
     assert row.attempts[0].outcome == Outcome.OOM
     assert row.peak_reserved_bytes <= 2 * 2**30
+
+
+def test_a_trial_runs_out_of_memory_where_the_replayed_allocator_does():
+    """Under a 2 GiB cap a float32 trial's allocations replayed through the caching allocator
+    (bench.planning.allocator) fit at 24,854 and not past it: on the card, 2% either side of
+    the predicted boundary trains and runs out of memory."""
+    predicted = boundary_batch(Config(256, device="cuda:0"), 2 * 2**30, capped=True)
+    worker = Worker(WorkerSpec("cuda:0", "synthetic", None, QUICK, memory_cap_bytes=2 * 2**30))
+    try:
+        below = worker.trial(Config(256, device="cuda:0"), int(0.98 * predicted))
+        above = worker.trial(Config(256, device="cuda:0"), int(1.02 * predicted) + 1)
+    finally:
+        worker.close()
+    assert below.attempt.outcome == Outcome.OK, below.attempt.error
+    assert above.attempt.outcome == Outcome.OOM, above.attempt.error
 
 
 def _fresh_process(code: str):

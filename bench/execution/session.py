@@ -29,7 +29,7 @@ from bench.planning.flops import counted, traffic_of
 from bench.planning.grid import Config
 from bench.planning.models import resolve
 from bench.planning.plan_file import Plan
-from bench.planning.predict import model_for, unmodelled
+from bench.planning.predict import boundary_batch, unmodelled
 from bench.records.boundary import Boundary
 from bench.records.row import Row
 from lenet.modes import implementation
@@ -55,7 +55,8 @@ class Session:
                         for slot in slots]
         self.card_models = [r.where["gpu_name"] for r in self.runners]
         self.pool = Pool(self.runners, [model or "cpu" for model in self.card_models])
-        self._planned = {row.config.key(): row for row in planning.plan_rows(self.cells, capacity)}
+        self._planned = {row.config.key(): row for row in planning.plan_rows(
+            self.cells, capacity, plan.memory_cap_bytes is not None)}
         # per boundary and card model, (batch, examples/s) of its largest cell that trained here:
         # what a boundary trial will cost (two pool threads racing may lose one; it is a guide)
         self._measured: dict[tuple[str, str | None], tuple[int, float]] = {}
@@ -137,7 +138,7 @@ class Session:
     def _search(self, runner: Runner, job: tuple[Config, str | None],
                 budget_s: float) -> Boundary:
         config, gpu_name = job
-        predicted = (model_for(config).max_batch(self.capacity)
+        predicted = (boundary_batch(config, self.capacity, self.plan.memory_cap_bytes is not None)
                      if self.capacity and not unmodelled(config) else None)
         boundary = Boundary(config, predicted_max_batch=predicted, gpu_name=gpu_name)
         measured = self._measured.get((config.boundary_key(), gpu_name))

@@ -156,3 +156,36 @@ class LiveBytes(TorchDispatchMode):
             if isinstance(value, torch.Tensor):
                 self._track(value)
         return out
+
+
+class AllocationTrace(LiveBytes):
+    """LiveBytes that also keeps the order storages were created and died in: what a caching
+    allocator is asked for (bench.planning.allocator). Storages in `existing` (a model's
+    parameters, made before the trace) are counted as LiveBytes counts them, since a view of
+    one looks new, but are no allocation of the step's."""
+
+    def __init__(self, existing: set[int] = frozenset()):
+        super().__init__()
+        self._existing = set(existing)
+        # ("alloc", bytes, operator) or ("free", the index of its "alloc" event)
+        self.events: list[tuple] = []
+        self._event_of: dict[int, int] = {}  # storage key -> its "alloc" event's index
+        self._operator = ""  # the operator whose outputs are being tracked
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self._operator = str(func)
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        fresh = key not in self._tracked and storage.nbytes() > 0
+        super()._track(tensor)
+        if fresh and key not in self._existing:
+            self._event_of[key] = len(self.events)
+            self.events.append(("alloc", storage.nbytes(), self._operator))
+
+    def _free(self, key: int, nbytes: int) -> None:
+        super()._free(key, nbytes)
+        if key in self._event_of:
+            self.events.append(("free", self._event_of.pop(key)))

@@ -17,7 +17,13 @@ from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 from bench.planning.grid import LENET, Config, Grid, batch_sizes, get_grid, parse_set
 from bench.planning.models import ModelSpec, describe, parse_input_shape, resolve
 from bench.planning.plan_file import Plan
-from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES, model_for, unmodelled
+from bench.planning.predict import (
+    CONTEXT_ALLOWANCE_BYTES,
+    boundary_batch,
+    model_for,
+    step_fits,
+    unmodelled,
+)
 from lenet.cli import UsageError, resolve_device
 from lenet.data import DataError, fashion_mnist_root
 from lenet.modes import TABLE
@@ -114,7 +120,8 @@ class Planned:
                 "prediction_note": self.prediction_note, "fits": self.fits}
 
 
-def plan_rows(cells: list[Config], capacity: int | None) -> list[Planned]:
+def plan_rows(cells: list[Config], capacity: int | None, capped: bool) -> list[Planned]:
+    """Each cell's prediction, and whether it fits `capacity` (a --memory-cap where `capped`)."""
     rows = []
     for config in cells:
         note = unmodelled(config)
@@ -129,7 +136,7 @@ def plan_rows(cells: list[Config], capacity: int | None) -> list[Planned]:
         else:
             predicted = model.step_bytes(config.batch_size)
         rows.append(Planned(config, predicted, note, None if capacity is None or note
-                            else model.peak_bytes(config.batch_size) <= capacity))
+                            else step_fits(config, capacity, capped)))
     return rows
 
 
@@ -149,6 +156,7 @@ class Forecast:
     capacity: str
     cells: list[Planned]
     boundaries: list[tuple[str, int | None]]  # (boundary key, predicted largest batch)
+    capped: bool = False  # the capacity is a --memory-cap
 
     def as_dict(self) -> dict:
         return {"device": self.device, "capacity_bytes": self.capacity_bytes,
@@ -162,10 +170,17 @@ class Forecast:
 
             print(json.dumps(self.as_dict(), indent=1))
             return
-        what = ("the allocator's peak" if self.device.startswith("cuda")
-                else "one step's tensors, without the weights and data the fit also counts")
-        print(f"{len(self.cells)} cells on {self.device}; predicted: {what}; 'fits' is the "
-              f"predicted peak against {self.capacity}")
+        if self.device.startswith("cuda"):
+            what = "the allocator's peak"
+            room = self.capacity if self.capped else (
+                f"{self.capacity}, less {format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA "
+                f"context")
+            rule = (f"a step's allocations replayed through the caching allocator (its "
+                    f"fragmentation included) in {room}")
+        else:
+            what = "one step's tensors, without the weights and data the fit also counts"
+            rule = f"the predicted peak against {self.capacity}"
+        print(f"{len(self.cells)} cells on {self.device}; predicted: {what}; 'fits': {rule}")
         width = max(len(row.config.key()) for row in self.cells)
         for row in self.cells:
             if row.prediction_note:
@@ -180,11 +195,13 @@ class Forecast:
             print(f"  {key:<{width}}  {batch or '?':>10}")
 
 
-def forecast(cells: list[Config], device: str, capacity: int | None, words: str) -> Forecast:
+def forecast(cells: list[Config], device: str, capacity: int | None, words: str,
+             capped: bool) -> Forecast:
     """The predicted OOM boundary of each search is on device-resident data."""
-    return Forecast(device, capacity, words, plan_rows(cells, capacity),
+    return Forecast(device, capacity, words, plan_rows(cells, capacity, capped),
                     [(c.boundary_key(), None if capacity is None or unmodelled(c)
-                      else model_for(c).max_batch(capacity)) for c in boundary_configs(cells)])
+                      else boundary_batch(c, capacity, capped)) for c in boundary_configs(cells)],
+                    capped)
 
 
 def boundary_configs(cells: list[Config]) -> list[Config]:
@@ -227,8 +244,8 @@ def plan_device(request: Request) -> tuple[torch.device, str | None]:
         f"{format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA context")
 
 
-def placed_batch_sizes(grid: Grid, device: torch.device, capacity: int | None) -> tuple[list[int],
-                                                                                      str]:
+def placed_batch_sizes(grid: Grid, device: torch.device, capacity: int | None,
+                       capped: bool) -> tuple[list[int], str]:
     """Batch sizes for a model that is not LeNet, placed by its memory model: as many as the
     grid names, the largest powers of two up to a ceiling. The ceiling is the predicted boundary
     of the model's hungriest cell on `device` (or under the cap), and not past the grid's largest;
@@ -247,7 +264,7 @@ def placed_batch_sizes(grid: Grid, device: torch.device, capacity: int | None) -
             why = (f"{ceiling:,}: the grid's largest, {named[-1]:,}, over the {ratio:,.1f} "
                    f"times LeNet's memory an example needs")
     if capacity is not None:
-        boundary = model_for(hungriest).max_batch(capacity)
+        boundary = boundary_batch(hungriest, capacity, capped)
         if boundary < ceiling:
             ceiling, why = boundary, f"the predicted boundary, {boundary:,}"
     if ceiling < 1:
@@ -291,7 +308,8 @@ def new_plan(request: Request) -> Plan:
     placement_words = None
     if not model.is_lenet and "batch_size" not in overrides:
         capacity, _ = capacity_bytes(device, request.memory_cap_bytes)
-        placed, placement_words = placed_batch_sizes(grid, device, capacity)
+        placed, placement_words = placed_batch_sizes(grid, device, capacity,
+                                                     request.memory_cap_bytes is not None)
         grid = replace(grid, overrides={**overrides, "batch_size": tuple(placed)})
     if request.repeats is not None and request.repeats < 5:
         raise UsageError(f"--repeats {request.repeats}: at least 5 are needed for a median and "

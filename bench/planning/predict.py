@@ -6,8 +6,10 @@ operator creates and, through weak references, when its storage dies, so it know
 every moment and their peak. Probe steps give two lines, peak = fixed + per_sample * batch: one from
 batches of a few examples, where the gradients make the peak, one from batches where the
 activations do; the prediction is the larger. The weights and, for device-resident data, the
-whole data set are added on top. The GPU's caching allocator rounds blocks up and keeps library
-workspaces, which this does not see, so the measured peak runs a little above the prediction.
+whole data set are added on top, and on a GPU the libraries' workspaces. The same steps, kept
+as the order their tensors were created and died in, are replayed through the GPU's caching
+allocator (bench.planning.allocator) for the OOM boundary, which its fragmentation sets at huge
+batches rather than the peak of live tensors.
 
     python -c "from bench.planning.predict import predict_peak_bytes; \
         print(predict_peak_bytes(4096, 'float32'))"
@@ -16,6 +18,7 @@ workspaces, which this does not see, so the measured peak runs a little above th
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import re
@@ -25,8 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bench.instruments.memory import LiveBytes
+from bench.instruments.memory import AllocationTrace
 from bench.instruments.nvml import NvmlReader, NvmlUnavailable
+from bench.planning import allocator
 from bench.planning.grid import LENET
 from bench.planning.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
 from lenet.data import TRAIN_SIZE
@@ -43,7 +47,6 @@ _LARGEST_PROBE = 64
 _SETTLED = 0.05
 
 
-@functools.cache
 def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool,
                     model: ModelSpec | None = None, replicas: int = 1) -> int:
     """Peak bytes created during one training step (the batch included), counted on fake CPU
@@ -52,7 +55,13 @@ def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool,
     resnet18 and mobilenet_v3_small the count matched a real CPU step's to the byte in float32
     and within 0.05% in bfloat16. `replicas` models stacked as one (lenet.replicas) train on
     the batch at once."""
-    model = model or resolve(LENET)
+    return _traced_step(batch_size, dtype, channels_last, model or resolve(LENET), replicas)[0]
+
+
+@functools.cache
+def _traced_step(batch_size: int, dtype: str, channels_last: bool, model: ModelSpec,
+                 replicas: int) -> tuple[int, tuple]:
+    """(the step's peak, its allocations and frees in order: AllocationTrace's events)."""
     with FakeTensorMode():
         net = model.build(seed=0)
         if replicas > 1:
@@ -71,11 +80,15 @@ def step_peak_bytes(batch_size: int, dtype: str, channels_last: bool,
         step(torch.rand(2, *model.input_shape), torch.randint(0, model.num_classes, (2,)))
         images = torch.rand(batch_size, *model.input_shape)
         labels = torch.randint(0, model.num_classes, (batch_size,))
-        with LiveBytes() as tracker:
+        # the weights and buffers exist before the step: an in-place update or a view of one
+        # is no allocation
+        existing = {t.untyped_storage()._cdata
+                    for t in itertools.chain(net.parameters(), net.buffers())}
+        with AllocationTrace(existing) as tracker:
             batch = images.clone(), labels.clone()  # the batch arrives with the step
             step(*batch)
             del batch
-    return tracker.peak_bytes
+    return tracker.peak_bytes, tuple(tracker.events)
 
 
 # torch gives each (cuBLAS handle, stream) a cuBLAS workspace and a cuBLASLt one, from the caching
@@ -97,6 +110,13 @@ def cuda_workspace_bytes(capability: tuple[int, int] | None,
                          environ: Mapping[str, str] = os.environ) -> int:
     """The libraries' workspaces a training step leaves in the caching allocator on a card of
     `capability`; None (a card not here to ask) is read as 9.0, the largest default."""
+    return _HANDLES_PER_STEP * sum(handle_workspaces(capability, environ))
+
+
+def handle_workspaces(capability: tuple[int, int] | None,
+                      environ: Mapping[str, str] = os.environ) -> tuple[int, ...]:
+    """The workspaces one cuBLAS handle allocates on its first matrix product, in bytes:
+    cuBLAS's, then cuBLASLt's where it has one of its own."""
     pairs = re.findall(r":([0-9]+):([0-9]+)", environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
     if pairs:
         cublas = sum(int(kib) * 1024 * int(count) for kib, count in pairs)
@@ -105,10 +125,10 @@ def cuda_workspace_bytes(capability: tuple[int, int] | None,
             else _HOPPER_CUBLAS_BYTES
     unified = environ.get("TORCH_CUBLASLT_UNIFIED_WORKSPACE", "").lower() in ("1", "true", "on",
                                                                               "yes")
+    if unified:
+        return (cublas,)
     lt_kib = environ.get("CUBLASLT_WORKSPACE_SIZE", "")
-    lt = 0 if unified else min(
-        cublas, (int(lt_kib) if lt_kib.isdigit() else _CUBLASLT_DEFAULT_KIB) * 1024)
-    return _HANDLES_PER_STEP * (cublas + lt)
+    return cublas, min(cublas, (int(lt_kib) if lt_kib.isdigit() else _CUBLASLT_DEFAULT_KIB) * 1024)
 
 
 @functools.cache
@@ -266,3 +286,113 @@ def predict_peak_bytes(batch_size: int, dtype: str, channels_last: bool = False,
                        device_type: str = "cpu", model: ModelSpec | None = None) -> int:
     return memory_model(dtype, channels_last, placement, dataset_size, device_type,
                         model).peak_bytes(batch_size)
+
+
+# the operators that run on cuBLAS, whose handle allocates its workspaces on its first call
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "_addmm_activation"}
+
+
+def _is_matmul(operator: str) -> bool:
+    return operator.startswith("aten.") and operator.split(".")[1] in _MATMULS
+
+
+@functools.cache
+def _resident_bytes(model: ModelSpec) -> tuple[int, ...]:
+    """Each parameter's and buffer's bytes: what moving a fresh model to the card allocates."""
+    net = model.build(seed=0)
+    return tuple(t.numel() * t.element_size()
+                 for t in itertools.chain(net.parameters(), net.buffers()))
+
+
+@functools.cache
+def _step_events(dtype: str, channels_last: bool, model: ModelSpec,
+                 replicas: int) -> tuple | None:
+    """A step's allocations with their sizes a line in the batch (bench.planning.allocator's
+    events), through the two batches the activations' line is fitted at; None where the two
+    steps do not allocate alike (then no replay holds at every batch)."""
+    small, large = _fit(dtype, channels_last, model, replicas)[0][:2]
+    at_small = _traced_step(small, dtype, channels_last, model, replicas)[1]
+    at_large = _traced_step(large, dtype, channels_last, model, replicas)[1]
+    if [e[::2] if e[0] == "alloc" else e for e in at_small] != \
+            [e[::2] if e[0] == "alloc" else e for e in at_large]:
+        return None
+    events = []
+    for one, other in zip(at_small, at_large):
+        if one[0] == "free":
+            events.append(one)
+            continue
+        per_sample = (other[1] - one[1]) / (large - small)
+        events.append(("alloc", one[1] - per_sample * small, per_sample, one[2]))
+    return tuple(events)
+
+
+def trial_allocations(config) -> list[tuple] | None:
+    """What a boundary trial of `config` (bench.execution.cell.run_trial) asks a CUDA card's
+    allocator for, in order, as bench.planning.allocator replays it: a fresh model's weights;
+    on device-resident data the data set and the batch's indices; at 16-bit what the step
+    allocates unseen (held through it: where is not known); then the step, with each cuBLAS
+    handle's workspaces at its first matrix product (the forward's, then the backward
+    thread's). None where the step cannot be replayed at every batch."""
+    model = resolve(config.model, config.input_shape)
+    step = _step_events(config.dtype, config.channels_last, model, config.replicas)
+    if step is None:
+        return None
+    events = [("alloc", ("weights", k), nbytes, 0)
+              for k, nbytes in enumerate(_resident_bytes(model) * config.replicas)]
+    if config.placement == "device":
+        size = TRAIN_SIZE if model.is_lenet else SYNTHETIC_SIZE
+        events += [("alloc", "images", 4 * math.prod(model.input_shape) * size, 0),
+                   ("alloc", "labels", 8 * size, 0), ("alloc", "indices", 0, 8)]
+    if config.dtype != "float32":
+        events.append(("alloc", "unseen", 0, _CUDA_16BIT_UNSEEN_PER_SAMPLE[config.channels_last]))
+    workspaces = handle_workspaces(card_capability(config.device))
+    backward, handles = False, set()  # handles: the phases whose handle has its workspaces
+    for index, event in enumerate(step):
+        if event[0] == "free":
+            events.append(event)
+            continue
+        _, fixed, per_sample, operator = event
+        events.append(("alloc", index, fixed, per_sample))
+        backward = backward or "backward" in operator
+        if _is_matmul(operator) and backward not in handles:
+            handles.add(backward)
+            events += [("alloc", ("workspace", backward, k), nbytes, 0)
+                       for k, nbytes in enumerate(workspaces)]
+    return events
+
+
+def allocator_room_bytes(config, capacity_bytes: int, capped: bool) -> int:
+    """What `config`'s allocator may reserve: a --memory-cap where `capped` (the allocator's own
+    limit), else the device's free memory, less the worker's CUDA context on a GPU."""
+    if capped or not config.device.startswith("cuda"):
+        return capacity_bytes
+    return capacity_bytes - CONTEXT_ALLOWANCE_BYTES
+
+
+def _replayed(config) -> list[tuple] | None:
+    """The allocations a GPU step replays through the caching allocator, or None where the
+    allocator's peak is read from the live tensors' line instead: on the CPU (no caching
+    allocator), at other settings of the allocator, or a step that cannot be replayed."""
+    if not config.device.startswith("cuda") or not allocator.default_settings():
+        return None
+    return trial_allocations(config)
+
+
+def boundary_batch(config, capacity_bytes: int, capped: bool) -> int:
+    """The predicted OOM boundary of `config`'s search: the largest batch whose step fits
+    (allocator_room_bytes). On a GPU, where a trial's allocations replayed through the caching
+    allocator first fail (bench.planning.allocator); else where the live tensors' peak meets
+    the room (MemoryModel.max_batch)."""
+    room = allocator_room_bytes(config, capacity_bytes, capped)
+    line = model_for(config).max_batch(room)
+    events = _replayed(config)
+    return line if events is None else allocator.largest_batch(events, room, line + 1)
+
+
+def step_fits(config, capacity_bytes: int, capped: bool) -> bool:
+    """Whether `config`'s step fits at its batch, by boundary_batch's rule."""
+    room = allocator_room_bytes(config, capacity_bytes, capped)
+    events = _replayed(config)
+    if events is None:
+        return model_for(config).peak_bytes(config.batch_size) <= room
+    return allocator.replay(events, config.batch_size, room).fits
