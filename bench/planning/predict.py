@@ -91,32 +91,34 @@ def _traced_step(batch_size: int, dtype: str, channels_last: bool, model: ModelS
     return tracker.peak_bytes, tuple(tracker.events)
 
 
-# torch gives each (cuBLAS handle, stream) a cuBLAS workspace and a cuBLASLt one, from the caching
-# allocator, so they count as allocated; a training step uses two handles, the forward's thread's
-# and the autograd engine's backward thread's. The sizes follow torch's own rule
+# torch gives each (cuBLAS handle, stream) a cuBLAS workspace, and each (cuBLASLt handle, stream)
+# a cuBLASLt one, from the caching allocator, so they count as allocated. A training step uses
+# two handles, the forward's thread's and the autograd engine's backward thread's, and both make a
+# cuBLAS workspace; only one cuBLASLt workspace appears, with the forward's products (a linear
+# layer with a bias runs on cuBLASLt). On an H100 and an H200 (compute capability 9.0, torch
+# 2.11) every float32 cell's allocated peak, b256 to b16,384, was a replay of its step with two
+# 32 MiB workspaces and one of 1 MiB, to 2 KiB (docs/results/); with a second cuBLASLt one it ran
+# 1 MiB over in every row. The sizes follow torch's own rule
 # (aten/src/ATen/cuda/CublasHandlePool.cpp): cuBLAS's is CUBLAS_WORKSPACE_CONFIG's sum of
 # `:KiB:count` pairs, else 32 MiB on compute capability 9.0 and 4096 KiB x 2 + 16 KiB x 8
 # elsewhere; cuBLASLt's is CUBLASLT_WORKSPACE_SIZE KiB (1,024 by default), never more than
-# cuBLAS's, and none where TORCH_CUBLASLT_UNIFIED_WORKSPACE has it share cuBLAS's. On an H100
-# (9.0, torch 2.11) the allocator's peak ran 65.3 to 66.9 MiB over the tensor-only prediction at
-# batch 256 to 16,384 in float32: this rule's 66 MiB.
+# cuBLAS's, and none where TORCH_CUBLASLT_UNIFIED_WORKSPACE has it share cuBLAS's.
 _HOPPER_CUBLAS_BYTES = 4096 * 8 * 1024
 _OTHER_CUBLAS_BYTES = 4096 * 1024 * 2 + 16 * 1024 * 8
 _CUBLASLT_DEFAULT_KIB = 1024
-_HANDLES_PER_STEP = 2
 
 
 def cuda_workspace_bytes(capability: tuple[int, int] | None,
                          environ: Mapping[str, str] = os.environ) -> int:
     """The libraries' workspaces a training step leaves in the caching allocator on a card of
     `capability`; None (a card not here to ask) is read as 9.0, the largest default."""
-    return _HANDLES_PER_STEP * sum(handle_workspaces(capability, environ))
+    return sum(map(sum, step_workspaces(capability, environ)))
 
 
-def handle_workspaces(capability: tuple[int, int] | None,
-                      environ: Mapping[str, str] = os.environ) -> tuple[int, ...]:
-    """The workspaces one cuBLAS handle allocates on its first matrix product, in bytes:
-    cuBLAS's, then cuBLASLt's where it has one of its own."""
+def step_workspaces(capability: tuple[int, int] | None,
+                    environ: Mapping[str, str] = os.environ) -> tuple[tuple[int, ...], ...]:
+    """The workspaces a step's first matrix products allocate, in bytes: the forward's (cuBLAS's,
+    then cuBLASLt's where it has one of its own), then the backward's (cuBLAS's)."""
     pairs = re.findall(r":([0-9]+):([0-9]+)", environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
     if pairs:
         cublas = sum(int(kib) * 1024 * int(count) for kib, count in pairs)
@@ -126,9 +128,10 @@ def handle_workspaces(capability: tuple[int, int] | None,
     unified = environ.get("TORCH_CUBLASLT_UNIFIED_WORKSPACE", "").lower() in ("1", "true", "on",
                                                                               "yes")
     if unified:
-        return (cublas,)
+        return (cublas,), (cublas,)
     lt_kib = environ.get("CUBLASLT_WORKSPACE_SIZE", "")
-    return cublas, min(cublas, (int(lt_kib) if lt_kib.isdigit() else _CUBLASLT_DEFAULT_KIB) * 1024)
+    lt = min(cublas, (int(lt_kib) if lt_kib.isdigit() else _CUBLASLT_DEFAULT_KIB) * 1024)
+    return (cublas, lt), (cublas,)
 
 
 @functools.cache
@@ -150,7 +153,8 @@ def card_capability(device: str) -> tuple[int, int] | None:
 # default/results.jsonl) ran over the count by 25,415,660 and 104,680,940 bytes at b4,096 and
 # b16,384 in NCHW (6,450.6 a sample between them), 63,950,828 and 259,870,700 in channels_last
 # (15,944 a sample), the same to the byte at float16, and the same figures on an H100; float32
-# needs none (within 0.6%). The slope alone over-predicts by about 1 MB.
+# needs none (within 0.4%). With the workspaces counted as the cards showed (one cuBLASLt
+# workspace, above), the slope alone puts every 16-bit peak of that grid within 0.07%.
 _CUDA_16BIT_UNSEEN_PER_SAMPLE = {False: 6_451, True: 15_944}
 # Room for the CUDA context and libraries on top of the allocator's peak (about 617 MiB was
 # measured on an H200 with torch 2.11); a cell needs this much free besides its own tensors.
@@ -330,9 +334,9 @@ def trial_allocations(config) -> list[tuple] | None:
     """What a boundary trial of `config` (bench.execution.cell.run_trial) asks a CUDA card's
     allocator for, in order, as bench.planning.allocator replays it: a fresh model's weights;
     on device-resident data the data set and the batch's indices; at 16-bit what the step
-    allocates unseen (held through it: where is not known); then the step, with each cuBLAS
-    handle's workspaces at its first matrix product (the forward's, then the backward
-    thread's). None where the step cannot be replayed at every batch."""
+    allocates unseen (held through it: where is not known); then the step, with the workspaces
+    of the forward's and the backward's handles at each one's first matrix product
+    (step_workspaces). None where the step cannot be replayed at every batch."""
     model = resolve(config.model, config.input_shape)
     step = _step_events(config.dtype, config.channels_last, model, config.replicas)
     if step is None:
@@ -345,7 +349,7 @@ def trial_allocations(config) -> list[tuple] | None:
                    ("alloc", "labels", 8 * size, 0), ("alloc", "indices", 0, 8)]
     if config.dtype != "float32":
         events.append(("alloc", "unseen", 0, _CUDA_16BIT_UNSEEN_PER_SAMPLE[config.channels_last]))
-    workspaces = handle_workspaces(card_capability(config.device))
+    workspaces = step_workspaces(card_capability(config.device))
     backward, handles = False, set()  # handles: the phases whose handle has its workspaces
     for index, event in enumerate(step):
         if event[0] == "free":
@@ -357,7 +361,7 @@ def trial_allocations(config) -> list[tuple] | None:
         if _is_matmul(operator) and backward not in handles:
             handles.add(backward)
             events += [("alloc", ("workspace", backward, k), nbytes, 0)
-                       for k, nbytes in enumerate(workspaces)]
+                       for k, nbytes in enumerate(workspaces[backward])]
     return events
 
 
