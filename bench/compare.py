@@ -7,8 +7,9 @@ A change is a regression only when it is past the threshold AND larger than the 
 (IQR) of either side: noise is not a regression. So is a cell that trained in the base and fails
 in the candidate, a figure that is not a number, and a cell the candidate lost (unless
 --allow-missing). With --max-energy-growth, joules per 1,000 examples gate too, where both sides
-measured them. Runs from different GPUs, torch versions, data, memory caps or model
-architectures (two versions of a model under one name) are refused unless --force.
+measured them. Runs from different GPUs, torch versions, data, memory caps, memory settings
+(the allocator's and cuBLAS's environment variables) or model architectures (two versions of a
+model under one name) are refused unless --force.
 Exit status: 0 passed, 1 a regression, 2 bad input or refused.
 """
 
@@ -45,8 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--allow-missing", action="store_true",
                         help="pass when the candidate lacks cells the base measured")
     parser.add_argument("--force", action="store_true",
-                        help="compare runs from different GPUs, torch versions, data, caps or "
-                             "model architectures")
+                        help="compare runs from different GPUs, torch versions, data, caps, "
+                             "memory settings or model architectures")
     args = parser.parse_args(argv)
     try:
         base, new = load_side(args.base), load_side(args.new)

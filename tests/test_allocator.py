@@ -209,3 +209,17 @@ def test_the_cpu_boundary_is_the_live_tensors_line():
     config = Config(64, device="cpu")
     assert boundary_batch(config, 512 * MiB, capped=True) == model_for(config).max_batch(
         512 * MiB)
+
+
+def test_a_run_keeps_the_settings_that_change_what_a_gpu_step_allocates():
+    """env.json names the allocator's settings and the cuBLAS workspaces' where they were set,
+    so a page can say which prediction holds and two runs can be told apart."""
+    import torch
+
+    from bench.records.env import collect
+
+    env = collect(torch.device("cpu"), {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+                                        "CUBLAS_WORKSPACE_CONFIG": ":4096:8", "HOME": "/root"})
+    assert env["memory_settings"] == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+                                      "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    assert collect(torch.device("cpu"), {})["memory_settings"] == {}

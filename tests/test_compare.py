@@ -349,3 +349,24 @@ def test_slurm_runs_on_two_card_models_are_refused_though_their_envs_name_none(t
     same = crafted_run(tmp_path / "h100-again",
                        [crafted_row(256, gpu_name="NVIDIA H100 80GB HBM3")], env=slurm_env)
     assert _gate(base, same).returncode == 0
+
+
+def test_runs_under_other_memory_settings_are_refused(tmp_path):
+    """The cuBLAS workspaces' size and the allocator's settings change what a GPU step
+    allocates and reserves: runs that ran under other ones are not compared; a run from before
+    env.json named them compares as before."""
+    env = json.loads((crafted_run(tmp_path / "probe", [crafted_row(256)]) / "env.json")
+                     .read_text())
+
+    def run(name, settings):
+        return crafted_run(tmp_path / name, [crafted_row(256)],
+                           env={**env, "memory_settings": settings})
+
+    base = run("default", {})
+    deterministic = run("deterministic", {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
+    result = _gate(base, deterministic)
+    assert result.returncode == 2
+    assert ("the runs differ in memory settings: the defaults against "
+            "CUBLAS_WORKSPACE_CONFIG=:4096:8") in result.stderr
+    assert _gate(base, run("default-again", {})).returncode == 0
+    assert _gate(tmp_path / "probe", deterministic).returncode == 0

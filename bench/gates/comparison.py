@@ -152,15 +152,25 @@ def load_side(path: Path) -> Side:
            "memory_cap_bytes": ", ".join(sorted({str(r["memory_cap_bytes"]) for r in rows}))
            or None,
            "model_fingerprint": ", ".join(sorted({r["model_fingerprint"] for r in rows
-                                                  if r["model_fingerprint"]})) or None}
+                                                  if r["model_fingerprint"]})) or None,
+           "memory_settings": _settings_words(env.get("memory_settings"))}
     where = str(path / store.RESULTS)
     return Side(str(path), env, {r["key"]: _checked_row(r, where) for r in rows})
 
 
+def _settings_words(settings) -> str | None:
+    """env.json's memory settings (bench.records.env.MEMORY_SETTINGS) in words; None where a
+    run from before recorded none."""
+    if not isinstance(settings, dict):
+        return None
+    return ", ".join(f"{k}={v}" for k, v in sorted(settings.items())) or "the defaults"
+
+
 COMPARABLE = (("gpu_name", "GPU"), ("torch_version", "torch"), ("data_source", "data"),
-              ("memory_cap_bytes", "memory cap"), ("model_fingerprint", "model architecture"))
+              ("memory_cap_bytes", "memory cap"), ("model_fingerprint", "model architecture"),
+              ("memory_settings", "memory settings"))
 # Figures older runs did not record: compared only where both sides have them.
-_RECORDED_LATER = ("model_fingerprint",)
+_RECORDED_LATER = ("model_fingerprint", "memory_settings")
 
 
 def refusal(base: Side, new: Side) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -40,7 +41,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def collect(device: torch.device) -> dict:
+# the environment variables that change what a GPU step allocates: the caching allocator's
+# settings and the cuBLAS workspaces (bench.planning.predict reads the same)
+MEMORY_SETTINGS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "CUBLAS_WORKSPACE_CONFIG",
+                   "CUBLASLT_WORKSPACE_SIZE", "TORCH_CUBLASLT_UNIFIED_WORKSPACE")
+
+
+def collect(device: torch.device, environ=os.environ) -> dict:
     env = {
         "device": str(device),
         "gpu_name": None,
@@ -64,6 +71,7 @@ def collect(device: torch.device) -> dict:
         "branch": _git_branch(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "nvml_note": None,
+        "memory_settings": {name: environ[name] for name in MEMORY_SETTINGS if name in environ},
     }
     if device.type == "cuda":
         try:
