@@ -15,9 +15,9 @@ import torch
 
 from bench.basics.units import format_bytes
 from bench.instruments.nvml import GpuReader, MemoryInfo, NvmlReader, NvmlUnavailable
+from bench.planning.allocator import CONTEXT_ALLOWANCE_BYTES
 from bench.planning.grid import GridError, get_grid
 from bench.planning.plan import smallest_need_bytes
-from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES
 from lenet.cli import OneLineParser, UsageError, exit_with, fail, resolve_device
 
 

@@ -8,6 +8,7 @@ from html import escape
 import pandas as pd
 
 from bench.basics.units import format_bytes
+from bench.planning.allocator import CONTEXT_ALLOWANCE_BYTES
 from bench.planning.grid import LENET, get_grid, grid_names
 from bench.planning.peaks import arithmetic, card_peaks
 from bench.planning.plan_file import ModelInfo, Plan
@@ -449,12 +450,43 @@ def boundaries_table(run: Run) -> str:
     rows = "".join(
         f"<tr><td>{_e(b['key'])}</td><td>{_e(b.get('max_ok_batch'))}</td>"
         f"<td>{_e(b.get('first_failed_batch'))}</td><td>{_e(b.get('stop_reason'))}</td>"
-        f"<td>{_e(b.get('predicted_max_batch'))}</td><td>{len(b.get('trials') or [])}</td>"
+        f"<td>{_e(b.get('predicted_max_batch'))}</td>"
+        f"<td>{_off(b.get('max_ok_batch'), b.get('predicted_max_batch'))}</td>"
+        f"<td>{len(b.get('trials') or [])}</td>"
         f"<td>{'' if b.get('failure') is None else escape(str(b.get('failure')))}</td></tr>"
         for _, b in run.boundaries.iterrows())
-    return ("<table><tr><th>dtype, layout</th><th>largest batch that trained</th>"
+    return (f"<p>{_prediction_words(run)}</p>"
+            "<table><tr><th>dtype, layout</th><th>largest batch that trained</th>"
             "<th>smallest that failed</th><th>why it stopped</th><th>predicted largest</th>"
+            "<th>trained against predicted</th>"
             f"<th>trials</th><th>failure</th></tr>{rows}</table>")
+
+
+def _off(found, predicted) -> str:
+    """How far the largest batch that trained is from the predicted one, in percent."""
+    if _missing(found) or _missing(predicted) or not predicted:
+        return ""
+    return f"{found / predicted - 1:+.0%}"
+
+
+def _prediction_words(run: Run) -> str:
+    """How the search's predicted boundary was made (bench.planning.predict.boundary_batch)."""
+    if run.memory_cap_bytes:
+        room = f"the {format_bytes(run.memory_cap_bytes)} cap"
+    elif run.on_gpu:
+        room = (f"the card's free memory less {format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the "
+                f"CUDA context")
+    else:
+        room = "the host's available memory"
+    settings = run.env.get("memory_settings") or {}
+    changed = {k: v for k, v in settings.items() if k.endswith("ALLOC_CONF") and v.strip()}
+    if not run.on_gpu or changed:
+        why = "".join(f": the allocator ran with <code>{escape(k)}={escape(v)}</code>, whose "
+                      f"placement is not replayed" for k, v in changed.items())
+        return f"Predicted: where one step's live tensors meet {room}{why}."
+    return ("Predicted: one trial's allocations replayed through PyTorch's caching allocator, "
+            f"its fragmentation included, in {room}. Each search brackets the boundary from "
+            "its prediction, then bisects.")
 
 
 def comparison_table(changes, only_base, only_new) -> str:

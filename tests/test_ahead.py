@@ -16,9 +16,10 @@ from bench.execution.ahead import (
     rooms_for,
 )
 from bench.execution.worker import WorkerSpec
+from bench.planning.allocator import CONTEXT_ALLOWANCE_BYTES
 from bench.planning.grid import Config
 from bench.planning.plan import host_available_bytes
-from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES, model_for
+from bench.planning.predict import model_for
 
 GIB = 2**30
 

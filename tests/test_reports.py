@@ -598,3 +598,33 @@ def test_a_cpu_smoke_run_gives_no_reason_for_a_search_its_grid_never_runs(tmp_pa
     plan = json.loads((run / "plan.json").read_text())
     (run / "plan.json").write_text(json.dumps({**plan, "grid": "smoke"}))
     assert "<p>No boundary search in this run.</p>" in write_report(run).read_text()
+
+
+def test_the_boundary_table_says_how_its_prediction_was_made(tmp_path):
+    """On a GPU the predicted boundary replays a trial's allocations through the caching
+    allocator; on the CPU it is where the live tensors meet the cap: the page says which, and
+    how far the search found it from the prediction."""
+    gpu = write_report(_every_status_run(tmp_path)).read_text()
+    assert ("Predicted: one trial's allocations replayed through PyTorch's caching allocator, "
+            "its fragmentation included, in the card's free memory less 768.0 MiB for the "
+            "CUDA context") in gpu
+    assert "<td>-25%</td>" in gpu  # 1,048,576 trained where 1,400,000 was predicted
+    run = _every_status_run(tmp_path / "expandable")
+    env = json.loads((run / "env.json").read_text())
+    (run / "env.json").write_text(json.dumps({**env, "memory_settings": {
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}}))
+    assert ("Predicted: where one step's live tensors meet the card's free memory less 768.0 MiB "
+            "for the CUDA context: the allocator ran with "
+            "<code>PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True</code>, whose placement is "
+            "not replayed.") in write_report(run).read_text()
+    boundaries = [{"key": "float32-nchw", "dtype": "float32", "channels_last": False,
+                   "placement": "device", "max_ok_batch": 6119, "first_failed_batch": 6162,
+                   "stop_reason": "oom", "failure": "MemoryError", "trials": [],
+                   "predicted_max_batch": 5827}]
+    run = crafted_run(tmp_path / "cpu", [crafted_cpu_row(64)], device="cpu",
+                      boundaries=boundaries, env=CPU_ENV)
+    plan = json.loads((run / "plan.json").read_text())
+    (run / "plan.json").write_text(json.dumps({**plan, "memory_cap_bytes": 512 * MiB}))
+    cpu = write_report(run).read_text()
+    assert "Predicted: where one step's live tensors meet the 512.0 MiB cap" in cpu
+    assert "<td>+5%</td>" in cpu

@@ -27,9 +27,10 @@ from bench.execution.cell import AheadCompile
 from bench.execution.pool import Pool
 from bench.execution.runner import Runner
 from bench.execution.worker import WorkerSpec
+from bench.planning.allocator import CONTEXT_ALLOWANCE_BYTES
 from bench.planning.grid import Config
 from bench.planning.plan import capacity_bytes, host_available_bytes
-from bench.planning.predict import CONTEXT_ALLOWANCE_BYTES, model_for
+from bench.planning.predict import model_for
 from lenet.modes import TABLE
 
 CORES_PER_COMPILE = 2

@@ -14,16 +14,11 @@ import torch
 from bench.basics.settings import Settings
 from bench.basics.units import format_bytes
 from bench.instruments.nvml import NvmlReader, NvmlUnavailable
+from bench.planning.allocator import CONTEXT_ALLOWANCE_BYTES
 from bench.planning.grid import LENET, Config, Grid, batch_sizes, get_grid, parse_set
 from bench.planning.models import ModelSpec, describe, parse_input_shape, resolve
 from bench.planning.plan_file import Plan
-from bench.planning.predict import (
-    CONTEXT_ALLOWANCE_BYTES,
-    boundary_batch,
-    model_for,
-    step_fits,
-    unmodelled,
-)
+from bench.planning.predict import boundary_batch, model_for, step_fits, unmodelled
 from lenet.cli import UsageError, resolve_device
 from lenet.data import DataError, fashion_mnist_root
 from lenet.modes import TABLE

@@ -31,6 +31,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from bench.instruments.memory import AllocationTrace
 from bench.instruments.nvml import NvmlReader, NvmlUnavailable
 from bench.planning import allocator
+from bench.planning.allocator import CONTEXT_ALLOWANCE_BYTES
 from bench.planning.grid import LENET
 from bench.planning.models import SYNTHETIC_SIZE, ModelSpec, parameters, resolve
 from lenet.data import TRAIN_SIZE
@@ -156,9 +157,6 @@ def card_capability(device: str) -> tuple[int, int] | None:
 # needs none (within 0.4%). With the workspaces counted as the cards showed (one cuBLASLt
 # workspace, above), the slope alone puts every 16-bit peak of that grid within 0.07%.
 _CUDA_16BIT_UNSEEN_PER_SAMPLE = {False: 6_451, True: 15_944}
-# Room for the CUDA context and libraries on top of the allocator's peak (about 617 MiB was
-# measured on an H200 with torch 2.11); a cell needs this much free besides its own tensors.
-CONTEXT_ALLOWANCE_BYTES = 768 * 2**20
 
 
 @dataclass(frozen=True)
