@@ -7,6 +7,7 @@ from html import escape
 
 import pandas as pd
 
+from bench.basics.oom_message import cuda_oom_figures
 from bench.basics.units import format_bytes
 from bench.planning.allocator import CONTEXT_ALLOWANCE_BYTES
 from bench.planning.grid import LENET, get_grid, grid_names
@@ -455,11 +456,32 @@ def boundaries_table(run: Run) -> str:
         f"<td>{len(b.get('trials') or [])}</td>"
         f"<td>{'' if b.get('failure') is None else escape(str(b.get('failure')))}</td></tr>"
         for _, b in run.boundaries.iterrows())
+    pieces = "".join(f"<li>{escape(line)}</li>" for line in _in_pieces(run.boundaries))
     return (f"<p>{_prediction_words(run)}</p>"
             "<table><tr><th>dtype, layout</th><th>largest batch that trained</th>"
             "<th>smallest that failed</th><th>why it stopped</th><th>predicted largest</th>"
             "<th>trained against predicted</th>"
-            f"<th>trials</th><th>failure</th></tr>{rows}</table>")
+            f"<th>trials</th><th>failure</th></tr>{rows}</table>"
+            + (f"<ul>{pieces}</ul>" if pieces else ""))
+
+
+def _in_pieces(boundaries: pd.DataFrame) -> list[str]:
+    """For each search that ended where the card had the room but not in one piece, what the
+    allocator said, and what would have held it."""
+    lines = []
+    for _, b in boundaries.iterrows():
+        figures = cuda_oom_figures(b.get("failure"))
+        if figures is None or not figures.in_pieces:
+            continue
+        lines.append(
+            f"{b['key']} at {b['first_failed_batch']:,}: the memory was there but not in one "
+            f"piece. It asked for {format_bytes(figures.asked_bytes)} with "
+            f"{format_bytes(figures.unallocated_bytes)} reserved but unallocated, in blocks "
+            f"split for smaller tensors that cannot be handed back (the allocator's "
+            f"fragmentation, which the prediction replays). "
+            f"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True maps memory into one range, so "
+            f"such blocks can be joined: a larger batch may train under it.")
+    return lines
 
 
 def _off(found, predicted) -> str:
@@ -470,23 +492,29 @@ def _off(found, predicted) -> str:
 
 
 def _prediction_words(run: Run) -> str:
-    """How the search's predicted boundary was made (bench.planning.predict.boundary_batch)."""
+    """How the searches' predicted boundaries were made (bench.planning.predict.boundary_batch,
+    as each boundary records it)."""
     if run.memory_cap_bytes:
         room = f"the {format_bytes(run.memory_cap_bytes)} cap"
     elif run.on_gpu:
-        room = (f"the card's free memory less {format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the "
-                f"CUDA context")
+        room = "the card's free memory"
     else:
         room = "the host's available memory"
+    methods = set(run.boundaries.get("prediction", pd.Series(dtype=object)).dropna())
+    if methods and run.on_gpu and not run.memory_cap_bytes:
+        room += f" less {format_bytes(CONTEXT_ALLOWANCE_BYTES)} for the CUDA context"
+    if "allocator" in methods:
+        return ("Predicted: one trial's allocations replayed through PyTorch's caching "
+                f"allocator, its fragmentation included, in {room}. Each search brackets the "
+                "boundary from its prediction, then bisects.")
+    if not methods:
+        return (f"Predicted: where one step's live tensors meet {room} (a run from before the "
+                f"allocator was replayed; on a GPU its fragmentation ends huge batches sooner).")
     settings = run.env.get("memory_settings") or {}
     changed = {k: v for k, v in settings.items() if k.endswith("ALLOC_CONF") and v.strip()}
-    if not run.on_gpu or changed:
-        why = "".join(f": the allocator ran with <code>{escape(k)}={escape(v)}</code>, whose "
-                      f"placement is not replayed" for k, v in changed.items())
-        return f"Predicted: where one step's live tensors meet {room}{why}."
-    return ("Predicted: one trial's allocations replayed through PyTorch's caching allocator, "
-            f"its fragmentation included, in {room}. Each search brackets the boundary from "
-            "its prediction, then bisects.")
+    why = "".join(f": the allocator ran with <code>{escape(k)}={escape(v)}</code>, whose "
+                  f"placement is not replayed" for k, v in changed.items() if run.on_gpu)
+    return f"Predicted: where one step's live tensors meet {room}{why}."
 
 
 def comparison_table(changes, only_base, only_new) -> str:

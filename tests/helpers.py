@@ -372,3 +372,18 @@ def loader_start_method(device: str) -> str:
     from lenet.data import loader_context
 
     return loader_context(torch.device(device)).get_start_method()
+
+
+# two CUDA out-of-memory messages an H100 gave (torch 2.11): a float32 boundary trial at
+# b1,114,112 whose room was there in pieces, and a b65,536 cell under a 2 GiB cap out of room
+H100_FRAGMENTED = (
+    "OutOfMemoryError: CUDA out of memory. Tried to allocate 19.52 GiB. GPU 0 has a total "
+    "capacity of 79.18 GiB of which 16.40 GiB is free. Including non-PyTorch memory, this "
+    "process has 62.77 GiB memory in use. Of the allocated memory 42.60 GiB is allocated by "
+    "PyTorch, and 19.42 GiB is reserved by PyTorch but unallocated. If reserved but unallocated "
+    "memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+H100_CAPPED_FULL = (
+    "OutOfMemoryError: CUDA out of memory. Tried to allocate 1.15 GiB. GPU 0 has a total "
+    "capacity of 79.18 GiB of which 76.91 GiB is free. Including non-PyTorch memory, this "
+    "process has 2.26 GiB memory in use. 2.00 GiB allowed; Of the allocated memory 1.52 GiB is "
+    "allocated by PyTorch, and 311.50 KiB is reserved by PyTorch but unallocated.")

@@ -2,36 +2,25 @@
 LeNet trial's allocations against what an H100 said when each of its trials ran out of memory."""
 
 import json
-import re
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from bench.basics.oom_message import cuda_oom_figures
 from bench.planning import allocator
 from bench.planning.grid import Config
-from bench.planning.predict import boundary_batch, model_for, step_fits, trial_allocations
+from bench.planning.predict import (
+    boundary_batch,
+    model_for,
+    prediction_method,
+    step_fits,
+    trial_allocations,
+)
 
 MiB, GiB = 2**20, 2**30
 H100 = Path(__file__).parent.parent / "docs/results/nvidia-h100-80gb-hbm3/first-check"
 H200 = Path(__file__).parent.parent / "docs/results/nvidia-h200/gpu-check.tgz"
-
-_UNIT = {"KiB": 2**10, "MiB": MiB, "GiB": GiB}
-_FIGURE = r"([\d.]+) (KiB|MiB|GiB)"
-_MESSAGE = re.compile(
-    rf"Tried to allocate {_FIGURE}\. .* of which {_FIGURE} is free\. .*"
-    rf"Of the allocated memory {_FIGURE} is allocated by PyTorch, and {_FIGURE} is reserved")
-
-
-def _oom_figures(error: str) -> dict[str, tuple[float, float]]:
-    """The bytes a CUDA OOM message names, each with how far its print (two decimals of its
-    unit) may be from it."""
-    found = _MESSAGE.search(error)
-    assert found, error
-    figures = [(float(found[k]) * _UNIT[found[k + 1]], 0.005 * _UNIT[found[k + 1]])
-               for k in (1, 3, 5, 7)]
-    return dict(zip(("asked", "free", "allocated", "unallocated"), figures))
-
 
 def _events(steps):
     """Events of fixed sizes: (kind, key, bytes) as bench.planning.allocator takes them."""
@@ -122,26 +111,31 @@ def test_a_trial_replayed_fails_where_the_h100s_did_with_the_figures_it_gave(sou
     asking for the same block, with the same bytes allocated and reserved, to the two
     decimals its message prints; each batch that trained fits."""
     trials = _failed_trials(H100 / source, key)
-    failed = [(batch, _oom_figures(error)) for batch, error in trials if error]
-    assert len(failed) >= 2
+    failed = [(batch, cuda_oom_figures(error)) for batch, error in trials if error]
+    assert len(failed) >= 2 and all(figures for _, figures in failed)
     if room_bytes is None:  # what the allocator could have reserved: all it held, and the free
         first = failed[0][1]
-        room_bytes = int(first["allocated"][0] + first["unallocated"][0] + first["free"][0])
+        room_bytes = int(first.allocated_bytes + first.unallocated_bytes + first.free_bytes)
     events = trial_allocations(Config(256, device="cuda:0"))
     for batch, error in trials:
         replayed = allocator.replay(events, batch, room_bytes)
         if not error:
             assert replayed.fits, batch
             continue
-        said = _oom_figures(error)
+        said = cuda_oom_figures(error)
         assert not replayed.fits, batch
         failure = replayed.failure
-        replayed_figures = {"asked": failure.asked_bytes,
-                            "allocated": failure.allocated_bytes,
-                            "unallocated": failure.reserved_bytes - failure.allocated_bytes}
-        for name, figure in replayed_figures.items():
-            printed, within = said[name]
-            assert figure == pytest.approx(printed, abs=within), (batch, name)
+        for printed, figure in ((said.asked_bytes, failure.asked_bytes),
+                                (said.allocated_bytes, failure.allocated_bytes),
+                                (said.unallocated_bytes,
+                                 failure.reserved_bytes - failure.allocated_bytes)):
+            # two decimals of the printed unit: half a hundredth of it either way
+            assert figure == pytest.approx(printed, abs=_print_precision(printed)), batch
+
+
+def _print_precision(printed: float) -> float:
+    unit = next(u for u in (2**30, 2**20, 2**10, 1) if printed >= u or u == 1)
+    return 0.005 * unit
 
 
 def _eager_rows():
@@ -197,8 +191,11 @@ def test_other_allocator_settings_are_not_replayed(monkeypatch):
     boundary is where the live tensors meet the room."""
     config = Config(256, device="cuda:0")
     replayed = boundary_batch(config, int(79.17 * GiB), capped=False)
+    assert prediction_method(config) == "allocator"
+    assert prediction_method(Config(256, device="cpu")) == "tensors"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     assert not allocator.default_settings()
+    assert prediction_method(config) == "tensors"
     line = boundary_batch(config, int(79.17 * GiB), capped=False)
     assert line == model_for(config).max_batch(int(79.17 * GiB) - 768 * MiB) > replayed
 

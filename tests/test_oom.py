@@ -164,3 +164,25 @@ def test_a_cpu_cap_is_not_widened_by_garbage_collected_after_it():
     assert out.returncode == 0, out.stderr
     room_mib = json.loads(out.stdout.strip().splitlines()[-1])
     assert 240 <= room_mib <= 256 + 8
+
+
+def test_a_cuda_oom_message_gives_its_figures_and_whether_the_room_was_in_pieces():
+    """An H100's: 19.52 GiB asked with 16.40 free and 19.42 cached in split blocks (room enough,
+    not in one piece); under a 2 GiB cap, 1.15 asked where 0.48 was left and 311.50 KiB cached
+    (no room)."""
+    from bench.basics.oom_message import cuda_oom_figures
+    from helpers import H100_CAPPED_FULL, H100_FRAGMENTED
+
+    GiB = 2**30
+    fragmented = cuda_oom_figures(H100_FRAGMENTED)
+    assert fragmented.asked_bytes == pytest.approx(19.52 * GiB)
+    assert fragmented.free_bytes == pytest.approx(16.40 * GiB)
+    assert fragmented.allocated_bytes == pytest.approx(42.60 * GiB)
+    assert fragmented.unallocated_bytes == pytest.approx(19.42 * GiB)
+    assert fragmented.allowed_bytes is None and fragmented.in_pieces
+    full = cuda_oom_figures(H100_CAPPED_FULL)
+    assert full.allowed_bytes == pytest.approx(2 * GiB)
+    assert full.unallocated_bytes == pytest.approx(311.5 * 1024)
+    assert not full.in_pieces
+    assert cuda_oom_figures("RuntimeError: integer out of range") is None
+    assert cuda_oom_figures(None) is None

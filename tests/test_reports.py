@@ -14,6 +14,8 @@ import pytest
 from bench.instruments.contention import Contention
 from helpers import (
     CPU_ENV,
+    H100_CAPPED_FULL,
+    H100_FRAGMENTED,
     ROOT,
     MiB,
     crafted_cpu_row,
@@ -604,12 +606,24 @@ def test_the_boundary_table_says_how_its_prediction_was_made(tmp_path):
     """On a GPU the predicted boundary replays a trial's allocations through the caching
     allocator; on the CPU it is where the live tensors meet the cap: the page says which, and
     how far the search found it from the prediction."""
-    gpu = write_report(_every_status_run(tmp_path)).read_text()
+    run = _every_status_run(tmp_path)
+    (run / "boundaries.jsonl").write_text("".join(
+        json.dumps({**json.loads(line), "prediction": "allocator"}) + "\n"
+        for line in (run / "boundaries.jsonl").read_text().splitlines()))
+    gpu = write_report(run).read_text()
     assert ("Predicted: one trial's allocations replayed through PyTorch's caching allocator, "
             "its fragmentation included, in the card's free memory less 768.0 MiB for the "
             "CUDA context") in gpu
     assert "<td>-25%</td>" in gpu  # 1,048,576 trained where 1,400,000 was predicted
+    # a run from before the replay (schema 9) predicted every boundary from the live tensors
+    older = write_report(_every_status_run(tmp_path / "older")).read_text()
+    assert ("Predicted: where one step's live tensors meet the card's free memory (a run from "
+            "before the allocator was replayed; on a GPU its fragmentation ends huge batches "
+            "sooner).") in older
     run = _every_status_run(tmp_path / "expandable")
+    (run / "boundaries.jsonl").write_text("".join(
+        json.dumps({**json.loads(line), "prediction": "tensors"}) + "\n"
+        for line in (run / "boundaries.jsonl").read_text().splitlines()))
     env = json.loads((run / "env.json").read_text())
     (run / "env.json").write_text(json.dumps({**env, "memory_settings": {
         "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}}))
@@ -620,7 +634,7 @@ def test_the_boundary_table_says_how_its_prediction_was_made(tmp_path):
     boundaries = [{"key": "float32-nchw", "dtype": "float32", "channels_last": False,
                    "placement": "device", "max_ok_batch": 6119, "first_failed_batch": 6162,
                    "stop_reason": "oom", "failure": "MemoryError", "trials": [],
-                   "predicted_max_batch": 5827}]
+                   "predicted_max_batch": 5827, "prediction": "tensors"}]
     run = crafted_run(tmp_path / "cpu", [crafted_cpu_row(64)], device="cpu",
                       boundaries=boundaries, env=CPU_ENV)
     plan = json.loads((run / "plan.json").read_text())
@@ -628,3 +642,23 @@ def test_the_boundary_table_says_how_its_prediction_was_made(tmp_path):
     cpu = write_report(run).read_text()
     assert "Predicted: where one step's live tensors meet the 512.0 MiB cap" in cpu
     assert "<td>+5%</td>" in cpu
+
+
+def test_a_search_that_ran_out_of_memory_in_pieces_says_so(tmp_path):
+    """The H100's float32 search ended at 1,114,112 asking 19.52 GiB with 16.40 free and 19.42
+    reserved but unallocated: the page says the room was there in pieces, and what joins
+    them; a search that ran out of room says nothing of the kind."""
+    def page(name, failure):
+        boundary = {"key": "float32-nchw", "dtype": "float32", "channels_last": False,
+                    "placement": "device", "max_ok_batch": 1048576,
+                    "first_failed_batch": 1114112, "stop_reason": "oom", "failure": failure,
+                    "trials": [], "predicted_max_batch": 1071312}
+        return write_report(crafted_run(tmp_path / name, [crafted_row(256)],
+                                        boundaries=[boundary])).read_text()
+
+    assert ("float32-nchw at 1,114,112: the memory was there but not in one piece. It asked "
+            "for 19.5 GiB with 19.4 GiB reserved but unallocated") in page("pieces",
+                                                                         H100_FRAGMENTED)
+    assert "expandable_segments:True maps memory into one range" in page("again",
+                                                                         H100_FRAGMENTED)
+    assert "not in one piece" not in page("full", H100_CAPPED_FULL)

@@ -436,3 +436,4 @@ def test_under_a_cpu_cap_the_predicted_boundary_is_within_10_percent_of_the_foun
     assert boundary["stop_reason"] == "oom"
     assert boundary["trials"][0]["batch_size"] == boundary["predicted_max_batch"]
     assert boundary["predicted_max_batch"] == pytest.approx(boundary["max_ok_batch"], rel=0.10)
+    assert boundary["prediction"] == "tensors"  # no caching allocator on the CPU to replay

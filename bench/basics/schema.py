@@ -7,7 +7,8 @@ went (the worker's start, the data, sizing the repeats, a search's wall time); v
 lack whether a compiled cell's compile found torch.compile's caches warm; version 6 rows lack
 the FLOPs of an example's step and the step's memory traffic; version 7 rows lack the
 replicas (they trained one model, so their examples/s is one model's) and an operator's launch
-time; version 8 rows lack a compile ahead of the cells. Reading fills
+time; version 8 rows lack a compile ahead of the cells; version 9 boundaries lack how their
+prediction was made (the live tensors' peak, then, on a GPU too). Reading fills
 every field a row lacks with its default, so every reader sees every key. A row or plan from a
 newer version than this reader is refused: its fields may mean something this version cannot
 know.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class NewerSchemaError(ValueError):

@@ -29,7 +29,7 @@ from bench.planning.flops import counted, traffic_of
 from bench.planning.grid import Config
 from bench.planning.models import resolve
 from bench.planning.plan_file import Plan
-from bench.planning.predict import boundary_batch, unmodelled
+from bench.planning.predict import boundary_batch, prediction_method, unmodelled
 from bench.records.boundary import Boundary
 from bench.records.row import Row
 from lenet.modes import implementation
@@ -140,7 +140,8 @@ class Session:
         config, gpu_name = job
         predicted = (boundary_batch(config, self.capacity, self.plan.memory_cap_bytes is not None)
                      if self.capacity and not unmodelled(config) else None)
-        boundary = Boundary(config, predicted_max_batch=predicted, gpu_name=gpu_name)
+        boundary = Boundary(config, predicted_max_batch=predicted, gpu_name=gpu_name,
+                            prediction=None if predicted is None else prediction_method(config))
         measured = self._measured.get((config.boundary_key(), gpu_name))
         if measured is None:  # the search times its own trials: their steps, not a start
             runner.start_worker()

@@ -380,6 +380,12 @@ def _replayed(config) -> list[tuple] | None:
     return trial_allocations(config)
 
 
+def prediction_method(config) -> str:
+    """How boundary_batch predicts `config`'s boundary: "allocator" (a trial replayed through the
+    caching allocator) or "tensors" (where the live tensors' peak meets the room)."""
+    return "tensors" if _replayed(config) is None else "allocator"
+
+
 def boundary_batch(config, capacity_bytes: int, capped: bool) -> int:
     """The predicted OOM boundary of `config`'s search: the largest batch whose step fits
     (allocator_room_bytes). On a GPU, where a trial's allocations replayed through the caching

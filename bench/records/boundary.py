@@ -21,6 +21,10 @@ class Boundary:
     failure: str | None = None  # the error text of the first failed batch
     trials: list[Attempt] = field(default_factory=list)
     predicted_max_batch: int | None = None
+    # how it was predicted (bench.planning.predict.prediction_method): "allocator", a trial
+    # replayed through the caching allocator, or "tensors", where the live tensors' peak meets
+    # the room; None in a boundary from before schema 10, whose prediction was the tensors'
+    prediction: str | None = None
     gpu_name: str | None = None  # the card model searched on: one search per model in a pool
     search_s: float | None = None  # the search's wall time, every trial's worker included
 
