@@ -1,19 +1,21 @@
 """Every run kept across commits: record runs, list the series, draw them, gate on the newest
-points, and find the commit that made training slower.
+points, and find the commit that made training slower or fatter.
 
     python -m bench.history add runs/20261202-101500 .benchmarks/*/0001_*.json
     python -m bench.history list
     python -m bench.history show --out history-report
     python -m bench.history check --min-step 3% --max-memory-growth 1%
     python -m bench.history bisect --series b256-float32-nchw-device
+    python -m bench.history bisect --series b256-float32-nchw-device --memory
 
---db is the store: a SQLite file (default history.sqlite, or $LENET_BENCH_HISTORY) or a
-PostgreSQL URL, postgresql://user:password@host/db, the store many runners share (pip install
+--db is the store: a SQLite file (default history.sqlite, or $LENET_BENCH_HISTORY) or a PostgreSQL
+URL, postgresql://user:password@host/db, the store many runners share (pip install
 'lenet-bench[postgresql]'). A series is one cell of one model on one machine class and card.
-`check` exits 1 naming each series, figure, step and commit range that got worse among the
-newest points (bench.series.trends), 0 where none did. `bisect` narrows a series' newest speed
-step to one commit with bench.ab, in git worktrees of --repo. Exit status 2: bad input, or a
-store that cannot be used (nothing is written half).
+`check` exits 1 naming each series, figure, step and commit range that got worse among the newest
+points (bench.series.trends), 0 where none did. `bisect` narrows a series' newest speed step to
+one commit with bench.ab, in git worktrees of --repo; with --memory, its newest growth of peak
+memory, with one run of the cell a commit (memory repeats to the byte). Exit status 2: bad input,
+or a store that cannot be used (nothing is written half).
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def _parser() -> OneLineParser:
     for name, words in (("list", "list the series"),
                         ("show", "an HTML page with a plot of each series"),
                         ("check", "exit 1 where the newest points got worse"),
-                        ("bisect", "narrow a series' newest speed step to one commit")):
+                        ("bisect", "narrow a series' newest slowdown (or, with --memory, its "
+                                   "growth of peak memory) to one commit")):
         sub = command(name, words)
         sub.add_argument("--series", default="", metavar="TEXT",
                          help="only the series whose name holds TEXT (cell, model, card or "
@@ -89,6 +92,12 @@ def _parser() -> OneLineParser:
                         help="bench.ab's rounds per pair (default 4)")
     bisect.add_argument("--timeout", type=positive_float, default=3600.0, metavar="SECONDS",
                         help="the most one gate may take (default 3600)")
+    bisect.add_argument("--memory", action="store_true",
+                        help="narrow the newest growth of peak memory instead, one run of the "
+                             "cell a commit")
+    bisect.add_argument("--max-memory-growth", type=memory_bound, default=(0.01, 0),
+                        metavar="PCT|BYTES", help="with --memory: the growth that counts "
+                                                  "(default 1%%)")
     return parser
 
 
@@ -152,24 +161,36 @@ def _bisect(history: History, args) -> int:
         raise UsageError(f"--series {args.series!r} matches {len(selected)} series; name one "
                          f"(see {PROG} list)")
     (key, series), = selected.items()
-    found = trends.steps(key, series, trends.SPEED)
-    slower = [c for c in found if c.size is not None and c.size < 0]
-    if not slower:
-        raise UsageError(f"{trends.label(key)} shows no slowdown to bisect")
-    step = slower[-1]
+    settings = next((p.point.settings for p in reversed(series) if p.point.settings), None)
+    if args.memory:
+        fraction, bytes_ = args.max_memory_growth
+        found = trends.memory_growth(key, series, fraction, bytes_, newest=len(series))
+        if not found:
+            raise UsageError(f"{trends.label(key)} shows no growth of peak memory past the "
+                             f"bound to bisect")
+        step, worse = found[-1], "fatter"
+        gate = bisection.memory_gate(bisection.cell_options(settings),
+                                     series[-1].point.memory_field, fraction, bytes_,
+                                     args.timeout)
+    else:
+        slower = [c for c in trends.steps(key, series, trends.SPEED)
+                  if c.size is not None and c.size < 0]
+        if not slower:
+            raise UsageError(f"{trends.label(key)} shows no slowdown to bisect")
+        step, worse = slower[-1], "slower"
+        gate = bisection.ab_gate(bisection.ab_options(settings, -step.size / 2, args.pairs,
+                                                      args.rounds), args.timeout)
     good, bad = step.last_before.run.commit_id, step.first_after.run.commit_id
     if not good or not bad:
         raise UsageError(f"the runs on either side of {step.line()} do not say their commits; "
                          f"record them again with: {PROG} add RUN_DIR --commit SHA")
-    settings = next((p.point.settings for p in reversed(series) if p.point.settings), None)
-    options = bisection.ab_options(settings, -step.size / 2, args.pairs, args.rounds)
     print(f"bisecting {step.line()}")
-    result = bisection.bisect(args.repo, good, bad, bisection.ab_gate(options, args.timeout))
+    result = bisection.bisect(args.repo, good, bad, gate, worse=worse)
     if result.culprit is None:
-        print(f"not reproduced: bench.ab does not find {result.bad[:12]} slower than "
-              f"{result.good[:12]} on this machine, so there is nothing to narrow")
+        print(f"not reproduced: {result.bad[:12]} is not {worse} than {result.good[:12]} on "
+              f"this machine, so there is nothing to narrow")
         return 1
-    print(f"first slower commit: {result.culprit}")
+    print(f"first {worse} commit: {result.culprit}")
     return 0
 
 

@@ -210,6 +210,47 @@ def test_bisect_finds_the_commit_that_planted_a_slowdown_among_16(tmp_path):
     assert f"first slower commit: {commits[11]}" in result.stdout
 
 
+@pytest.mark.e2e
+def test_bisect_memory_finds_the_commit_that_planted_a_growth_among_8(tmp_path):
+    """A scratch repository of this project's code with 8 commits; the 6th makes every step
+    keep 16 KiB a sample more (about 1 MiB at b64, a quarter of the step's tensors). The history
+    holds runs of the first and the last commit, the last fatter; bisect --memory runs the cell
+    once in each tree it needs and names the 6th."""
+    repo = tmp_path / "repo"
+    for package in ("bench", "lenet"):
+        shutil.copytree(ROOT / package, repo / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    _git(repo, "init", "-q")
+    train = repo / "lenet" / "train.py"
+    kept = train.read_text().replace(
+        "        loss, logits = self._forward(images, labels)\n",
+        "        kept = torch.ones(images.shape[0], 4096, device=images.device)  # planted\n"
+        "        loss, logits = self._forward(images, labels)\n")
+    assert "planted" in kept
+    for i in range(8):
+        if i == 5:
+            train.write_text(kept)
+        (repo / "CHANGES").write_text(f"change {i}\n")
+        _git(repo, "add", "-A")
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"change {i}")
+    commits = subprocess.run(["git", "-C", str(repo), "rev-list", "--reverse", "HEAD"],
+                             check=True, capture_output=True, text=True).stdout.split()
+    db = str(tmp_path / "history.sqlite")
+    for i, memory in enumerate([1_000_000] * 3 + [2_000_000] * 2):
+        commit = commits[0] if i < 3 else commits[-1]
+        run_main("bench.history", "add", history_run(
+            tmp_path / f"run{i}", commit, f"2026-12-01T10:{i:02d}:00+00:00", memory=memory),
+            "--db", db)
+    result = subprocess.run([sys.executable, "-m", "bench.history", "bisect", "--memory",
+                             "--db", db, "--repo", str(repo)],
+                            capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"first fatter commit: {commits[5]}" in result.stdout
+    # four trees measured: the good end, the bad end, then halving three commits
+    assert result.stdout.count(" fatter: tracked_peak_bytes ") >= 2
+    assert " holds: tracked_peak_bytes " in result.stdout
+
+
 def test_a_run_whose_history_store_cannot_be_used_stops_before_any_cell(tmp_path):
     out = tmp_path / "run"
     result = run_main("bench.run", *ONE_CELL, "--out", out, *CPU_SYNTHETIC,
@@ -244,6 +285,9 @@ def test_bisect_refuses_in_one_line_what_it_cannot_narrow(tmp_path):
     steady = history_of(tmp_path / "steady", QUIET[:10])
     result = run_main("bench.history", "bisect", "--db", steady)
     assert result.returncode == 2 and "shows no slowdown to bisect" in result.stderr
+    result = run_main("bench.history", "bisect", "--memory", "--db", steady)
+    assert result.returncode == 2
+    assert "shows no growth of peak memory past the bound to bisect" in result.stderr
     # a step between commits the repository does not hold
     stepped = history_of(tmp_path / "stepped", QUIET[:8] + [v * 0.8 for v in QUIET[8:12]])
     (tmp_path / "repo").mkdir()

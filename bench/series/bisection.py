@@ -1,6 +1,7 @@
 """Narrow a step in a series to one commit: check out the commits between the last point before it
-and the first after (git worktrees), and time each against the last good one with `bench.ab`,
-the gate that copes with process-to-process noise, halving the range each time.
+and the first after (git worktrees), and gate each against the last good one, halving the range
+each time: a slowdown with `bench.ab`, the gate that copes with process-to-process noise; a growth
+of peak memory with one run of the cell a side, since memory figures repeat to the byte.
 
 The step is first confirmed between its two ends: a step the gate cannot see on this machine is
 said so, not bisected. Each gate bounds the slowdown at half the step the series showed, so a
@@ -10,6 +11,7 @@ commit that carries the step fails it and one that does not passes it with room 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -17,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.basics.units import format_bytes
 from bench.planning.grid import AXES, LENET
 
-# a gate: (base tree, candidate tree) -> (slower past the bound, what the gate printed)
+# a gate: (base tree, candidate tree) -> (worse past the bound, what the gate printed)
 Gate = Callable[[Path, Path], tuple[bool, str]]
 
 
@@ -35,22 +38,31 @@ class Bisection:
     evidence: list[str] = field(default_factory=list)  # one line per gate, in the order run
 
 
-def ab_options(settings_json: str | None, max_slowdown: float, pairs: int,
-               rounds: int) -> list[str]:
-    """bench.ab's options for the cell a series point measured."""
+def cell_options(settings_json: str | None) -> list[str]:
+    """bench.run's options (bench.ab's too) for the one cell a series point measured."""
     if not settings_json:
         raise BisectError("the series holds no cell settings (a pytest-benchmark series, or "
                           "points recorded without them); bisect a series of bench.run runs")
     settings = json.loads(settings_json)
+    options = ["--grid", "smoke", "--device", settings["device"], "--data", "synthetic"]
     if settings.get("model", LENET) != LENET:
-        raise BisectError(f"bench.ab times LeNet cells; this series trains {settings['model']}")
-    options = ["--grid", "smoke", "--device", settings["device"], "--data", "synthetic",
-               "--max-slowdown", f"{100 * max_slowdown:g}%", "--pairs", str(pairs),
-               "--rounds", str(rounds)]
+        options += ["--model", settings["model"]]
+        if settings.get("input_shape"):
+            options += ["--input-shape", settings["input_shape"]]
     for name in AXES:
         value = settings[name]
         options += ["--set", f"{name}={str(value).lower() if isinstance(value, bool) else value}"]
     return options
+
+
+def ab_options(settings_json: str | None, max_slowdown: float, pairs: int,
+               rounds: int) -> list[str]:
+    """bench.ab's options for the cell a series point measured."""
+    model = json.loads(settings_json).get("model", LENET) if settings_json else LENET
+    if model != LENET:
+        raise BisectError(f"bench.ab times LeNet cells; this series trains {model}")
+    return [*cell_options(settings_json), "--max-slowdown", f"{100 * max_slowdown:g}%",
+            "--pairs", str(pairs), "--rounds", str(rounds)]
 
 
 def ab_gate(options: list[str], timeout_s: float) -> Gate:
@@ -66,6 +78,45 @@ def ab_gate(options: list[str], timeout_s: float) -> Gate:
             raise BisectError(f"bench.ab could not time {candidate.name}: {said[-1]}")
         verdicts = [line for line in done.stdout.splitlines() if line.strip()]
         return done.returncode == 1, verdicts[0] if verdicts else ""
+    return gate
+
+
+def memory_gate(options: list[str], field: str, fraction: float, bytes_: int,
+                timeout_s: float) -> Gate:
+    """A gate that measures the cell once in each tree (`python -m bench.run` with these
+    options) and fails where the candidate's `field` (tracked_peak_bytes on the CPU, the
+    allocator's peak on a GPU) grew past the bound over the base's: memory figures repeat to
+    the byte, so one run a side is the whole evidence. Each tree is measured once."""
+    measured: dict[Path, int] = {}
+
+    def measure(tree: Path) -> int:
+        if tree not in measured:
+            with tempfile.TemporaryDirectory(prefix="bench-bisect-run-") as out:
+                try:
+                    done = subprocess.run(
+                        [sys.executable, "-m", "bench.run", *options, "--repeats", "5",
+                         "--no-find-max-batch", "--no-report", "--out", out],
+                        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                        capture_output=True, text=True, timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    raise BisectError(f"bench.run ran past {timeout_s:g} s in {tree.name}") \
+                        from None
+                rows = [json.loads(line) for line in
+                        (Path(out) / "results.jsonl").read_text().splitlines()] \
+                    if done.returncode == 0 else []
+            figure = rows[0].get(field) if rows else None
+            if not figure:
+                said = done.stderr.strip().splitlines() or [f"no {field} in its row"]
+                raise BisectError(f"bench.run could not measure {field} in {tree.name}: "
+                                  f"{said[-1]}")
+            measured[tree] = figure
+        return measured[tree]
+
+    def gate(base: Path, candidate: Path) -> tuple[bool, str]:
+        before, after = measure(base), measure(candidate)
+        grew = after - before > max(fraction * before, bytes_)
+        return grew, (f"{field} {format_bytes(before)} -> {format_bytes(after)} "
+                      f"({after / before - 1:+.1%})")
     return gate
 
 
@@ -100,8 +151,9 @@ def commits_between(repo: Path, good: str, bad: str) -> list[str]:
 
 
 def bisect(repo: Path, good: str, bad: str, gate: Gate,
-           say: Callable[[str], None] = print) -> Bisection:
-    """The first commit after `good` that carries the slowdown `bad` shows."""
+           say: Callable[[str], None] = print, worse: str = "slower") -> Bisection:
+    """The first commit after `good` that carries the change `bad` shows (a slowdown; `worse`
+    names it)."""
     commits = commits_between(repo, good, bad)
     good = _commit(repo, good)
     result = Bisection(good, commits[-1])
@@ -116,7 +168,7 @@ def bisect(repo: Path, good: str, bad: str, gate: Gate,
 
         def slower(commit: str) -> bool:
             failed, verdict = gate(tree(good), tree(commit))
-            line = f"{commit[:12]} {'slower' if failed else 'holds'}: {verdict}"
+            line = f"{commit[:12]} {worse if failed else 'holds'}: {verdict}"
             result.evidence.append(line)
             say(line)
             return failed
