@@ -170,7 +170,7 @@ def _bisect(history: History, args) -> int:
                              f"bound to bisect")
         step, worse = found[-1], "fatter"
         gate = bisection.memory_gate(bisection.cell_options(settings),
-                                     series[-1].point.memory_field, fraction, bytes_,
+                                     step.first_after.point.memory_field, fraction, bytes_,
                                      args.timeout)
     else:
         slower = [c for c in trends.steps(key, series, trends.SPEED)
