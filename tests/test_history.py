@@ -174,6 +174,23 @@ def _git(repo, *args):
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
+def _scratch_repo(path, count, planted_at, train_text) -> list[str]:
+    """A git repository of this project's code with `count` commits, the one at `planted_at`
+    writing `train_text` as lenet/train.py; its commits, oldest first."""
+    for package in ("bench", "lenet"):
+        shutil.copytree(ROOT / package, path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    _git(path, "init", "-q")
+    for i in range(count):
+        if i == planted_at:
+            (path / "lenet" / "train.py").write_text(train_text)
+        (path / "CHANGES").write_text(f"change {i}\n")
+        _git(path, "add", "-A")
+        _git(path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"change {i}")
+    return subprocess.run(["git", "-C", str(path), "rev-list", "--reverse", "HEAD"],
+                          check=True, capture_output=True, text=True).stdout.split()
+
+
 @pytest.mark.e2e
 def test_bisect_finds_the_commit_that_planted_a_slowdown_among_16(tmp_path):
     """A scratch repository of this project's code with 16 commits; the 11th plants a slowdown
@@ -182,19 +199,8 @@ def test_bisect_finds_the_commit_that_planted_a_slowdown_among_16(tmp_path):
     as a busy CI machine has read it). The history holds runs of the first and the last
     commit; bisect narrows the step to the 11th with bench.ab."""
     repo = tmp_path / "repo"
-    for package in ("bench", "lenet"):
-        shutil.copytree(ROOT / package, repo / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    _git(repo, "init", "-q")
     slowed = slowed_tree(tmp_path / "slowed", every=1, times=4) / "lenet" / "train.py"
-    for i in range(16):
-        if i == 11:
-            shutil.copy(slowed, repo / "lenet" / "train.py")
-        (repo / "CHANGES").write_text(f"change {i}\n")
-        _git(repo, "add", "-A")
-        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"change {i}")
-    commits = subprocess.run(["git", "-C", str(repo), "rev-list", "--reverse", "HEAD"],
-                             check=True, capture_output=True, text=True).stdout.split()
+    commits = _scratch_repo(repo, 16, 11, slowed.read_text())
     assert len(commits) == 16
     speeds = QUIET[:8] + [v * 0.25 for v in QUIET[8:12]]
     db = str(tmp_path / "history.sqlite")
@@ -217,24 +223,12 @@ def test_bisect_memory_finds_the_commit_that_planted_a_growth_among_8(tmp_path):
     holds runs of the first and the last commit, the last fatter; bisect --memory runs the cell
     once in each tree it needs and names the 6th."""
     repo = tmp_path / "repo"
-    for package in ("bench", "lenet"):
-        shutil.copytree(ROOT / package, repo / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    _git(repo, "init", "-q")
-    train = repo / "lenet" / "train.py"
-    kept = train.read_text().replace(
+    kept = (ROOT / "lenet" / "train.py").read_text().replace(
         "        loss, logits = self._forward(images, labels)\n",
         "        kept = torch.ones(images.shape[0], 4096, device=images.device)  # planted\n"
         "        loss, logits = self._forward(images, labels)\n")
     assert "planted" in kept
-    for i in range(8):
-        if i == 5:
-            train.write_text(kept)
-        (repo / "CHANGES").write_text(f"change {i}\n")
-        _git(repo, "add", "-A")
-        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", f"change {i}")
-    commits = subprocess.run(["git", "-C", str(repo), "rev-list", "--reverse", "HEAD"],
-                             check=True, capture_output=True, text=True).stdout.split()
+    commits = _scratch_repo(repo, 8, 5, kept)
     db = str(tmp_path / "history.sqlite")
     for i, memory in enumerate([1_000_000] * 3 + [2_000_000] * 2):
         commit = commits[0] if i < 3 else commits[-1]
