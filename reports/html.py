@@ -478,7 +478,7 @@ def _in_pieces(boundaries: pd.DataFrame) -> list[str]:
             f"piece. It asked for {format_bytes(figures.asked_bytes)} with "
             f"{format_bytes(figures.unallocated_bytes)} reserved but unallocated, in blocks "
             f"split for smaller tensors that cannot be handed back (the allocator's "
-            f"fragmentation, which the prediction replays). "
+            f"fragmentation). "
             f"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True maps memory into one range, so "
             f"such blocks can be joined: a larger batch may train under it.")
     return lines
