@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +168,7 @@ class AllocationTrace(LiveBytes):
     parameters, made before the trace) are counted as LiveBytes counts them, since a view of
     one looks new, but are no allocation of the step's."""
 
-    def __init__(self, existing: set[int] = frozenset()):
+    def __init__(self, existing: Iterable[int] = ()):
         super().__init__()
         self._existing = set(existing)
         # ("alloc", bytes, operator) or ("free", the index of its "alloc" event)

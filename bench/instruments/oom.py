@@ -108,4 +108,3 @@ def status_of(attempts: list[Attempt]) -> Outcome:
     if last.outcome == Outcome.OK:
         return Outcome.OK if len(attempts) == 1 else Outcome.OOM_BACKED_OFF
     return Outcome.OOM if last.outcome == Outcome.OOM else Outcome.ERROR
-

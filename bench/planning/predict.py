@@ -328,26 +328,35 @@ def _step_events(dtype: str, channels_last: bool, model: ModelSpec,
     return tuple(events)
 
 
-def trial_allocations(config) -> list[tuple] | None:
+def trial_allocations(config) -> tuple | None:
     """What a boundary trial of `config` (bench.execution.cell.run_trial) asks a CUDA card's
     allocator for, in order, as bench.planning.allocator replays it: a fresh model's weights;
     on device-resident data the data set and the batch's indices; at 16-bit what the step
     allocates unseen (held through it: where is not known); then the step, with the workspaces
     of the forward's and the backward's handles at each one's first matrix product
-    (step_workspaces). None where the step cannot be replayed at every batch."""
-    model = resolve(config.model, config.input_shape)
-    step = _step_events(config.dtype, config.channels_last, model, config.replicas)
+    (step_workspaces). None where the step cannot be replayed at every batch. The same for every
+    batch of a cell's settings: built once for them."""
+    return _trial_allocations(config.model, config.input_shape, config.dtype,
+                              config.channels_last, config.placement, config.replicas,
+                              step_workspaces(card_capability(config.device)))
+
+
+@functools.cache
+def _trial_allocations(model_name: str, input_shape: str, dtype: str, channels_last: bool,
+                       placement: str, replicas: int,
+                       workspaces: tuple[tuple[int, ...], ...]) -> tuple | None:
+    model = resolve(model_name, input_shape)
+    step = _step_events(dtype, channels_last, model, replicas)
     if step is None:
         return None
     events = [("alloc", ("weights", k), nbytes, 0)
-              for k, nbytes in enumerate(_resident_bytes(model) * config.replicas)]
-    if config.placement == "device":
+              for k, nbytes in enumerate(_resident_bytes(model) * replicas)]
+    if placement == "device":
         size = TRAIN_SIZE if model.is_lenet else SYNTHETIC_SIZE
         events += [("alloc", "images", 4 * math.prod(model.input_shape) * size, 0),
                    ("alloc", "labels", 8 * size, 0), ("alloc", "indices", 0, 8)]
-    if config.dtype != "float32":
-        events.append(("alloc", "unseen", 0, _CUDA_16BIT_UNSEEN_PER_SAMPLE[config.channels_last]))
-    workspaces = step_workspaces(card_capability(config.device))
+    if dtype != "float32":
+        events.append(("alloc", "unseen", 0, _CUDA_16BIT_UNSEEN_PER_SAMPLE[channels_last]))
     backward, handles = False, set()  # handles: the phases whose handle has its workspaces
     for index, event in enumerate(step):
         if event[0] == "free":
@@ -360,7 +369,7 @@ def trial_allocations(config) -> list[tuple] | None:
             handles.add(backward)
             events += [("alloc", ("workspace", backward, k), nbytes, 0)
                        for k, nbytes in enumerate(workspaces[backward])]
-    return events
+    return tuple(events)
 
 
 def allocator_room_bytes(config, capacity_bytes: int, capped: bool) -> int:
@@ -371,7 +380,7 @@ def allocator_room_bytes(config, capacity_bytes: int, capped: bool) -> int:
     return capacity_bytes - CONTEXT_ALLOWANCE_BYTES
 
 
-def _replayed(config) -> list[tuple] | None:
+def _replayed(config) -> tuple | None:
     """The allocations a GPU step replays through the caching allocator, or None where the
     allocator's peak is read from the live tensors' line instead: on the CPU (no caching
     allocator), at other settings of the allocator, or a step that cannot be replayed."""
